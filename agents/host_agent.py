@@ -1,0 +1,219 @@
+"""Host agent: the per-host virtual switch. ``python -m agents.host_agent --config host.toml``.
+
+Composition root only: it wires the pure paths (``vswitch.egress``, ``vswitch.ingress``) to the I/O —
+one TUN per ENI, one UDP underlay socket — with uvloop readiness callbacks that drain up to BATCH
+packets per wake-up (how you read matters more than which loop: see the performance notes).
+
+Buffer layout per ENI, so the Geneve header is already in front of the packet when it is read::
+
+    [0 .. 24)  Geneve base + SOURCE_ENI option + OFFLOAD option header   (constant, written once)
+    [24 .. 34) virtio_net_hdr           ← readv fills these two slices
+    [34 .. 36) padding (zero)
+    [36 .. )   the instance's packet    ←
+Without offloads the packet is read straight to offset 20, behind base + SOURCE_ENI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+from agents import daemon
+from vswitch import config, control, geneve, logs, offload, tun
+from vswitch.drops import Drop, counters_as_dict
+from vswitch.egress import EgressPath
+from vswitch.eni import Eni, VpcView, reserved_keys
+from vswitch.ingress import IngressPath
+from vswitch.mapping import MappingCache
+from vswitch.mapping_client import MappingClient
+
+BATCH = 64
+SOCKET_BUFFER = 16 << 20
+ZERO_VNET = bytes(geneve.VNET_HDR_LEN)
+
+
+class EniPort:
+    """An ENI's device and its read buffer with the Geneve header kept in front."""
+
+    def __init__(self, eni: Eni, device: tun.TunDevice):
+        self.eni = eni
+        self.device = device
+        self.fd = device.fd
+        self.vnet = device.vnet_hdr
+        head = geneve.prefix(eni.vni, eni.number, self.vnet)
+        self.buf = bytearray(geneve.INNER_OFFSET_OFFLOAD + 65536)
+        self.buf[: len(head)] = head
+        self.view = memoryview(self.buf)
+        if self.vnet:
+            self.inner = geneve.INNER_OFFSET_OFFLOAD
+            self.iov = [self.view[geneve.VNET_OFFSET: geneve.VNET_OFFSET + geneve.VNET_HDR_LEN],
+                        self.view[self.inner:]]
+        else:
+            self.inner = geneve.INNER_OFFSET_PLAIN
+            self.iov = [self.view[self.inner:]]
+
+    def write(self, vnet_hdr, packet) -> None:
+        """Deliver one packet (as read on another ENI or from the underlay) to this ENI's instance."""
+        if self.vnet:
+            os.writev(self.fd, (vnet_hdr if vnet_hdr is not None else ZERO_VNET, packet))
+        elif vnet_hdr is not None and offload.needs_work(vnet_hdr):
+            # The sender used offloads, this device cannot take them: finish the work here.
+            for p in offload.finish(vnet_hdr, packet):
+                os.write(self.fd, p)
+        else:
+            os.write(self.fd, packet)
+
+
+class HostAgent:
+    def __init__(self, cfg: config.HostAgentConfig):
+        self.cfg = cfg
+        self.log = logs.get("host-agent").bind(host=cfg.name)
+        self.cache = MappingCache(port=cfg.underlay_port)
+        self.vpcs: dict[int, VpcView] = {}
+        for v in cfg.vpcs:
+            self.vpcs[v.vni] = VpcView(v.vni, v.cidr, reserved_keys(v.subnets), self.cache.table(v.vni))
+        edge = (cfg.edge, cfg.underlay_port) if cfg.edge else None
+        self.egress = EgressPath(cfg.underlay_ip, self.cache, edge)
+        self.ingress = IngressPath(self.cache, self.vpcs, cfg.edge)
+        self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, sorted(self.vpcs))
+        self.ports: dict[int, EniPort] = {}  # ENI number -> port
+        self.ready = False
+        self.errors = 0  # unexpected exceptions caught in a callback (should stay 0)
+        self.rbuf = bytearray(65536 + 64)
+        self.rview = memoryview(self.rbuf)
+
+    # --- set-up ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # *BUFFORCE as root
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+            except OSError:
+                self.sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        self.sock.bind((self.cfg.underlay_ip, self.cfg.underlay_port))
+        self.sock.setblocking(False)
+        loop.add_reader(self.sock.fileno(), self._on_underlay)
+        self.control = await control.serve(self.cfg.control_socket, self.handle_control)
+        self.mapping_task = asyncio.create_task(self.mapping.run())
+        try:  # preload before attaching: the first packets then find their mappings
+            await asyncio.wait_for(self.mapping.synced.wait(), 5)
+        except asyncio.TimeoutError:
+            self.log.warning("mapping preload timed out; continuing, misses go to the edge")
+        for e in self.cfg.enis:
+            await self.attach(e)
+        self.ready = True
+        self.log.info("ready", enis=len(self.ports), offload=self.cfg.offload,
+                      mappings=self.cache.size())
+
+    async def attach(self, e: config.EniConfig) -> None:
+        vpc = self.vpcs[e.vni]
+        eni = Eni(e.id, e.vni, e.ip, e.instance, e.netns, e.source_dest_check, vpc)
+        name = f"e{eni.number & ((1 << 56) - 1):014x}"  # 15 chars max; unique on this host
+        dev = tun.open_tun(name, self.cfg.offload)
+        gateway = str(e.ip.network.network_address + 1)
+        await asyncio.to_thread(tun.move_and_configure, name, e.netns, str(e.ip.ip),
+                                e.ip.network.prefixlen, gateway, vnet_hdr=dev.vnet_hdr)
+        port = EniPort(eni, dev)
+        self.ports[eni.number] = port
+        vpc.local[eni.ipv4_key] = eni
+        asyncio.get_running_loop().add_reader(port.fd, self._on_eni, port)
+        self.log.info("eni attached", eni=e.id, instance=e.instance, ip=str(e.ip), vnet_hdr=dev.vnet_hdr)
+
+    # --- the way out of an ENI -------------------------------------------------------------------
+    def _on_eni(self, port: EniPort) -> None:
+        now = asyncio.get_running_loop().time()
+        fd, iov, buf, view, inner, vnet = port.fd, port.iov, port.buf, port.view, port.inner, port.vnet
+        eni, egress, sock = port.eni, self.egress, self.sock
+        for _ in range(BATCH):
+            try:
+                n = os.readv(fd, iov)
+            except BlockingIOError:
+                break
+            except OSError:
+                break  # device gone (instance namespace deleted): nothing to read
+            segments = 1
+            if vnet:
+                n -= geneve.VNET_HDR_LEN
+                if buf[geneve.VNET_OFFSET + 1]:  # gso_type: a super-packet
+                    segments = offload.segment_count(view[geneve.VNET_OFFSET:geneve.VNET_OFFSET + 10], n)
+            try:
+                target = egress.process(eni, buf, inner, n, now, segments)
+                if target is None:
+                    continue
+                if target.__class__ is tuple:
+                    sock.sendto(view[: inner + n], target)
+                else:
+                    self.ports[target.number].write(
+                        view[geneve.VNET_OFFSET:geneve.VNET_OFFSET + 10] if vnet else None,
+                        view[inner: inner + n])
+            except (BlockingIOError, OSError):
+                egress.drops[Drop.SEND_FAILED] += 1
+            except Exception:  # a bug must not take the switch down; it is counted and logged once
+                self._error("egress")
+        if self.cache.queries:
+            self.mapping.flush_queries()
+
+    # --- the way in from the underlay ------------------------------------------------------------
+    def _on_underlay(self) -> None:
+        now = asyncio.get_running_loop().time()
+        sock, rbuf, rview, ingress, ports = self.sock, self.rbuf, self.rview, self.ingress, self.ports
+        for _ in range(BATCH):
+            try:
+                n, addr = sock.recvfrom_into(rbuf)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            try:
+                eni = ingress.process(rbuf, n, addr[0], now)
+                if eni is None:
+                    continue
+                v = ingress.vnet_off
+                ports[eni.number].write(rview[v: v + 10] if v >= 0 else None, rview[ingress.inner_off: n])
+            except (BlockingIOError, OSError):
+                ingress.drops[Drop.DELIVERY_FAILED] += 1
+            except offload.OffloadError:
+                ingress.drops[Drop.MALFORMED_PACKET] += 1
+            except Exception:
+                self._error("ingress")
+        if self.cache.queries:
+            self.mapping.flush_queries()
+
+    def _error(self, where: str) -> None:
+        self.errors += 1
+        if self.errors <= 10:
+            self.log.exception("unexpected error on the data path", path=where)
+
+    # --- control ---------------------------------------------------------------------------------
+    def handle_control(self, request: dict) -> dict:
+        if request.get("op") != "status":
+            return {"error": f"unknown op {request.get('op')!r}"}
+        enis = []
+        for p in self.ports.values():
+            e = p.eni
+            enis.append({"id": e.id, "instance": e.instance, "ip": str(e.ipv4), "vni": e.vni,
+                         "vnet_hdr": p.vnet, "tx_packets": e.stats[0], "tx_bytes": e.stats[1],
+                         "rx_packets": e.stats[2], "rx_bytes": e.stats[3], "drops": counters_as_dict(e.drops)})
+        return {"role": "host-agent", "name": self.cfg.name, "ready": self.ready, "pid": os.getpid(),
+                "underlay": f"{self.cfg.underlay_ip}:{self.cfg.underlay_port}", "offload": self.cfg.offload,
+                "mapping": self.mapping.status(), "enis": enis,
+                "egress_drops": counters_as_dict(self.egress.drops),
+                "ingress_drops": counters_as_dict(self.ingress.drops),
+                "to_edge": self.egress.to_edge, "from_edge": self.ingress.from_edge, "errors": self.errors}
+
+
+async def run(cfg: config.HostAgentConfig) -> None:
+    agent = HostAgent(cfg)
+    await agent.start()
+    await daemon.until_signalled()
+    agent.log.info("stopping")
+
+
+def main(argv: list[str] | None = None) -> None:
+    daemon.run(argv, config.HostAgentConfig, run, __doc__)
+
+
+if __name__ == "__main__":
+    main()

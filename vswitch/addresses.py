@@ -1,0 +1,31 @@
+"""Addresses as integers: the data path compares and hashes ints, never address objects.
+
+IPv6 keys carry a tag bit above the 128 address bits so one dictionary can hold both families
+without ``::a.b.c.d`` colliding with ``a.b.c.d``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+V6_TAG = 1 << 128
+
+
+def key(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    ip = ipaddress.ip_address(address)
+    return int(ip) if ip.version == 4 else int(ip) | V6_TAG
+
+
+def text(k: int) -> str:
+    return str(ipaddress.IPv6Address(k & ~V6_TAG)) if k & V6_TAG else str(ipaddress.IPv4Address(k))
+
+
+def eni_number(eni_id: str) -> int:
+    """``eni-0123456789abcdef`` → its 64-bit number (carried in the Geneve SOURCE_ENI option)."""
+    if not eni_id.startswith("eni-") or not 1 <= len(eni_id) - 4 <= 16:
+        raise ValueError(f"not an ENI id: {eni_id!r}")
+    return int(eni_id[4:], 16)
+
+
+def eni_id(number: int) -> str:
+    return f"eni-{number:016x}"

@@ -1,0 +1,104 @@
+"""Daemon configuration files (TOML), validated with errors that name the bad field.
+
+The lab writes these files; on real machines an operator does (issue 7 adds systemd units). Every
+daemon is started the same way: ``python -m agents.<role> --config FILE``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from typing import Annotated
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import addresses
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _endpoint(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT")
+    ipaddress.ip_address(host)
+    return value
+
+
+Endpoint = Annotated[str, pydantic.AfterValidator(_endpoint)]
+IPv4 = Annotated[str, pydantic.AfterValidator(lambda v: str(ipaddress.IPv4Address(v)))]
+
+
+def _eni_id(value: str) -> str:
+    addresses.eni_number(value)
+    return value
+
+
+class VpcConfig(_Strict):
+    vni: int = Field(ge=1, le=(1 << 24) - 1)
+    cidr: ipaddress.IPv4Network
+    subnets: list[ipaddress.IPv4Network]
+
+
+class EniConfig(_Strict):
+    id: Annotated[str, pydantic.AfterValidator(_eni_id)]
+    vni: int = Field(ge=1, le=(1 << 24) - 1)
+    ip: ipaddress.IPv4Interface  # address with its subnet prefix
+    netns: str
+    instance: str = ""
+    source_dest_check: bool = True
+
+
+class DaemonConfig(_Strict):
+    name: str
+    control_socket: str
+    log_file: str | None = None
+    log_level: str = "info"
+
+
+class HostAgentConfig(DaemonConfig):
+    underlay_ip: IPv4
+    underlay_port: int = Field(6081, gt=0, lt=65536)
+    mapping: Endpoint  # the mapping daemon
+    edge: IPv4 | None = None  # the Blackfoot edge's underlay address
+    offload: bool = True  # TUN offloads (virtio header, TSO); off = one packet per read
+    vpcs: list[VpcConfig] = []
+    enis: list[EniConfig] = []
+
+
+class MappingDaemonConfig(DaemonConfig):
+    listen: Endpoint
+    state_file: str | None = None  # survives a restart; written atomically on change
+
+
+class EdgeConfig(DaemonConfig):
+    underlay_ip: IPv4
+    underlay_port: int = Field(6081, gt=0, lt=65536)
+    mapping: Endpoint
+
+
+def load(model: type[BaseModel], path: str):
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as e:
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+
+
+def split_endpoint(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host, int(port)

@@ -1,0 +1,48 @@
+"""Why a packet was dropped: one enum feeds counters, status output, and (later) flow logs and trace.
+
+Counters are a flat list indexed by the reason's value, so counting a drop on the hot path is one
+list index and one add — no dict lookup, no allocation.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Drop(enum.IntEnum):
+    # --- the way out of an ENI (egress) ---
+    MALFORMED_PACKET = 0  # too short, bad version or header length
+    SOURCE_CHECK = 1  # source address is not one of the ENI's own
+    IPV6_NOT_ENABLED = 2  # the ENI has no IPv6 address (dual stack arrives later)
+    BROADCAST_MULTICAST = 3  # no broadcast or multicast inside a VPC
+    NO_ROUTE = 4  # destination outside every route the VPC has
+    RESERVED_ADDRESS = 5  # subnet network/router/DNS/reserved/broadcast addresses nobody answers yet
+    NO_MAPPING_NO_EDGE = 6  # mapping miss and no edge configured to relay through
+    TOO_BIG = 7  # larger than the underlay can carry
+    # --- the way in from the underlay (ingress) ---
+    MALFORMED_GENEVE = 8  # too short, wrong version, options past the end
+    GENEVE_OAM = 9  # control packets are not data
+    UNKNOWN_CRITICAL_OPTION = 10  # RFC 8926 §3.5: must drop what we cannot interpret
+    UNSUPPORTED_PROTOCOL = 11  # inner protocol type neither IPv4 nor IPv6
+    UNKNOWN_VNI = 12  # no ENI of that VPC lives on this host
+    UNKNOWN_SOURCE = 13  # the mapping has no owner for the inner source (asked the daemon)
+    OUTER_SOURCE_MISMATCH = 14  # the sending host does not own the inner source: spoofed
+    SOURCE_ENI_MISMATCH = 15  # the Geneve source-ENI option names another ENI than the mapping
+    UNKNOWN_DESTINATION = 16  # no ENI on this host owns the inner destination
+    DELIVERY_FAILED = 17  # the ENI device refused the write (full queue, gone)
+    # --- the edge ---
+    EDGE_NO_MAPPING = 18  # nobody in the VPC owns the destination
+    SEND_FAILED = 19  # the underlay socket refused the datagram
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+def new_counters() -> list[int]:
+    return [0] * len(Drop)
+
+
+def counters_as_dict(counters: list[int]) -> dict[str, int]:
+    """Non-zero counters by reason name, for status output and metrics."""
+    return {reason.label: counters[reason] for reason in Drop if counters[reason]}

@@ -1,0 +1,57 @@
+"""The Blackfoot edge as a pure core: the relay for packets a host could not map.
+
+The edge subscribes to every VPC's mappings. A host with a mapping miss sends the encapsulated packet
+here unchanged; the edge checks that the sending host owns the inner source (so the edge cannot be
+used to launder spoofed packets — receivers trust its outer address), then forwards the very same
+datagram to the host that owns the inner destination. The sender learns the mapping from the daemon
+meanwhile, so later packets go direct.
+
+``process`` returns the underlay address to forward to, or None (``last_drop`` says why).
+(The internet side of the edge arrives with route tables and the internet gateway.)
+"""
+
+from __future__ import annotations
+
+from . import geneve
+from .drops import Drop, new_counters
+from .ingress import inner_addresses
+from .mapping import MappingCache
+
+
+class EdgeRelay:
+    def __init__(self, cache: MappingCache):
+        self.cache = cache
+        self.drops = new_counters()
+        self.last_drop: Drop | None = None
+        self.relayed = 0
+        self._hdr = [0, 0, 0, 0]
+
+    def _drop(self, reason: Drop) -> None:
+        self.drops[reason] += 1
+        self.last_drop = reason
+        return None
+
+    def process(self, buf, n: int, outer_ip: str):
+        hdr = self._hdr
+        inner = geneve.decode_into(buf, n, hdr)
+        if inner < 0:
+            return self._drop(Drop(-1 - inner))
+        table = self.cache.tables.get(hdr[geneve.DECODE_VNI])
+        if table is None:
+            return self._drop(Drop.UNKNOWN_VNI)
+        addrs = inner_addresses(buf, inner, n, hdr[geneve.DECODE_PROTO])
+        if addrs.__class__ is Drop:
+            return self._drop(addrs)
+        src, dst = addrs
+        owner = table.get(src)
+        if owner is None:
+            return self._drop(Drop.UNKNOWN_SOURCE)
+        if owner.host != outer_ip:
+            return self._drop(Drop.OUTER_SOURCE_MISMATCH)
+        if owner.eni != hdr[geneve.DECODE_ENI]:
+            return self._drop(Drop.SOURCE_ENI_MISMATCH)
+        target = table.get(dst)
+        if target is None:
+            return self._drop(Drop.EDGE_NO_MAPPING)
+        self.relayed += 1
+        return target.underlay

@@ -1,0 +1,92 @@
+"""The way in from the underlay: a Geneve datagram to an ENI on this host.
+
+Stages, each an early return with a reason (see ``Drop``):
+
+  1. decap      a well-formed Geneve header, no OAM, no critical option we do not understand
+  2. VNI        a VPC with at least one ENI on this host
+  3. inner      an IPv4 (or IPv6) packet behind it
+  4. source     the outer source must be the host that the mapping says owns the inner source, and the
+                SOURCE_ENI option must name that owner's ENI. Packets relayed by the edge are trusted for
+                the host check (the edge checked the original sender), not for the ENI check.
+  5. dest       an ENI on this host owns the inner destination
+  6. deliver    the shell writes the inner packet (with its virtio header) to that ENI's TUN
+
+``process`` returns the destination ``Eni`` or None for a drop (``last_drop`` says why). On success,
+``inner_off`` and ``vnet_off`` (-1 if absent) locate the packet and its virtio header in the buffer.
+"""
+
+from __future__ import annotations
+
+from . import geneve
+from .drops import Drop, new_counters
+from .eni import RX_BYTES, RX_PACKETS, Eni, VpcView
+from .headers import _V4_ADDRS
+from .mapping import MappingCache
+
+
+def inner_addresses(buf, off: int, n: int, protocol: int):
+    """(source key, destination key) of the inner packet, or a Drop. IPv6 needs dual stack (later)."""
+    if protocol == geneve.PROTO_IPV4:
+        if n - off < 20 or buf[off] >> 4 != 4:
+            return Drop.MALFORMED_PACKET
+        return _V4_ADDRS.unpack_from(buf, off + 12)
+    if protocol == geneve.PROTO_IPV6:
+        return Drop.IPV6_NOT_ENABLED
+    return Drop.UNSUPPORTED_PROTOCOL
+
+
+class IngressPath:
+    def __init__(self, cache: MappingCache, vpcs: dict[int, VpcView], edge_ip: str | None):
+        self.cache = cache
+        self.vpcs = vpcs
+        self.edge_ip = edge_ip
+        self.drops = new_counters()
+        self.last_drop: Drop | None = None
+        self.inner_off = 0
+        self.vnet_off = -1
+        self._hdr = [0, 0, 0, 0]
+        self.from_edge = 0
+
+    def _drop(self, reason: Drop) -> None:
+        self.drops[reason] += 1
+        self.last_drop = reason
+        return None
+
+    def process(self, buf, n: int, outer_ip: str, now: float, segments: int = 1) -> Eni | None:
+        # 1. decap
+        hdr = self._hdr
+        inner = geneve.decode_into(buf, n, hdr)
+        if inner < 0:
+            return self._drop(Drop(-1 - inner))
+        # 2. VNI
+        vpc = self.vpcs.get(hdr[geneve.DECODE_VNI])
+        if vpc is None:
+            return self._drop(Drop.UNKNOWN_VNI)
+        # 3. inner packet
+        addrs = inner_addresses(buf, inner, n, hdr[geneve.DECODE_PROTO])
+        if addrs.__class__ is Drop:
+            return self._drop(addrs)
+        src, dst = addrs
+        # 4. source: the sender must own the inner source
+        owner = vpc.mappings.get(src)
+        if outer_ip == self.edge_ip:
+            self.from_edge += 1
+            if owner is not None and owner.eni != hdr[geneve.DECODE_ENI]:
+                return self._drop(Drop.SOURCE_ENI_MISMATCH)
+        elif owner is None:
+            self.cache.note_miss(vpc.vni, src, now)
+            return self._drop(Drop.UNKNOWN_SOURCE)
+        elif owner.host != outer_ip:
+            return self._drop(Drop.OUTER_SOURCE_MISMATCH)
+        elif owner.eni != hdr[geneve.DECODE_ENI]:
+            return self._drop(Drop.SOURCE_ENI_MISMATCH)
+        # 5. destination ENI on this host
+        eni = vpc.local.get(dst)
+        if eni is None:
+            return self._drop(Drop.UNKNOWN_DESTINATION)
+        self.inner_off = inner
+        self.vnet_off = hdr[geneve.DECODE_VNET]
+        stats = eni.stats
+        stats[RX_PACKETS] += segments
+        stats[RX_BYTES] += n - inner
+        return eni

@@ -1,0 +1,77 @@
+"""The asyncio shell around ``MappingCache``: keep a connection to the mapping daemon.
+
+Subscribes on every (re)connect — the snapshot replaces what the cache held for those VPCs — applies
+pushes as they arrive, and sends the queries the data path queued on misses. While the daemon is down
+the cache is left as it is: agents keep forwarding on what they know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from . import logs
+from .mapping import MappingCache, ProtocolError, decode, encode
+
+
+class MappingClient:
+    BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
+
+    def __init__(self, endpoint: tuple[str, int], cache: MappingCache, vnis: list[int] | None):
+        self.endpoint = endpoint
+        self.cache = cache
+        self.vnis = vnis  # None: every VPC (the edge)
+        self.connected = False
+        self.connects = 0
+        self.protocol_errors = 0
+        self.synced = asyncio.Event()  # set once the first snapshots arrived
+        self._writer: asyncio.StreamWriter | None = None
+        self._log = logs.get("mapping-client")
+
+    def flush_queries(self) -> None:
+        """Send queued miss queries; dropped while disconnected (they are asked again later)."""
+        queries = self.cache.take_queries()
+        if self._writer is not None and queries:
+            self._writer.write(b"".join(encode(q) for q in queries))
+
+    async def run(self) -> None:
+        backoff = self.BACKOFF_MIN
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(*self.endpoint)
+            except OSError as e:
+                self._log.warning("mapping daemon unreachable", endpoint=self.endpoint, error=str(e))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.BACKOFF_MAX)
+                continue
+            backoff = self.BACKOFF_MIN
+            self.connects += 1
+            self._writer, self.connected = writer, True
+            self._log.info("mapping daemon connected", endpoint=self.endpoint)
+            try:
+                subscribe = self.cache.subscribe_message(self.vnis)
+                writer.write(encode(subscribe) + encode({"op": "ping"}))
+                self.flush_queries()
+                while line := await reader.readline():
+                    try:
+                        message = decode(line)
+                        self.cache.apply(message)
+                    except ProtocolError as e:
+                        self.protocol_errors += 1
+                        self._log.warning("bad message from mapping daemon", error=str(e))
+                        continue
+                    # The daemon answers in order: the pong follows every snapshot we asked for.
+                    if message["op"] == "pong":
+                        self.synced.set()
+            except (ConnectionError, OSError) as e:
+                self._log.warning("mapping daemon connection lost", error=str(e))
+            finally:
+                self._writer, self.connected = None, False
+                writer.close()
+            self._log.warning("mapping daemon disconnected; forwarding on cached mappings")
+            await asyncio.sleep(self.BACKOFF_MIN)
+
+    def status(self) -> dict:
+        c = self.cache
+        return {"connected": self.connected, "connects": self.connects, "entries": c.size(),
+                "misses": c.misses, "answered_misses": c.hits_by_query, "updates": c.updates,
+                "protocol_errors": self.protocol_errors}
