@@ -20,7 +20,7 @@ import os
 import socket
 
 from agents import daemon
-from vswitch import config, control, geneve, logs, offload, tun
+from vswitch import addresses, config, control, geneve, logs, offload, tun
 from vswitch.drops import Drop, counters_as_dict
 from vswitch.egress import EgressPath
 from vswitch.eni import Eni, VpcView, reserved_keys
@@ -76,7 +76,8 @@ class HostAgent:
         edge = (cfg.edge, cfg.underlay_port) if cfg.edge else None
         self.egress = EgressPath(cfg.underlay_ip, self.cache, edge)
         self.ingress = IngressPath(self.cache, self.vpcs, cfg.edge)
-        self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, sorted(self.vpcs))
+        self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, sorted(self.vpcs),
+                                     on_change=self._release_held)
         self.ports: dict[int, EniPort] = {}  # ENI number -> port
         self.ready = False
         self.errors = 0  # unexpected exceptions caught in a callback (should stay 0)
@@ -99,6 +100,7 @@ class HostAgent:
         self.sock.setblocking(False)
         loop.add_reader(self.sock.fileno(), self._on_underlay)
         self.control = await control.serve(self.cfg.control_socket, self.handle_control)
+        self._expire_held()
         self.mapping_task = asyncio.create_task(self.mapping.run())
         try:  # preload before attaching: the first packets then find their mappings
             await asyncio.wait_for(self.mapping.synced.wait(), 5)
@@ -228,6 +230,20 @@ class HostAgent:
             return
         loop.call_soon(self._spin)
 
+    # --- packets held for an unknown source ------------------------------------------------------
+    def _release_held(self) -> None:
+        if not self.ingress.held:
+            return
+        for eni, datagram, inner, vnet in self.ingress.release(asyncio.get_running_loop().time()):
+            try:
+                self.ports[eni.number].write(datagram[vnet:vnet + 10] if vnet >= 0 else None, datagram[inner:])
+            except OSError:
+                self.ingress.drops[Drop.DELIVERY_FAILED] += 1
+
+    def _expire_held(self) -> None:
+        self._release_held()
+        asyncio.get_running_loop().call_later(IngressPath.HOLD_TIME / 4, self._expire_held)
+
     def _error(self, where: str) -> None:
         self.errors += 1
         if self.errors <= 10:
@@ -235,6 +251,13 @@ class HostAgent:
 
     # --- control ---------------------------------------------------------------------------------
     def handle_control(self, request: dict) -> dict:
+        """``status``, or ``evict`` {vni, addr}: forget a cached mapping (the next packet asks again)."""
+        if request.get("op") == "evict":
+            try:
+                vni, key = int(request["vni"]), addresses.key(request["addr"])
+            except (KeyError, TypeError, ValueError) as e:
+                return {"error": f"evict needs vni and addr: {e}"}
+            return {"evicted": self.cache.tables.get(vni, {}).pop(key, None) is not None}
         if request.get("op") != "status":
             return {"error": f"unknown op {request.get('op')!r}"}
         enis = []
@@ -248,7 +271,8 @@ class HostAgent:
                 "mapping": self.mapping.status(), "enis": enis,
                 "egress_drops": counters_as_dict(self.egress.drops),
                 "ingress_drops": counters_as_dict(self.ingress.drops),
-                "to_edge": self.egress.to_edge, "from_edge": self.ingress.from_edge, "errors": self.errors}
+                "to_edge": self.egress.to_edge, "from_edge": self.ingress.from_edge,
+                "held_for_mapping": self.ingress.held_total, "errors": self.errors}
 
 
 async def run(cfg: config.HostAgentConfig) -> None:

@@ -38,6 +38,8 @@ UNDERLAY = ipaddress.ip_network("198.18.0.0/24")
 MAPPING_IP, EDGE_IP, FIRST_HOST = UNDERLAY[2], UNDERLAY[3], 11
 MAPPING_PORT = 6080
 LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+REGION = "lab-1"  # private hostnames are ip-10-0-1-5.lab-1.compute.internal
+NETNS_ETC = Path("/etc/netns")  # `ip netns exec` bind-mounts files from here over /etc
 READY_TIMEOUT = 30.0
 
 
@@ -145,8 +147,10 @@ class Lab:
         edge = component("edge", "edge_agent", self.ns("edge"), EDGE_IP)
         hosts = {h.name: component(h.name, "host_agent", self.ns("host", h.name), UNDERLAY[FIRST_HOST + i])
                  for i, h in enumerate(topo.hosts)}
-        for inst in topo.instances():
-            self._netns_add(self.ns("inst", inst.name))
+        for vpc in topo.vpcs:
+            for inst in vpc.instances:
+                self._netns_add(self.ns("inst", inst.name))
+                self._instance_etc(vpc, inst)
 
         endpoint = f"{MAPPING_IP}:{MAPPING_PORT}"
         self._write_config(mapping, {"listen": endpoint, "state_file": str(self.dir / "mappings.json")})
@@ -188,6 +192,24 @@ class Lab:
         run("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
             "net.ipv6.conf.default.disable_ipv6=1")
         run("ip", "-n", name, "link", "set", "lo", "up")
+
+    def _instance_etc(self, vpc, inst) -> None:
+        """The instance's own /etc/hosts and /etc/resolv.conf (seen by programs run with `ip netns exec`).
+
+        Without them an instance inherits this machine's resolver, which lies outside the VPC: every
+        reverse lookup (http.server does one at start) would wait for time-outs. The hosts file names
+        every instance of the VPC, by name and by private hostname; the resolver is the VPC's (base + 2,
+        answered once built-in DNS exists), with short time-outs meanwhile.
+        """
+        etc = NETNS_ETC / self.ns("inst", inst.name)
+        etc.mkdir(parents=True, exist_ok=True)
+        domain = f"{REGION}.compute.internal"
+        lines = ["127.0.0.1 localhost"]
+        for i in vpc.instances:
+            lines.append(f"{i.ip} ip-{str(i.ip).replace('.', '-')}.{domain} {i.name}")
+        (etc / "hosts").write_text("\n".join(lines) + "\n")
+        resolver = vpc.cidr.network_address + 2
+        (etc / "resolv.conf").write_text(f"nameserver {resolver}\nsearch {domain}\noptions timeout:1 attempts:1\n")
 
     def _write_config(self, c: Component, extra: dict) -> None:
         body = {"name": c.name, "control_socket": c.socket, "log_file": c.log, **extra}
@@ -282,6 +304,9 @@ class Lab:
                 removed.append(f"process {pid}")
             run("ip", "netns", "del", ns, check=False)
             removed.append(f"netns {ns}")
+        for etc in NETNS_ETC.glob(f"{self.name}.*") if NETNS_ETC.exists() else ():
+            shutil.rmtree(etc, ignore_errors=True)
+            removed.append(f"dir {etc}")
         if self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
             removed.append(f"dir {self.dir}")

@@ -8,6 +8,10 @@ Stages, each an early return with a reason (see ``Drop``):
   4. source     the outer source must be the host that the mapping says owns the inner source, and the
                 SOURCE_ENI option must name that owner's ENI. Packets relayed by the edge are trusted for
                 the host check (the edge checked the original sender), not for the ENI check.
+                An unknown source is not dropped at once: the reply to a first packet that went through
+                the edge often arrives before this host has learned the replier's mapping. Such packets
+                are held (a few per source, for HOLD_TIME) while the cache asks the daemon, and checked
+                again by ``release`` when the answer arrives.
   5. dest       an ENI on this host owns the inner destination
   6. deliver    the shell writes the inner packet (with its virtio header) to that ENI's TUN
 
@@ -18,6 +22,7 @@ Stages, each an early return with a reason (see ``Drop``):
 from __future__ import annotations
 
 from . import geneve
+from .offload import segment_count
 from .drops import Drop, new_counters
 from .eni import RX_BYTES, RX_PACKETS, Eni, VpcView
 from .headers import _V4_ADDRS
@@ -36,6 +41,10 @@ def inner_addresses(buf, off: int, n: int, protocol: int):
 
 
 class IngressPath:
+    HOLD_TIME = 1.0  # seconds a packet from an unknown source waits for its mapping
+    MAX_HELD_PER_SOURCE = 8
+    MAX_HELD_SOURCES = 256
+
     def __init__(self, cache: MappingCache, vpcs: dict[int, VpcView], edge_ip: str | None):
         self.cache = cache
         self.vpcs = vpcs
@@ -46,13 +55,16 @@ class IngressPath:
         self.vnet_off = -1
         self._hdr = [0, 0, 0, 0]
         self.from_edge = 0
+        # (vni, source key) -> [(datagram copy, outer ip, when held)]
+        self.held: dict[tuple[int, int], list[tuple[bytes, str, float]]] = {}
+        self.held_total = 0  # packets ever held
 
     def _drop(self, reason: Drop) -> None:
         self.drops[reason] += 1
         self.last_drop = reason
         return None
 
-    def process(self, buf, n: int, outer_ip: str, now: float, segments: int = 1) -> Eni | None:
+    def process(self, buf, n: int, outer_ip: str, now: float, hold: bool = True) -> Eni | None:
         # 1. decap
         hdr = self._hdr
         inner = geneve.decode_into(buf, n, hdr)
@@ -75,6 +87,8 @@ class IngressPath:
                 return self._drop(Drop.SOURCE_ENI_MISMATCH)
         elif owner is None:
             self.cache.note_miss(vpc.vni, src, now)
+            if hold and self._hold(vpc.vni, src, buf, n, outer_ip, now):
+                return None
             return self._drop(Drop.UNKNOWN_SOURCE)
         elif owner.host != outer_ip:
             return self._drop(Drop.OUTER_SOURCE_MISMATCH)
@@ -85,8 +99,41 @@ class IngressPath:
         if eni is None:
             return self._drop(Drop.UNKNOWN_DESTINATION)
         self.inner_off = inner
-        self.vnet_off = hdr[geneve.DECODE_VNET]
+        vnet = self.vnet_off = hdr[geneve.DECODE_VNET]
+        # A super-packet counts as the packets it carries (gso_type is the virtio header's 2nd byte).
+        segments = segment_count(buf[vnet:vnet + 10], n - inner) if vnet >= 0 and buf[vnet + 1] else 1
         stats = eni.stats
         stats[RX_PACKETS] += segments
         stats[RX_BYTES] += n - inner
         return eni
+
+    # --- packets waiting for their source's mapping -------------------------------------------------
+    def _hold(self, vni: int, src: int, buf, n: int, outer_ip: str, now: float) -> bool:
+        queue = self.held.get((vni, src))
+        if queue is None:
+            if len(self.held) >= self.MAX_HELD_SOURCES:
+                return False
+            queue = self.held[(vni, src)] = []
+        elif len(queue) >= self.MAX_HELD_PER_SOURCE:
+            return False
+        queue.append((bytes(buf[:n]), outer_ip, now))
+        self.held_total += 1
+        self.last_drop = None
+        return True
+
+    def release(self, now: float) -> list[tuple[Eni, bytes, int, int]]:
+        """Check held packets again: those whose source the cache now knows, or that the daemon
+        answered (or that waited too long). Returns what to deliver: (ENI, datagram, inner offset,
+        virtio header offset); the rest is dropped and counted as UNKNOWN_SOURCE or the like."""
+        out = []
+        for (vni, src), queue in list(self.held.items()):
+            known = self.cache.lookup(vni, src) is not None
+            answered = (vni, src) not in self.cache.pending
+            if not (known or answered or now - queue[0][2] >= self.HOLD_TIME):
+                continue
+            del self.held[(vni, src)]
+            for datagram, outer_ip, _ in queue:
+                eni = self.process(datagram, len(datagram), outer_ip, now, hold=False)
+                if eni is not None:
+                    out.append((eni, datagram, self.inner_off, self.vnet_off))
+        return out

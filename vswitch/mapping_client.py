@@ -16,10 +16,12 @@ from .mapping import MappingCache, ProtocolError, decode, encode
 class MappingClient:
     BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
 
-    def __init__(self, endpoint: tuple[str, int], cache: MappingCache, vnis: list[int] | None):
+    def __init__(self, endpoint: tuple[str, int], cache: MappingCache, vnis: list[int] | None,
+                 on_change=None):
         self.endpoint = endpoint
         self.cache = cache
         self.vnis = vnis  # None: every VPC (the edge)
+        self.on_change = on_change  # called after each applied message from the daemon
         self.connected = False
         self.connects = 0
         self.protocol_errors = 0
@@ -55,6 +57,8 @@ class MappingClient:
                     try:
                         message = decode(line)
                         self.cache.apply(message)
+                        if self.on_change is not None:
+                            self.on_change()
                     except ProtocolError as e:
                         self.protocol_errors += 1
                         self._log.warning("bad message from mapping daemon", error=str(e))

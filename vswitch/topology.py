@@ -13,6 +13,14 @@ A YAML file such as ``configs/demo.yaml``::
           - {name: web, subnet: app, host: host-b, ip: 10.0.1.10}
           - {name: client, subnet: app, host: host-a, source_dest_check: false}
 
+Rules: names (hosts, VPCs, subnets, instances) are 1-20 characters of a-z, 0-9 and '-' starting with
+a letter; instance names are unique across the whole file, as instances are addressed by name alone.
+CIDRs are network addresses with a /16../28 prefix; subnets lie inside their VPC and do not overlap.
+Two VPCs may use the same CIDR: they are told apart by VNI, and addresses are unique only per VPC.
+An instance without ``ip`` gets the first free address from .4 up in its subnet, in file order, after
+the explicit ones are placed; the other four of the cloud's five reserved addresses are .0-.3 and the
+broadcast (``reserved_addresses``). ENI ids are derived from the VPC and instance names.
+
 Parsing is two passes. Pydantic checks the shape (known keys, types, each value on its own) and
 reports every problem it finds; only a well-shaped file reaches the second pass, which checks what
 spans several values (duplicates, references, containment) and fills in the defaults that depend on
@@ -306,6 +314,7 @@ class _Builder:
             elif inst.ip is not None:
                 self._check_ip(f"{ipath}.ip", inst.ip, subnet, taken)
         ips = self._assign(path, vpc, subnets, taken)
+        # An instance left without an address always comes with a reported problem, so build() raises.
         instances = tuple(
             Instance(inst.name, vpc.name, inst.subnet, inst.host, ips[n], _eni_id(vpc.name, inst.name),
                      inst.source_dest_check)
@@ -327,7 +336,7 @@ class _Builder:
             subnets[sub.name] = Subnet(sub.name, sub.cidr)
         return subnets
 
-    def _check_ip(self, path: str, ip, subnet: Subnet, taken: dict) -> None:
+    def _check_ip(self, path: str, ip: ipaddress.IPv4Address, subnet: Subnet, taken: dict) -> None:
         if ip not in subnet.cidr:
             self.problems.append(f"{path}: {ip} is outside subnet {subnet.name!r} ({subnet.cidr})")
         elif ip in reserved_addresses(subnet.cidr):
@@ -348,7 +357,7 @@ class _Builder:
             while ip in taken:
                 ip += 1
             if ip >= subnet.cidr.broadcast_address:
-                self.problems.append(f"{path}.instances[{n}]: no free address left for instance {inst.name!r} "
+                self.problems.append(f"{path}.instances[{n}]: no free address left for {inst.name!r} "
                                      f"in subnet {subnet.name!r} ({subnet.cidr})")
                 continue
             taken[ip] = f"{path}.instances[{n}]"
@@ -359,7 +368,8 @@ class _Builder:
     def _unique(self, path: str, what: str, value, seen: dict, scope: str = "") -> bool:
         """Record ``value`` as first used at ``path``; on a repeat, report both places and return False."""
         if value in seen:
-            self.problems.append(f"{path}: duplicate {what} {str(value)!r}{' ' + scope if scope else ''} "
+            shown = repr(value) if isinstance(value, str) else str(value)  # names quoted, numbers not
+            self.problems.append(f"{path}: duplicate {what} {shown}{' ' + scope if scope else ''} "
                                  f"(first used at {seen[value]})")
             return False
         seen[value] = path
