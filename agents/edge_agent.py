@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 
 from agents import daemon
-from agents.host_agent import BATCH, SOCKET_BUFFER
+from agents.host_agent import BATCH
 from vswitch import config, control, logs
-from vswitch.drops import Drop, counters_as_dict
+from vswitch.drops import counters_as_dict
 from vswitch.edge import EdgeRelay
 from vswitch.mapping import MappingCache
 from vswitch.mapping_client import MappingClient
+from vswitch.underlay import UnderlaySocket
 
 
 class EdgeAgent:
@@ -27,16 +27,10 @@ class EdgeAgent:
         self.cache = MappingCache(port=cfg.underlay_port)
         self.relay = EdgeRelay(self.cache)
         self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, None)
-        self.buf = bytearray(65536 + 64)
-        self.view = memoryview(self.buf)
 
     async def start(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for force in (33, 32):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE
-            self.sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-        self.sock.bind((self.cfg.underlay_ip, self.cfg.underlay_port))
-        self.sock.setblocking(False)
-        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_underlay)
+        self.underlay = UnderlaySocket(self.cfg.underlay_ip, self.cfg.underlay_port, self.relay.drops)
+        asyncio.get_running_loop().add_reader(self.underlay.fileno, self._on_underlay)
         await control.serve(self.cfg.control_socket, self.handle_control)
         self.mapping_task = asyncio.create_task(self.mapping.run())
         try:
@@ -46,18 +40,13 @@ class EdgeAgent:
         self.log.info("ready", mappings=self.cache.size())
 
     def _on_underlay(self) -> None:
-        sock, buf, view, relay = self.sock, self.buf, self.view, self.relay
-        for _ in range(BATCH):
-            try:
-                n, addr = sock.recvfrom_into(buf)
-            except OSError:
-                break
-            target = relay.process(buf, n, addr[0])
-            if target is not None:
-                try:
-                    sock.sendto(view[:n], target)
-                except OSError:
-                    relay.drops[Drop.SEND_FAILED] += 1
+        self.underlay.receive(self._relay, BATCH)
+        self.underlay.flush()
+
+    def _relay(self, buf, n: int, outer_ip: str) -> None:
+        target = self.relay.process(buf, n, outer_ip)
+        if target is not None:
+            self.underlay.send(buf[:n], target)
 
     def handle_control(self, request: dict) -> dict:
         return {"role": "edge", "name": self.cfg.name, "ready": self.mapping.synced.is_set(),

@@ -6,18 +6,17 @@ packets per wake-up (how you read matters more than which loop: see the performa
 
 Buffer layout per ENI, so the Geneve header is already in front of the packet when it is read::
 
-    [0 .. 24)  Geneve base + SOURCE_ENI option + OFFLOAD option header   (constant, written once)
-    [24 .. 34) virtio_net_hdr           ← readv fills these two slices
-    [34 .. 36) padding (zero)
+    [0 .. 26)  Geneve base + SOURCE_ENI option + OFFLOAD option header and padding  (written once)
+    [26 .. 36) virtio_net_hdr           ← one read fills both
     [36 .. )   the instance's packet    ←
-Without offloads the packet is read straight to offset 20, behind base + SOURCE_ENI.
+Without offloads the packet is read straight to offset 20, behind base + SOURCE_ENI. On the way in,
+the same layout lets one write hand virtio header + packet to the receiving TUN.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 
 from agents import daemon
 from vswitch import addresses, config, control, geneve, logs, offload, tun
@@ -27,9 +26,9 @@ from vswitch.eni import Eni, VpcView, reserved_keys
 from vswitch.ingress import IngressPath
 from vswitch.mapping import MappingCache
 from vswitch.mapping_client import MappingClient
+from vswitch.underlay import UnderlaySocket
 
 BATCH = 64
-SOCKET_BUFFER = 16 << 20
 ZERO_VNET = bytes(geneve.VNET_HDR_LEN)
 
 
@@ -45,24 +44,23 @@ class EniPort:
         self.buf = bytearray(geneve.INNER_OFFSET_OFFLOAD + 65536)
         self.buf[: len(head)] = head
         self.view = memoryview(self.buf)
-        if self.vnet:
-            self.inner = geneve.INNER_OFFSET_OFFLOAD
-            self.iov = [self.view[geneve.VNET_OFFSET: geneve.VNET_OFFSET + geneve.VNET_HDR_LEN],
-                        self.view[self.inner:]]
-        else:
-            self.inner = geneve.INNER_OFFSET_PLAIN
-            self.iov = [self.view[self.inner:]]
+        self.inner = geneve.INNER_OFFSET_OFFLOAD if self.vnet else geneve.INNER_OFFSET_PLAIN
+        self.iov = [self.view[geneve.VNET_OFFSET if self.vnet else self.inner:]]
 
-    def write(self, vnet_hdr, packet) -> None:
-        """Deliver one packet (as read on another ENI or from the underlay) to this ENI's instance."""
+    def write(self, view: memoryview, vnet: int, inner: int, end: int) -> None:
+        """Deliver the packet at ``view[inner:end]`` (its virtio header at ``vnet``, or -1) to the instance."""
         if self.vnet:
-            os.writev(self.fd, (vnet_hdr if vnet_hdr is not None else ZERO_VNET, packet))
-        elif vnet_hdr is not None and offload.needs_work(vnet_hdr):
+            if vnet + geneve.VNET_HDR_LEN == inner:  # our own layout: header and packet are contiguous
+                os.write(self.fd, view[vnet:end])
+            else:
+                os.writev(self.fd, (view[vnet:vnet + geneve.VNET_HDR_LEN] if vnet >= 0 else ZERO_VNET,
+                                    view[inner:end]))
+        elif vnet >= 0 and offload.needs_work(view[vnet:vnet + geneve.VNET_HDR_LEN]):
             # The sender used offloads, this device cannot take them: finish the work here.
-            for p in offload.finish(vnet_hdr, packet):
+            for p in offload.finish(view[vnet:vnet + geneve.VNET_HDR_LEN], view[inner:end]):
                 os.write(self.fd, p)
         else:
-            os.write(self.fd, packet)
+            os.write(self.fd, view[inner:end])
 
 
 class HostAgent:
@@ -84,21 +82,14 @@ class HostAgent:
         self.busy_poll = cfg.busy_poll_us / 1e6
         self.spin_until = 0.0  # adaptive busy-poll: keep polling until then (see _spin)
         self.spinning = False
-        self.rbuf = bytearray(65536 + 64)
-        self.rview = memoryview(self.rbuf)
+        self._now = 0.0
 
     # --- set-up ---------------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # *BUFFORCE as root
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-            except OSError:
-                self.sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-        self.sock.bind((self.cfg.underlay_ip, self.cfg.underlay_port))
-        self.sock.setblocking(False)
-        loop.add_reader(self.sock.fileno(), self._on_underlay)
+        self.underlay = UnderlaySocket(self.cfg.underlay_ip, self.cfg.underlay_port, self.egress.drops,
+                                       batching=self.cfg.underlay_batching)
+        loop.add_reader(self.underlay.fileno, self._on_underlay)
         self.control = await control.serve(self.cfg.control_socket, self.handle_control)
         self._expire_held()
         self.mapping_task = asyncio.create_task(self.mapping.run())
@@ -130,7 +121,7 @@ class HostAgent:
     def _drain_eni(self, port: EniPort, now: float) -> int:
         """Read and forward up to BATCH packets from one ENI; returns how many were read."""
         fd, iov, buf, view, inner, vnet = port.fd, port.iov, port.buf, port.view, port.inner, port.vnet
-        eni, egress, sock = port.eni, self.egress, self.sock
+        eni, egress, send = port.eni, self.egress, self.underlay.send
         count = 0
         for count in range(BATCH):
             try:
@@ -149,17 +140,16 @@ class HostAgent:
                 if target is None:
                     continue
                 if target.__class__ is tuple:
-                    sock.sendto(view[: inner + n], target)
+                    send(view[: inner + n], target)
                 else:
-                    self.ports[target.number].write(
-                        view[geneve.VNET_OFFSET:geneve.VNET_OFFSET + 10] if vnet else None,
-                        view[inner: inner + n])
-            except (BlockingIOError, OSError):
-                egress.drops[Drop.SEND_FAILED] += 1
+                    self.ports[target.number].write(view, geneve.VNET_OFFSET if vnet else -1, inner, inner + n)
+            except OSError:
+                egress.drops[Drop.DELIVERY_FAILED] += 1
             except Exception:  # a bug must not take the switch down; it is counted and logged
                 self._error("egress")
         else:
             count = BATCH
+        self.underlay.flush()
         if self.cache.queries:
             self.mapping.flush_queries()
         return count
@@ -167,39 +157,26 @@ class HostAgent:
     # --- the way in from the underlay ------------------------------------------------------------
     def _drain_underlay(self, now: float) -> int:
         """Receive and deliver up to BATCH datagrams; returns how many were received."""
-        sock, rbuf, rview, ingress, ports = self.sock, self.rbuf, self.rview, self.ingress, self.ports
-        count = 0
-        for count in range(BATCH):
-            try:
-                n, addr = sock.recvfrom_into(rbuf)
-            except BlockingIOError:
-                break
-            except OSError:
-                break
-            try:
-                eni = ingress.process(rbuf, n, addr[0], now)
-                if eni is None:
-                    continue
-                v = ingress.vnet_off
-                ports[eni.number].write(rview[v: v + 10] if v >= 0 else None, rview[ingress.inner_off: n])
-            except (BlockingIOError, OSError):
-                ingress.drops[Drop.DELIVERY_FAILED] += 1
-            except offload.OffloadError:
-                ingress.drops[Drop.MALFORMED_PACKET] += 1
-            except Exception:
-                self._error("ingress")
-        else:
-            count = BATCH
+        self._now = now
+        count = self.underlay.receive(self._deliver, BATCH)
         if self.cache.queries:
             self.mapping.flush_queries()
         return count
 
-    # --- adaptive busy polling -------------------------------------------------------------------
-    # A reply usually arrives within a few hundred microseconds of a request. Sleeping in epoll in
-    # between costs a wake-up per hop (on a VM, an idle vCPU halts and an IPI brings it back), which
-    # dominated the round-trip time. So after traffic we keep polling every device without blocking
-    # for ``busy_poll_us``, then go back to sleep — the same trade as NAPI and SO_BUSY_POLL: a little
-    # CPU while busy for latency, nothing while idle.
+    def _deliver(self, buf, n: int, outer_ip: str) -> None:
+        ingress = self.ingress
+        try:
+            eni = ingress.process(buf, n, outer_ip, self._now)
+            if eni is None:
+                return
+            self.ports[eni.number].write(buf, ingress.vnet_off, ingress.inner_off, n)
+        except OSError:
+            ingress.drops[Drop.DELIVERY_FAILED] += 1
+        except offload.OffloadError:
+            ingress.drops[Drop.MALFORMED_PACKET] += 1
+        except Exception:
+            self._error("ingress")
+
     def _on_eni(self, port: EniPort) -> None:
         now = asyncio.get_running_loop().time()
         if self._drain_eni(port, now):
@@ -236,7 +213,7 @@ class HostAgent:
             return
         for eni, datagram, inner, vnet in self.ingress.release(asyncio.get_running_loop().time()):
             try:
-                self.ports[eni.number].write(datagram[vnet:vnet + 10] if vnet >= 0 else None, datagram[inner:])
+                self.ports[eni.number].write(memoryview(datagram), vnet, inner, len(datagram))
             except OSError:
                 self.ingress.drops[Drop.DELIVERY_FAILED] += 1
 
@@ -268,6 +245,7 @@ class HostAgent:
                          "rx_packets": e.stats[2], "rx_bytes": e.stats[3], "drops": counters_as_dict(e.drops)})
         return {"role": "host-agent", "name": self.cfg.name, "ready": self.ready, "pid": os.getpid(),
                 "underlay": f"{self.cfg.underlay_ip}:{self.cfg.underlay_port}", "offload": self.cfg.offload,
+                "underlay_gso": self.underlay.gso, "underlay_gro": self.underlay.gro, "trains": self.underlay.trains,
                 "mapping": self.mapping.status(), "enis": enis,
                 "egress_drops": counters_as_dict(self.egress.drops),
                 "ingress_drops": counters_as_dict(self.ingress.drops),

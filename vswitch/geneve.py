@@ -22,13 +22,16 @@ Our options use class 0xFF5C, inside the range RFC 8926 leaves for experimental 
 
 - type 0x01 SOURCE_ENI (not critical), 8 bytes: the sending ENI's 64-bit number.
 - type 0x82 OFFLOAD (critical: a receiver that does not understand it would deliver a broken
-  super-packet), 12 bytes: the Linux ``struct virtio_net_hdr`` (10 bytes, little-endian) read with the
-  packet from the TUN, then 2 bytes of padding. It lets a TSO super-packet or a packet with a partial
-  checksum cross the underlay whole and be written to the receiving TUN as it was read.
+  super-packet), 12 bytes: 2 bytes of padding, then the Linux ``struct virtio_net_hdr`` (10 bytes,
+  little-endian) read with the packet from the TUN. It lets a TSO super-packet or a packet with a
+  partial checksum cross the underlay whole and be written to the receiving TUN as it was read.
+  The padding comes first so that the virtio header sits right before the inner packet: one
+  contiguous read from the sending TUN and one contiguous write to the receiving TUN.
 
 Our own packets therefore always have this fixed layout, which the data path writes and reads in place::
 
-    [0:8] base  [8:20] SOURCE_ENI  [20:36] OFFLOAD (optional)  [20:] or [36:] inner packet
+    [0:8] base  [8:20] SOURCE_ENI  [20:24] OFFLOAD header  [24:26] pad  [26:36] virtio header  [36:] inner
+    [0:8] base  [8:20] SOURCE_ENI  [20:] inner                                  (without offloads)
 """
 
 from __future__ import annotations
@@ -53,8 +56,9 @@ MAX_VNI = (1 << 24) - 1
 ENI_OPT_LEN = 12
 OFFLOAD_OPT_LEN = 16
 INNER_OFFSET_PLAIN = BASE_LEN + ENI_OPT_LEN  # 20
-VNET_OFFSET = INNER_OFFSET_PLAIN + 4  # 24: virtio_net_hdr inside the OFFLOAD option
 INNER_OFFSET_OFFLOAD = INNER_OFFSET_PLAIN + OFFLOAD_OPT_LEN  # 36
+VNET_OFFSET = INNER_OFFSET_OFFLOAD - VNET_HDR_LEN  # 26: virtio_net_hdr, last in the OFFLOAD option
+_VNET_PAD = OFFLOAD_OPT_LEN - 4 - VNET_HDR_LEN  # 2
 
 _BASE = struct.Struct("!BBHI")
 _OPT_HDR = struct.Struct("!HBB")
@@ -104,7 +108,7 @@ class Geneve:
     @property
     def vnet_header(self) -> bytes | None:
         o = self.option(OPTION_CLASS, OPT_OFFLOAD)
-        return o.data[:VNET_HDR_LEN] if o and len(o.data) >= VNET_HDR_LEN else None
+        return o.data[-VNET_HDR_LEN:] if o and len(o.data) >= VNET_HDR_LEN else None
 
     def emit(self) -> bytes:
         if not 0 <= self.vni <= MAX_VNI:
@@ -148,14 +152,14 @@ def source_eni_option(eni_number: int) -> Option:
 
 
 def offload_option(vnet_header: bytes) -> Option:
-    return Option(OPTION_CLASS, OPT_OFFLOAD, bytes(vnet_header[:VNET_HDR_LEN]).ljust(12, b"\x00"))
+    return Option(OPTION_CLASS, OPT_OFFLOAD, bytes(_VNET_PAD) + bytes(vnet_header[:VNET_HDR_LEN]))
 
 
 def prefix(vni: int, eni_number: int, offload: bool, protocol: int = PROTO_IPV4) -> bytes:
     """The constant header bytes the data path keeps in front of its read buffer for one ENI.
 
-    With ``offload`` the result ends with the OFFLOAD option's header: the TUN read then fills in
-    the virtio header (and 2 padding bytes stay zero) right behind it.
+    With ``offload`` the result ends with the OFFLOAD option's header and padding: the TUN read then
+    fills in the virtio header and the packet right behind it.
     """
     opts = (source_eni_option(eni_number),)
     if offload:
@@ -173,7 +177,8 @@ DECODE_VNI, DECODE_PROTO, DECODE_ENI, DECODE_VNET = 0, 1, 2, 3
 
 def decode_into(buf, n: int, out: list) -> int:
     """Parse the Geneve header of ``buf[:n]``. Fills ``out`` = [vni, protocol, source ENI or -1,
-    virtio header offset or -1] and returns the inner packet's offset, or ``-1 - Drop`` on error."""
+    virtio header offset or -1] and returns the inner packet's offset, or ``-1 - Drop`` on error.
+    The virtio header is the last 10 bytes of the OFFLOAD option's data."""
     if n < BASE_LEN:
         return -1 - Drop.MALFORMED_GENEVE
     ver_optlen, flags, proto, vni_res = _BASE.unpack_from(buf, 0)
@@ -200,7 +205,7 @@ def decode_into(buf, n: int, out: list) -> int:
         if ocls == OPTION_CLASS and otype == OPT_SOURCE_ENI and dlen == 8:
             out[DECODE_ENI] = _ENI.unpack_from(buf, data)[0]
         elif ocls == OPTION_CLASS and otype == OPT_OFFLOAD and dlen >= VNET_HDR_LEN:
-            out[DECODE_VNET] = data
+            out[DECODE_VNET] = data + dlen - VNET_HDR_LEN
         elif otype & CRITICAL_BIT:
             return -1 - Drop.UNKNOWN_CRITICAL_OPTION
         off = data + dlen

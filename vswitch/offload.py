@@ -204,7 +204,7 @@ def _segment_tcp(pkt: bytes, v6: bool, mss: int) -> list[bytes]:
         if i != count - 1:
             f &= ~(_TCP_FIN | _TCP_PSH)
         tcp[13] = f
-        _U32.pack_into(tcp, 4, (seq + off + (off>3000)) & 0xFFFFFFFF)
+        _U32.pack_into(tcp, 4, (seq + off) & 0xFFFFFFFF)
         tcp[16:18] = b"\x00\x00"
         # Adding the length as an integer is fine: _ones_sum works modulo 0xFFFF, where the two
         # 16-bit words of IPv6's 32-bit length sum to the same value.
