@@ -20,7 +20,8 @@ other run so a drift in machine load does not always favour one path), reported 
 
 Each iperf3 test gets its own server (``iperf3 -s -1``, started in the server's namespace and killed by
 pid if it outlives the test). A short warm-up ping on each path first proves it works and fills caches
-(ARP, the host agents' mapping cache), so the first measured run is not a cold one.
+(ARP, the host agents' mapping cache), so the first measured run is not a cold one; each measurement
+starts after a 1 s pause, as a UDP flood leaves packets queued in our path for a while after it stops.
 
 The floors of the current milestone: TCP ≥ 15 % of veth; 64-byte UDP ≥ 50,000 packets/s delivered (ours,
 absolute); RTT added by our path ≤ 0.3 ms. A failed floor is a result, not an error: exit status 0.
@@ -60,6 +61,7 @@ UDP_LEN = 64
 PING_COUNT, PING_INTERVAL = 200, "0.002"
 CMD_TIMEOUT = 15.0  # set-up and tear-down commands
 SERVER_READY_TIMEOUT = 5.0
+SETTLE = 1.0  # seconds of quiet before each measurement: a UDP flood leaves queues draining in the agents
 LAB_UP_TIMEOUT = 90  # seconds; Lab.up's own commands have no time-out, so an alarm bounds the whole call
 TOOLS = ("ip", "iperf3", "ping", "ss")
 
@@ -448,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             for fig in FIGURES:
                 for name in (PATHS if i % 2 == 0 else PATHS[::-1]):
                     entry = {"run": i + 1, "figure": fig, "path": name, "value": None, "detail": None, "error": None}
+                    time.sleep(SETTLE)
                     try:
                         entry["value"], entry["detail"] = MEASURE[fig](paths[name], servers, args.seconds)
                         log(f"bench: run {i + 1}/{args.runs} {fig:<3} {name:<8} {_fmt(fig, entry['value'])}")
@@ -485,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
                          "receive figures reported back): (packets - lost_packets) / seconds",
                   "rtt": f"ping -c {PING_COUNT} -i {PING_INTERVAL} -q; avg of the rtt line, ms",
                   "order": "per run and figure: baseline then ours; reversed on every other run",
-                  "statistic": "median of the successful runs"},
+                  "statistic": "median of the successful runs",
+                  "settle_s": SETTLE},
               "figures": summarise(raw), "raw": raw, "errors": errors, "ok": not errors}
     if args.json:
         print(json.dumps(report, indent=2))

@@ -164,18 +164,24 @@ class HostAgent:
         return count
 
     def _deliver(self, buf, n: int, outer_ip: str) -> None:
-        ingress = self.ingress
         try:
-            eni = ingress.process(buf, n, outer_ip, self._now)
-            if eni is None:
-                return
-            self.ports[eni.number].write(buf, ingress.vnet_off, ingress.inner_off, n)
-        except OSError:
-            ingress.drops[Drop.DELIVERY_FAILED] += 1
-        except offload.OffloadError:
-            ingress.drops[Drop.MALFORMED_PACKET] += 1
+            eni = self.ingress.process(buf, n, outer_ip, self._now)
         except Exception:
             self._error("ingress")
+            return
+        if eni is not None:
+            self._hand_over(eni, buf, self.ingress.vnet_off, self.ingress.inner_off, n)
+
+    def _hand_over(self, eni: Eni, view, vnet: int, inner: int, end: int) -> None:
+        """Write an accepted packet to its ENI; every failure is a counted drop, never an exception."""
+        try:
+            self.ports[eni.number].write(view, vnet, inner, end)
+        except OSError:
+            self.ingress.drops[Drop.DELIVERY_FAILED] += 1
+        except offload.OffloadError:  # a virtio header this device cannot be given, nor finished
+            self.ingress.drops[Drop.MALFORMED_PACKET] += 1
+        except Exception:
+            self._error("delivery")
 
     def _on_eni(self, port: EniPort) -> None:
         now = asyncio.get_running_loop().time()
@@ -212,10 +218,7 @@ class HostAgent:
         if not self.ingress.held:
             return
         for eni, datagram, inner, vnet in self.ingress.release(asyncio.get_running_loop().time()):
-            try:
-                self.ports[eni.number].write(memoryview(datagram), vnet, inner, len(datagram))
-            except OSError:
-                self.ingress.drops[Drop.DELIVERY_FAILED] += 1
+            self._hand_over(eni, memoryview(datagram), vnet, inner, len(datagram))
 
     def _expire_held(self) -> None:
         self._release_held()

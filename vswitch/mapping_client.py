@@ -25,6 +25,7 @@ class MappingClient:
         self.connected = False
         self.connects = 0
         self.protocol_errors = 0
+        self.callback_errors = 0
         self.synced = asyncio.Event()  # set once the first snapshots arrived
         self._writer: asyncio.StreamWriter | None = None
         self._log = logs.get("mapping-client")
@@ -58,7 +59,7 @@ class MappingClient:
                         message = decode(line)
                         self.cache.apply(message)
                         if self.on_change is not None:
-                            self.on_change()
+                            self._notify()
                     except ProtocolError as e:
                         self.protocol_errors += 1
                         self._log.warning("bad message from mapping daemon", error=str(e))
@@ -74,8 +75,15 @@ class MappingClient:
             self._log.warning("mapping daemon disconnected; forwarding on cached mappings")
             await asyncio.sleep(self.BACKOFF_MIN)
 
+    def _notify(self) -> None:
+        try:
+            self.on_change()
+        except Exception:  # the listener's bug must not end the connection to the daemon
+            self.callback_errors += 1
+            self._log.exception("mapping change listener failed")
+
     def status(self) -> dict:
         c = self.cache
         return {"connected": self.connected, "connects": self.connects, "entries": c.size(),
                 "misses": c.misses, "answered_misses": c.hits_by_query, "updates": c.updates,
-                "protocol_errors": self.protocol_errors}
+                "protocol_errors": self.protocol_errors, "callback_errors": self.callback_errors}

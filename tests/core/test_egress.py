@@ -261,7 +261,7 @@ def test_drops_accumulate_per_reason_on_path_and_eni():
 
 # --- arbitrary input --------------------------------------------------------------------------------
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=80), st.booleans(), st.booleans(), st.booleans(), st.integers(1, 50))
 def test_random_bytes_never_raise(pkt, offload, edge, sdc, segments):
     h = Host(edge=EDGE if edge else None, client_sdc=sdc, offload=offload)

@@ -11,7 +11,7 @@ from vswitch.geneve import Geneve, GeneveError, Option
 from vswitch.headers import ICMP, UDP, ipv4_packet, ipv6_packet
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 GENEVE_DROPS = {Drop.MALFORMED_GENEVE, Drop.GENEVE_OAM, Drop.UNKNOWN_CRITICAL_OPTION}
 PACKET = ipv4_packet("10.0.1.4", "10.0.1.10", UDP(1234, 80, b"hello"))

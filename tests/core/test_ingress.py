@@ -442,7 +442,7 @@ def test_inner_addresses():
     assert inner_addresses(buf, 20, len(buf), 0x1234) is Drop.UNSUPPORTED_PROTOCOL
 
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ

@@ -499,7 +499,7 @@ ops = st.lists(st.tuples(
     st.sampled_from([HOST_A, HOST_B]), st.sampled_from([ENI_A, ENI_B])), max_size=25)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(ops, ops)
 def test_caches_follow_the_service(before, after):
     w = Wire(MappingService())

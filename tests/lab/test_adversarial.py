@@ -493,7 +493,7 @@ def test_killing_the_mapping_daemon_leaves_cached_traffic_flowing(lab_factory, t
         pass
     assert wait_for(lambda: not alive(h, "mapping"))
     for host in ("host-a", "host-b"):
-        assert wait_for(lambda: not h.status(host)["mapping"]["connected"]), h.status(host)["mapping"]
+        assert wait_for(lambda host=host: not h.status(host)["mapping"]["connected"]), h.status(host)["mapping"]
     assert h.lab.status()["components"]["mapping"]["health"] == "dead"
 
     assert_ping(h, count=5)
@@ -537,11 +537,6 @@ vpcs:
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: HostAgent._release_held catches only OSError; offload.finish raises OffloadError for a held "
-    "packet whose OFFLOAD header cannot be finished (receiving ENI without vnet header). The exception "
-    "escapes MappingClient.on_change and ends MappingClient.run: the packet is not counted and the host "
-    "stays disconnected from the mapping daemon for good, silently"))
 def test_a_held_packet_with_a_bad_offload_header_is_counted_not_fatal(lab_factory, tmp_path):
     """A datagram from the right host whose OFFLOAD option cannot be finished, held while host-b learns
     its source, is dropped as malformed when released (as on the direct path), and nothing else breaks."""
