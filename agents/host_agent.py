@@ -134,7 +134,7 @@ class HostAgent:
             if vnet:
                 n -= geneve.VNET_HDR_LEN
                 if buf[geneve.VNET_OFFSET + 1]:  # gso_type: a super-packet
-                    segments = offload.segment_count(view[geneve.VNET_OFFSET:geneve.VNET_OFFSET + 10], n)
+                    segments = offload.wire_segments(buf, geneve.VNET_OFFSET, inner, inner + n)
             try:
                 target = egress.process(eni, buf, inner, n, now, segments)
                 if target is None:

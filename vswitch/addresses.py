@@ -7,8 +7,10 @@ without ``::a.b.c.d`` colliding with ``a.b.c.d``.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 V6_TAG = 1 << 128
+_ENI_HEX = re.compile(r"[0-9a-f]{1,16}")
 
 
 def key(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
@@ -22,8 +24,8 @@ def text(k: int) -> str:
 
 def eni_number(eni_id: str) -> int:
     """``eni-0123456789abcdef`` → its 64-bit number (carried in the Geneve SOURCE_ENI option)."""
-    if not eni_id.startswith("eni-") or not 1 <= len(eni_id) - 4 <= 16:
-        raise ValueError(f"not an ENI id: {eni_id!r}")
+    if not isinstance(eni_id, str) or not eni_id.startswith("eni-") or not _ENI_HEX.fullmatch(eni_id, 4):
+        raise ValueError(f"not an ENI id (eni- and 1 to 16 lowercase hex digits): {eni_id!r}")
     return int(eni_id[4:], 16)
 
 

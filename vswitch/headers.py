@@ -121,8 +121,8 @@ class IPv4:
         )
 
     def emit(self) -> bytes:
-        if len(self.options) % 4:
-            raise HeaderError("IPv4 options must be a multiple of 4 bytes")
+        if len(self.options) % 4 or len(self.options) > 40:
+            raise HeaderError("IPv4 options must be a multiple of 4 bytes, at most 40")
         ihl = IPV4_MIN_HEADER + len(self.options)
         frag = (0x4000 if self.dont_fragment else 0) | (0x2000 if self.more_fragments else 0) | self.frag_offset
         head = _V4_FIXED.pack(
@@ -213,8 +213,8 @@ class TCP:
         return cls(sport, dport, seq, ack, off_flags & 0x1FF, window, buf[doff:], buf[20:doff])
 
     def emit(self, src: bytes, dst: bytes) -> bytes:
-        if len(self.options) % 4:
-            raise HeaderError("TCP options must be a multiple of 4 bytes")
+        if len(self.options) % 4 or len(self.options) > 40:
+            raise HeaderError("TCP options must be a multiple of 4 bytes, at most 40")
         doff = (20 + len(self.options)) // 4
         head = struct.pack("!HHIIHHHH", self.sport, self.dport, self.seq, self.ack,
                            (doff << 12) | self.flags, self.window, 0, 0) + self.options

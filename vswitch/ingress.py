@@ -22,7 +22,7 @@ Stages, each an early return with a reason (see ``Drop``):
 from __future__ import annotations
 
 from . import geneve
-from .offload import segment_count
+from .offload import wire_segments
 from .drops import Drop, new_counters
 from .eni import RX_BYTES, RX_PACKETS, Eni, VpcView
 from .headers import _V4_ADDRS
@@ -81,13 +81,15 @@ class IngressPath:
         src, dst = addrs
         # 4. source: the sender must own the inner source
         owner = vpc.mappings.get(src)
-        if outer_ip == self.edge_ip:
-            self.from_edge += 1
+        relayed = outer_ip == self.edge_ip
+        if relayed:
             if owner is not None and owner.eni != hdr[geneve.DECODE_ENI]:
                 return self._drop(Drop.SOURCE_ENI_MISMATCH)
         elif owner is None:
+            if not hold:  # a held packet checked again: the daemon has answered, or time is up
+                return self._drop(Drop.UNKNOWN_SOURCE)
             self.cache.note_miss(vpc.vni, src, now)
-            if hold and self._hold(vpc.vni, src, buf, n, outer_ip, now):
+            if self._hold(vpc.vni, src, buf, n, outer_ip, now):
                 return None
             return self._drop(Drop.UNKNOWN_SOURCE)
         elif owner.host != outer_ip:
@@ -98,10 +100,12 @@ class IngressPath:
         eni = vpc.local.get(dst)
         if eni is None:
             return self._drop(Drop.UNKNOWN_DESTINATION)
+        if relayed:
+            self.from_edge += 1
         self.inner_off = inner
         vnet = self.vnet_off = hdr[geneve.DECODE_VNET]
         # A super-packet counts as the packets it carries (gso_type is the virtio header's 2nd byte).
-        segments = segment_count(buf[vnet:vnet + 10], n - inner) if vnet >= 0 and buf[vnet + 1] else 1
+        segments = wire_segments(buf, vnet, inner, n) if vnet >= 0 and buf[vnet + 1] else 1
         stats = eni.stats
         stats[RX_PACKETS] += segments
         stats[RX_BYTES] += n - inner

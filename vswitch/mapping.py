@@ -73,9 +73,11 @@ def _vni(message: dict) -> int:
 def _addr(message: dict, field: str = "addr") -> str:
     value = message.get(field)
     try:
+        if not isinstance(value, str) or "%" in value:
+            raise ValueError
         return str(ipaddress.ip_address(value))
-    except (ValueError, TypeError):
-        raise ProtocolError(f"'{field}' must be an IP address") from None
+    except ValueError:
+        raise ProtocolError(f"'{field}' must be an IP address as a string") from None
 
 
 def _eni(message: dict) -> int:
@@ -229,6 +231,8 @@ class MappingCache:
             t = self.table(vni)  # replace in place: the data path holds a reference
             t.clear()
             t.update(fresh)
+            for k in fresh:  # a snapshot answers any query in flight for what it contains
+                self.pending.pop((vni, k), None)
             self.updates += 1
         elif op == "set":
             vni, k = _vni(message), addresses.key(_addr(message))

@@ -204,15 +204,17 @@ def test_ipv6_not_enabled():
     assert_dropped(h, Drop.IPV6_NOT_ENABLED)
 
 
-def test_unknown_source_without_holding_is_dropped_and_asks_the_daemon():
+def test_unknown_source_rechecked_without_holding_is_dropped_without_asking_again():
+    """hold=False is the re-check of a released packet: the daemon already answered (or time ran
+    out), so it is dropped, not held again, and no new query goes out."""
     h = HostB()
     d = datagram(inner(src="10.0.1.77"))
     assert h.ingress.process(bytearray(d), len(d), HOST_A, 5.0, hold=False) is None
     assert_dropped(h, Drop.UNKNOWN_SOURCE)
-    assert h.cache.queries == [{"op": "query", "vni": 1, "addr": "10.0.1.77"}]
+    assert h.cache.queries == []
     assert h.ingress.held == {} and h.ingress.held_total == 0
     h.ingress.process(bytearray(d), len(d), HOST_A, 5.5, hold=False)
-    assert len(h.cache.queries) == 1 and h.ingress.drops[Drop.UNKNOWN_SOURCE] == 2
+    assert h.cache.queries == [] and h.ingress.drops[Drop.UNKNOWN_SOURCE] == 2
     # Once the daemon answers, the same datagram is delivered.
     h.cache.apply({"op": "set", "vni": 1, "addr": "10.0.1.77", "host": HOST_A, "eni": addresses.eni_id(ENI_CLIENT)})
     assert h.receive(d)[0] is h.web
