@@ -79,9 +79,6 @@ class HostAgent:
         self.ports: dict[int, EniPort] = {}  # ENI number -> port
         self.ready = False
         self.errors = 0  # unexpected exceptions caught in a callback (should stay 0)
-        self.busy_poll = cfg.busy_poll_us / 1e6
-        self.spin_until = 0.0  # adaptive busy-poll: keep polling until then (see _spin)
-        self.spinning = False
         self._now = 0.0
 
     # --- set-up ---------------------------------------------------------------------------------
@@ -184,34 +181,10 @@ class HostAgent:
             self._error("delivery")
 
     def _on_eni(self, port: EniPort) -> None:
-        now = asyncio.get_running_loop().time()
-        if self._drain_eni(port, now):
-            self._arm_spin(now)
+        self._drain_eni(port, asyncio.get_running_loop().time())
 
     def _on_underlay(self) -> None:
-        now = asyncio.get_running_loop().time()
-        if self._drain_underlay(now):
-            self._arm_spin(now)
-
-    def _arm_spin(self, now: float) -> None:
-        if self.busy_poll:
-            self.spin_until = now + self.busy_poll
-            if not self.spinning:
-                self.spinning = True
-                asyncio.get_running_loop().call_soon(self._spin)
-
-    def _spin(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        got = self._drain_underlay(now)
-        for port in self.ports.values():
-            got += self._drain_eni(port, now)
-        if got:
-            self.spin_until = now + self.busy_poll
-        if now >= self.spin_until:
-            self.spinning = False
-            return
-        loop.call_soon(self._spin)
+        self._drain_underlay(asyncio.get_running_loop().time())
 
     # --- packets held for an unknown source ------------------------------------------------------
     def _release_held(self) -> None:

@@ -70,7 +70,6 @@ class HostAgentConfig(DaemonConfig):
     edge: IPv4 | None = None  # the Blackfoot edge's underlay address
     offload: bool = True  # TUN offloads (virtio header, TSO); off = one packet per read
     underlay_batching: bool = True  # UDP GSO/GRO trains on the underlay socket
-    busy_poll_us: int = Field(0, ge=0, le=10000)  # keep polling this long after traffic; 0 = never
     vpcs: list[VpcConfig] = []
     enis: list[EniConfig] = []
 
