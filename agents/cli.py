@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -64,8 +65,12 @@ def cmd_status(args) -> int:
         d = c["detail"]
         if c["role"] == "host_agent":
             drops = sum(sum(v.values()) for k, v in d.items() if k.endswith("_drops")) if "enis" in d else "?"
+            # Losses in kernel queues: the instance out-ran the agent, or the agent its socket.
+            kernel = (sum(e.get("device", {}).get("tx_dropped", 0) for e in d.get("enis", []))
+                      + d.get("kernel_udp", {}).get("RcvbufErrors", 0))
             detail = (f"enis={len(d.get('enis', []))} mappings={d.get('mapping', {}).get('entries', '?')} "
-                      f"daemon={'up' if d.get('mapping', {}).get('connected') else 'DOWN'} drops={drops}")
+                      f"daemon={'up' if d.get('mapping', {}).get('connected') else 'DOWN'} drops={drops} "
+                      f"kernel_queue_drops={kernel}")
         elif c["role"] == "edge_agent":
             detail = f"relayed={d.get('relayed', '?')} mappings={d.get('mapping', {}).get('entries', '?')}"
         else:
@@ -90,6 +95,7 @@ def cmd_demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `vpc status | head` ends quietly
     p = argparse.ArgumentParser(prog="vpc", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--lab", default=None, help="lab name (default $VPC_LAB or 'vpc')")

@@ -203,7 +203,7 @@ class HostAgent:
             self.log.exception("unexpected error on the data path", path=where)
 
     # --- control ---------------------------------------------------------------------------------
-    def handle_control(self, request: dict) -> dict:
+    async def handle_control(self, request: dict) -> dict:
         """``status``, or ``evict`` {vni, addr}: forget a cached mapping (the next packet asks again)."""
         if request.get("op") == "evict":
             try:
@@ -218,7 +218,8 @@ class HostAgent:
             e = p.eni
             enis.append({"id": e.id, "instance": e.instance, "ip": str(e.ipv4), "vni": e.vni,
                          "vnet_hdr": p.vnet, "tx_packets": e.stats[0], "tx_bytes": e.stats[1],
-                         "rx_packets": e.stats[2], "rx_bytes": e.stats[3], "drops": counters_as_dict(e.drops)})
+                         "rx_packets": e.stats[2], "rx_bytes": e.stats[3], "drops": counters_as_dict(e.drops),
+                         "device": await self._device_counters(e)})
         return {"role": "host-agent", "name": self.cfg.name, "ready": self.ready, "pid": os.getpid(),
                 "underlay": f"{self.cfg.underlay_ip}:{self.cfg.underlay_port}", "offload": self.cfg.offload,
                 "underlay_gso": self.underlay.gso, "underlay_gro": self.underlay.gro, "trains": self.underlay.trains,
@@ -226,7 +227,14 @@ class HostAgent:
                 "egress_drops": counters_as_dict(self.egress.drops),
                 "ingress_drops": counters_as_dict(self.ingress.drops),
                 "to_edge": self.egress.to_edge, "from_edge": self.ingress.from_edge,
-                "held_for_mapping": self.ingress.held_total, "errors": self.errors}
+                "held_for_mapping": self.ingress.held_total, "errors": self.errors,
+                "kernel_udp": self.underlay.kernel_counters()}
+
+    async def _device_counters(self, eni: Eni) -> dict:
+        try:
+            return await asyncio.to_thread(tun.device_counters, eni.netns)
+        except Exception as e:  # the instance namespace may be gone; status must still answer
+            return {"error": str(e)}
 
 
 async def run(cfg: config.HostAgentConfig) -> None:

@@ -12,6 +12,8 @@ file descriptor, and configures the device through netlink inside the instance n
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import fcntl
 import os
@@ -26,6 +28,33 @@ VNET_HDR_LEN = 10
 ENI_MTU = 9001
 # Largest super-packet: header + Geneve (36) + outer UDP/IP (28) must fit a 65,535-byte IP datagram.
 GSO_MAX_SIZE = 65000
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def netns_iproute(netns: str):
+    """A pyroute2 ``IPRoute`` whose netlink socket lives in network namespace ``netns``.
+
+    Not ``IPRoute(netns=...)``: pyroute2 0.9 serves that by forking a child per request, which is not
+    safe in an asyncio process (the child inherits the event loop's epoll and signal descriptors; an
+    agent was seen to exit under it). ``setns(2)`` moves only the calling thread, and a socket keeps
+    the namespace it was created in: enter, open the socket, come back. Blocking: use from a thread.
+    """
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{netns}") as target:
+        _setns(target.fileno())
+        try:
+            ipr = IPRoute()
+        finally:
+            _setns(home.fileno())
+    with ipr:
+        yield ipr
 
 
 @dataclasses.dataclass
@@ -70,7 +99,7 @@ def move_and_configure(name: str, netns: str, address: str, prefixlen: int, gate
     with IPRoute() as ipr:
         idx = ipr.link_lookup(ifname=name)[0]
         ipr.link("set", index=idx, net_ns_fd=netns)
-    with IPRoute(netns=netns) as ipr:
+    with netns_iproute(netns) as ipr:
         idx = ipr.link_lookup(ifname=name)[0]
         attrs = {"ifname": ifname, "mtu": mtu}
         if vnet_hdr:
@@ -79,3 +108,16 @@ def move_and_configure(name: str, netns: str, address: str, prefixlen: int, gate
         ipr.link("set", index=idx, state="up")
         ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
         ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx, flags=["onlink"])
+
+
+def device_counters(netns: str, ifname: str = "eth0") -> dict:
+    """The kernel's counters for an ENI device, read in the instance's namespace (blocking, ~15 ms).
+
+    ``tx_dropped`` counts what the instance sent while the agent's queue was full: the kernel's drop,
+    not ours, but the one a user chasing lost packets needs to see.
+    """
+    with netns_iproute(netns) as ipr:
+        found = ipr.link("get", ifname=ifname)
+    stats = found[0].get("IFLA_STATS64") if found else None
+    keys = ("tx_packets", "tx_dropped", "rx_packets", "rx_dropped")
+    return {k: stats[k] for k in keys} if stats else {}

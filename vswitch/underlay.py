@@ -76,6 +76,18 @@ class UnderlaySocket:
     def close(self) -> None:
         self.sock.close()
 
+    @staticmethod
+    def kernel_counters() -> dict:
+        """UDP counters of this network namespace (/proc/net/snmp): ``RcvbufErrors`` are datagrams the
+        kernel dropped because we did not read fast enough."""
+        try:
+            with open("/proc/net/snmp") as f:
+                rows = [line.split() for line in f if line.startswith("Udp:")]
+            return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:]) if k in ("InErrors", "RcvbufErrors",
+                                                                                  "SndbufErrors")}
+        except (OSError, IndexError, ValueError):
+            return {}
+
     # --- sending -------------------------------------------------------------------------------
     def send(self, data, target: tuple[str, int]) -> None:
         """Send one datagram, possibly later as part of a train: call ``flush`` after a batch."""
