@@ -49,7 +49,7 @@ import time
 import uuid
 from pathlib import Path
 
-from agents.lab import Lab
+from agents.lab import Lab, terminate
 from vswitch.topology import load_topology
 
 TOPOLOGY = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -139,7 +139,7 @@ class VethPath:
             # Only our own programs can be in a namespace with our unique name.
             pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
             for pid in pids:
-                _kill(int(pid))
+                terminate(int(pid))
             run(["ip", "netns", "del", ns], check=False)  # takes the veth pair with it
         self.made.clear()
 
@@ -193,30 +193,6 @@ class LabPath:
 
 # --- measurements ----------------------------------------------------------------------------------------
 
-def _kill(pid: int, grace: float = 2.0) -> None:
-    """End one process we started (by pid): SIGTERM, then SIGKILL; reap it if it is our child."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return
-        except ChildProcessError:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-        time.sleep(0.02)
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
-
-
 class Servers:
     """iperf3 servers we started; each is killed by its pid when done (or on any way out)."""
 
@@ -242,14 +218,14 @@ class Servers:
         try:
             p.wait(timeout=wait)  # `-1`: it exits by itself after its one test
         except subprocess.TimeoutExpired:
-            _kill(p.pid)
+            terminate(p.pid)
             p.wait()
         self.live.pop(p.pid, None)
 
     def kill_all(self) -> None:
         for p in list(self.live.values()):
             if p.poll() is None:
-                _kill(p.pid)
+                terminate(p.pid)
             self.live.pop(p.pid, None)
 
 

@@ -295,12 +295,12 @@ class Lab:
         victims += [(pid, started) for pid, started in state.get("extra_pids", [])]
         for pid, marker in victims:
             if _alive(pid, marker):
-                _terminate(pid)
+                terminate(pid)
                 removed.append(f"process {pid}")
         for ns in self.namespaces():
             # Anything still running inside our namespaces was started by us (through this lab).
             for pid in run("ip", "netns", "pids", ns, check=False).stdout.split():
-                _terminate(int(pid), grace=0.5)
+                terminate(int(pid), grace=0.5)
                 removed.append(f"process {pid}")
             run("ip", "netns", "del", ns, check=False)
             removed.append(f"netns {ns}")
@@ -334,7 +334,8 @@ def _alive(pid: int, marker: str | int | None) -> bool:
     return marker is None or marker.encode() in cmdline
 
 
-def _terminate(pid: int, grace: float = 3.0) -> None:
+def terminate(pid: int, grace: float = 3.0) -> None:
+    """End one process we started, by pid: SIGTERM, then SIGKILL after ``grace``; reap it if it is our child."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

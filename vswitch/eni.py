@@ -11,6 +11,7 @@ import ipaddress
 
 from . import addresses
 from .drops import new_counters
+from .topology import reserved_addresses
 
 # Per-ENI traffic counters, by index into Eni.stats.
 TX_PACKETS, TX_BYTES, RX_PACKETS, RX_BYTES = range(4)
@@ -54,9 +55,4 @@ class Eni:
 
 def reserved_keys(subnets) -> frozenset[int]:
     """The five reserved addresses of every subnet (network, router, DNS, future, broadcast)."""
-    out = set()
-    for s in subnets:
-        net = ipaddress.ip_network(s)
-        base = int(net.network_address)
-        out.update({base, base + 1, base + 2, base + 3, int(net.broadcast_address)})
-    return frozenset(out)
+    return frozenset(int(a) for s in subnets for a in reserved_addresses(ipaddress.ip_network(s)))

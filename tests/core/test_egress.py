@@ -10,7 +10,7 @@ from vswitch.drops import Drop
 from vswitch.egress import EgressPath
 from vswitch.eni import RX_BYTES, RX_PACKETS, TX_BYTES, TX_PACKETS, Eni, VpcView, reserved_keys
 from vswitch.headers import ICMP, TCP, UDP, ipv4_packet, ipv6_packet
-from vswitch.mapping import Mapping, MappingCache
+from vswitch.mapping import MappingCache
 
 HOST_A, HOST_B = "198.18.0.11", "198.18.0.12"
 EDGE = ("198.18.0.1", 6081)

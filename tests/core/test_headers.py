@@ -4,7 +4,7 @@ import ipaddress
 import struct
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from vswitch import headers
 from vswitch.headers import ICMP, IPv4, IPv6, TCP, UDP, HeaderError

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vswitch import offload
+
 from vswitch.headers import (
     IPV4_MIN_HEADER, IPV6_HEADER, PROTO_TCP, PROTO_UDP, TCP, UDP, IPv4, IPv6, checksum, ipv4_packet,
     ipv6_packet, pseudo_header_sum,
