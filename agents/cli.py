@@ -71,6 +71,8 @@ def cmd_status(args) -> int:
             detail = (f"enis={len(d.get('enis', []))} mappings={d.get('mapping', {}).get('entries', '?')} "
                       f"daemon={'up' if d.get('mapping', {}).get('connected') else 'DOWN'} drops={drops} "
                       f"kernel_queue_drops={kernel}")
+        elif c["role"] == "control_plane":
+            detail = f"revision={d.get('revision', '?')}"
         elif c["role"] == "edge_agent":
             detail = f"relayed={d.get('relayed', '?')} mappings={d.get('mapping', {}).get('entries', '?')}"
         else:

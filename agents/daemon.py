@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 
 import uvloop
 
-from vswitch import config, logs
+from vswitch import config, logs, netns
 
 
 def run(argv: list[str] | None, model, runner: Callable[[object], Awaitable[None]], doc: str) -> None:
@@ -26,6 +26,12 @@ def run(argv: list[str] | None, model, runner: Callable[[object], Awaitable[None
     if args.check_config:
         print(f"{args.config}: ok")
         return
+    if getattr(cfg, "netns", None):
+        try:
+            netns.enter(cfg.netns)  # before any thread exists: setns moves only the calling thread
+        except OSError as e:
+            print(f"error: {args.config}: netns {cfg.netns!r}: {e}", file=sys.stderr)
+            sys.exit(2)
     logs.configure(cfg.log_file, cfg.log_level)
     uvloop.run(runner(cfg))
 

@@ -31,7 +31,7 @@ class EdgeAgent:
     async def start(self) -> None:
         self.underlay = UnderlaySocket(self.cfg.underlay_ip, self.cfg.underlay_port, self.relay.drops)
         asyncio.get_running_loop().add_reader(self.underlay.fileno, self._on_underlay)
-        await control.serve(self.cfg.control_socket, self.handle_control)
+        self.control = await control.serve(self.cfg.control_socket, self.handle_control)  # keep a reference
         self.mapping_task = asyncio.create_task(self.mapping.run())
         try:
             await asyncio.wait_for(self.mapping.synced.wait(), 5)

@@ -16,10 +16,12 @@ the same layout lets one write hand virtio header + packet to the receiving TUN.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 
 from agents import daemon
-from vswitch import addresses, config, control, geneve, logs, offload, tun
+from vswitch import addresses, config, control, geneve, instance_ns, logs, offload, tun
+from vswitch.controlplane.client import DesiredStateWatcher
 from vswitch.drops import Drop, counters_as_dict
 from vswitch.egress import EgressPath
 from vswitch.eni import Eni, VpcView, reserved_keys
@@ -70,13 +72,17 @@ class HostAgent:
         self.cache = MappingCache(port=cfg.underlay_port)
         self.vpcs: dict[int, VpcView] = {}
         for v in cfg.vpcs:
-            self.vpcs[v.vni] = VpcView(v.vni, v.cidr, reserved_keys(v.subnets), self.cache.table(v.vni))
+            self._vpc(v.vni, v.cidr, v.subnets)
         edge = (cfg.edge, cfg.underlay_port) if cfg.edge else None
         self.egress = EgressPath(cfg.underlay_ip, self.cache, edge)
         self.ingress = IngressPath(self.cache, self.vpcs, cfg.edge)
         self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, sorted(self.vpcs),
                                      on_change=self._release_held)
         self.ports: dict[int, EniPort] = {}  # ENI number -> port
+        self.desired = None  # DesiredStateWatcher when a control plane is configured
+        self._converging = asyncio.Lock()
+        self._retry: asyncio.TimerHandle | None = None
+        self.pending: dict[str, str] = {}  # ENI id -> why it could not be attached yet
         self.ready = False
         self.errors = 0  # unexpected exceptions caught in a callback (should stay 0)
         self._now = 0.0
@@ -97,9 +103,27 @@ class HostAgent:
             self.log.warning("mapping preload timed out; continuing, misses go to the edge")
         for e in self.cfg.enis:
             await self.attach(e)
+        if self.cfg.control_plane:
+            token = config.read_token(self.cfg.token_file) if self.cfg.token_file else ""
+            self.desired = DesiredStateWatcher(self.cfg.control_plane, token, self.converge)
+            self.desired_task = asyncio.create_task(self.desired.run())
+            try:
+                await asyncio.wait_for(self.desired.synced.wait(), 10)
+            except asyncio.TimeoutError:
+                self.log.warning("no desired state from the control plane yet; serving what is configured")
         self.ready = True
         self.log.info("ready", enis=len(self.ports), offload=self.cfg.offload,
                       mappings=self.cache.size())
+
+    def _vpc(self, vni: int, cidr, subnets) -> VpcView:
+        """The VPC's view on this host, created or brought up to date (subnets change reserved addresses)."""
+        view = self.vpcs.get(vni)
+        reserved = reserved_keys(subnets)
+        if view is None:
+            view = self.vpcs[vni] = VpcView(vni, ipaddress.ip_network(cidr), reserved, self.cache.table(vni))
+        else:
+            view.reserved = reserved
+        return view
 
     async def attach(self, e: config.EniConfig) -> None:
         vpc = self.vpcs[e.vni]
@@ -114,6 +138,73 @@ class HostAgent:
         vpc.local[eni.ipv4_key] = eni
         asyncio.get_running_loop().add_reader(port.fd, self._on_eni, port)
         self.log.info("eni attached", eni=e.id, instance=e.instance, ip=str(e.ip), vnet_hdr=dev.vnet_hdr)
+
+    def detach(self, port: EniPort) -> None:
+        """Stop serving an ENI: closing the TUN removes the device from the instance."""
+        asyncio.get_running_loop().remove_reader(port.fd)
+        self.ports.pop(port.eni.number, None)
+        vpc = self.vpcs.get(port.eni.vni)
+        if vpc is not None and vpc.local.get(port.eni.ipv4_key) is port.eni:
+            del vpc.local[port.eni.ipv4_key]
+        port.device.close()
+        self.log.info("eni detached", eni=port.eni.id, instance=port.eni.instance)
+
+    # --- converging on the control plane's desired state -----------------------------------------
+    async def converge(self, view: dict) -> None:
+        """Make this host serve exactly the ENIs the desired state puts on it. Safe to repeat; what
+        fails (e.g. the device name is still taken while an instance moves here) is retried shortly."""
+        async with self._converging:
+            self._last_view = view
+            mine = {e["id"]: e for e in view["enis"] if e["host"] == self.cfg.name}
+            everywhere = {e["instance"] for e in view["enis"]}
+            vpcs = {v["vni"]: v for v in view["vpcs"]}
+            for port in list(self.ports.values()):
+                if port.eni.id not in mine:
+                    self.detach(port)
+                    if port.eni.instance not in everywhere and self.cfg.instance_netns_prefix:
+                        await asyncio.to_thread(instance_ns.remove, port.eni.netns)
+            for e in mine.values():
+                v = vpcs[e["vni"]]
+                self._vpc(v["vni"], v["cidr_block"], v["subnets"])
+            wanted = sorted({e["vni"] for e in mine.values()} | {c.vni for c in self.cfg.vpcs})
+            if wanted != self.mapping.vnis:
+                self.mapping.resubscribe(wanted)
+            self.pending.clear()
+            for e in mine.values():
+                number = addresses.eni_number(e["id"])
+                port = self.ports.get(number)
+                if port is not None:
+                    port.eni.source_dest_check = e["source_dest_check"]
+                    continue
+                try:
+                    await self._attach_desired(e, vpcs[e["vni"]], view)
+                except Exception as exc:  # retried below; the rest of the host carries on
+                    self.pending[e["id"]] = str(exc)
+            if self.pending:
+                self.log.warning("some ENIs not attached yet; retrying", pending=self.pending)
+                self._retry_soon()
+
+    async def _attach_desired(self, e: dict, vpc: dict, view: dict) -> None:
+        netns = self.cfg.instance_netns_prefix + e["instance"]
+        if self.cfg.instance_netns_prefix:
+            neighbours = [(x["instance"], x["private_ip"]) for x in view["enis"]
+                          if x["vni"] == e["vni"] and x["id"] != e["id"]]
+            await asyncio.to_thread(self._prepare_namespace, netns, e, vpc, neighbours)
+        await self.attach(config.EniConfig(id=e["id"], vni=e["vni"], ip=f"{e['private_ip']}/{e['prefixlen']}",
+                                           netns=netns, instance=e["instance"],
+                                           source_dest_check=e["source_dest_check"]))
+
+    def _prepare_namespace(self, netns: str, e: dict, vpc: dict, neighbours) -> None:
+        instance_ns.create(netns)
+        instance_ns.write_identity(netns, e["instance"], e["private_ip"], vpc["cidr_block"],
+                                   f"{self.cfg.region}.compute.internal", neighbours)
+
+    def _retry_soon(self) -> None:
+        if self._retry is None or self._retry.cancelled() or self._retry.when() < asyncio.get_running_loop().time():
+            def again():
+                self._retry = None
+                asyncio.ensure_future(self.converge(self._last_view))
+            self._retry = asyncio.get_running_loop().call_later(0.5, again)
 
     # --- the way out of an ENI -------------------------------------------------------------------
     def _drain_eni(self, port: EniPort, now: float) -> int:
@@ -231,6 +322,7 @@ class HostAgent:
                          "rx_packets": e.stats[2], "rx_bytes": e.stats[3], "drops": counters_as_dict(e.drops),
                          "device": await self._device_counters(e)})
         return {"role": "host-agent", "name": self.cfg.name, "ready": self.ready, "pid": os.getpid(),
+                "desired_state": self.desired.status() if self.desired else None, "pending": self.pending,
                 "underlay": f"{self.cfg.underlay_ip}:{self.cfg.underlay_port}", "offload": self.cfg.offload,
                 "underlay_gso": self.underlay.gso, "underlay_gro": self.underlay.gro, "trains": self.underlay.trains,
                 "mapping": self.mapping.status(), "enis": enis,

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import tomli_w
 
 from vswitch import control
@@ -134,57 +135,109 @@ class Lab:
             c = Component(name, role, netns, str(ip), str(self.dir / f"{name}.toml"),
                           str(self.dir / f"{name}.sock"), str(self.dir / f"{name}.log"))
             comps.append(c)
-            self._netns_add(netns)
-            port = f"p{len(comps)}"
-            run("ip", "-n", netns, "link", "add", "ul0", "mtu", mtu, "type", "veth",
-                "peer", "name", port, "netns", u, "mtu", mtu)
-            run("ip", "-n", u, "link", "set", port, "master", "br0", "up")
-            run("ip", "-n", netns, "addr", "add", f"{ip}/{UNDERLAY.prefixlen}", "dev", "ul0")
-            run("ip", "-n", netns, "link", "set", "ul0", "up")
+            if netns:
+                self._netns_add(netns)
+                port = f"p{len(comps)}"
+                run("ip", "-n", netns, "link", "add", "ul0", "mtu", mtu, "type", "veth",
+                    "peer", "name", port, "netns", u, "mtu", mtu)
+                run("ip", "-n", u, "link", "set", port, "master", "br0", "up")
+                run("ip", "-n", netns, "addr", "add", f"{ip}/{UNDERLAY.prefixlen}", "dev", "ul0")
+                run("ip", "-n", netns, "link", "set", "ul0", "up")
             return c
+
+        # The control plane listens on a Unix socket only: reachable from the CLI and from every
+        # namespace (they share the filesystem), with no address in any of them.
+        cp = component("control-plane", "control_plane", "", "-")
+        cp.socket = str(self.api_socket)
+        self._write_config(cp, {"unix_socket": cp.socket, "store": f"sqlite:///{self.dir / 'control-plane.db'}",
+                                "admin_token_file": str(self.admin_token_file), "region": REGION})
+        self._start(cp, state)
+        self._wait_ready([cp])
+        admin = self.api(admin=True)
+        for i, h in enumerate(topo.hosts):
+            admin.call("POST", "/v1/hosts", {"name": h.name, "underlay_ip": str(UNDERLAY[FIRST_HOST + i])})
+        account = admin.call("POST", "/v1/accounts", {"name": "default"})
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(account["token"] + "\n")
 
         mapping = component("mapping", "mapping_daemon", self.ns("mapping"), MAPPING_IP)
         edge = component("edge", "edge_agent", self.ns("edge"), EDGE_IP)
         hosts = {h.name: component(h.name, "host_agent", self.ns("host", h.name), UNDERLAY[FIRST_HOST + i])
                  for i, h in enumerate(topo.hosts)}
-        for vpc in topo.vpcs:
-            for inst in vpc.instances:
-                self._netns_add(self.ns("inst", inst.name))
-                self._instance_etc(vpc, inst)
-
         endpoint = f"{MAPPING_IP}:{MAPPING_PORT}"
-        self._write_config(mapping, {"listen": endpoint, "state_file": str(self.dir / "mappings.json")})
+        infra = {"control_plane": f"unix://{self.api_socket}", "token_file": str(self.admin_token_file)}
+        self._write_config(mapping, {"listen": endpoint, "state_file": str(self.dir / "mappings.json"), **infra})
         self._start(mapping, state)
         self._wait_ready([mapping])
-        for vpc in topo.vpcs:  # the desired state: who holds which address (later: the control plane)
-            for inst in vpc.instances:
-                answer = control.request(mapping.socket, {"op": "put", "vni": vpc.vni, "addr": str(inst.ip),
-                                                          "host": hosts[inst.host].underlay_ip, "eni": inst.eni_id})
-                if "error" in answer:
-                    raise LabError(f"mapping daemon refused {inst.name}: {answer['error']}")
-
         self._write_config(edge, {"underlay_ip": edge.underlay_ip, "mapping": endpoint})
         self._start(edge, state)
         for h in topo.hosts:
             c = hosts[h.name]
-            mine = [(vpc, i) for vpc in topo.vpcs for i in vpc.instances if i.host == h.name]
-            vpcs = {vpc.vni: vpc for vpc, _ in mine}
-            self._write_config(c, {
-                "underlay_ip": c.underlay_ip, "mapping": endpoint, "edge": str(EDGE_IP), "offload": h.offload,
-                "vpcs": [{"vni": v.vni, "cidr": str(v.cidr), "subnets": [str(s.cidr) for s in v.subnets]}
-                         for v in vpcs.values()],
-                "enis": [{"id": i.eni_id, "vni": vpc.vni, "ip": f"{i.ip}/{vpc.subnet(i.subnet).cidr.prefixlen}",
-                          "netns": self.ns("inst", i.name), "instance": i.name,
-                          "source_dest_check": i.source_dest_check} for vpc, i in mine],
-            })
+            self._write_config(c, {"underlay_ip": c.underlay_ip, "mapping": endpoint, "edge": str(EDGE_IP),
+                                   "offload": h.offload, "instance_netns_prefix": self.ns("inst") + ".",
+                                   "region": REGION, **infra})
             self._start(c, state)
         self._wait_ready(comps)
-        for vpc in topo.vpcs:
-            for i in vpc.instances:
-                state["instances"][i.name] = {
-                    "vpc": vpc.name, "vni": vpc.vni, "subnet": i.subnet, "ip": str(i.ip), "host": i.host,
-                    "eni": i.eni_id, "netns": self.ns("inst", i.name)}
+
+        from agents.apply import apply_topology
+        for line in apply_topology(self.api(), topo):
+            say(f"  {line}")
+        self.wait_converged()
+        state["instances"] = self.instances()
         self._save(state)
+
+    # --- the API ---------------------------------------------------------------------------------
+    @property
+    def api_socket(self) -> Path:
+        return self.dir / "api.sock"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.dir / "admin.token"
+
+    @property
+    def token_file(self) -> Path:
+        """The default account's token: the CLI finds it here by the lab's name."""
+        return self.dir / "token"
+
+    def api(self, admin: bool = False):
+        from vswitch.controlplane.client import ApiClient
+        path = self.admin_token_file if admin else self.token_file
+        try:
+            token = path.read_text().strip()
+        except FileNotFoundError:
+            raise LabError(f"lab {self.name!r} is not up (no {path}); start it with `vpc up`") from None
+        return ApiClient(f"unix://{self.api_socket}", token)
+
+    def instances(self) -> dict:
+        """Every instance of the default account, as the API describes it, with its namespace."""
+        api = self.api()
+        vpcs = {v["id"]: v for v in api.call("GET", "/v1/vpcs")}
+        subnets = {s["id"]: s for s in api.call("GET", "/v1/subnets")}
+        return {i["name"]: {"vpc": vpcs[i["vpc_id"]].get("name") or i["vpc_id"], "vni": vpcs[i["vpc_id"]]["vni"],
+                            "subnet": subnets[i["subnet_id"]].get("name") or i["subnet_id"],
+                            "ip": i["private_ip"], "host": i["host"], "eni": i["eni_id"], "id": i["id"],
+                            "netns": self.ns("inst", i["name"])}
+                for i in api.call("GET", "/v1/instances")}
+
+    def wait_converged(self, timeout: float = 30.0) -> None:
+        """Until every instance the API knows is attached on its host, and nothing else is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            want = {(i["host"], i["eni"]) for i in self.instances().values()}
+            have, problems = set(), {}
+            for name, c in self.state()["components"].items():
+                if c["role"] == "host_agent":
+                    st = control.request(c["socket"], {"op": "status"}, timeout=5)
+                    have |= {(name, e["id"]) for e in st["enis"]}
+                    problems.update(st.get("pending") or {})
+            if want == have:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"instances not attached after {timeout:.0f} s: missing {sorted(want - have)}, "
+                               f"extra {sorted(have - want)}; {problems}")
+            time.sleep(0.05)
 
     def _netns_add(self, name: str) -> None:
         run("ip", "netns", "add", name)
@@ -193,34 +246,20 @@ class Lab:
             "net.ipv6.conf.default.disable_ipv6=1")
         run("ip", "-n", name, "link", "set", "lo", "up")
 
-    def _instance_etc(self, vpc, inst) -> None:
-        """The instance's own /etc/hosts and /etc/resolv.conf (seen by programs run with `ip netns exec`).
-
-        Without them an instance inherits this machine's resolver, which lies outside the VPC: every
-        reverse lookup (http.server does one at start) would wait for time-outs. The hosts file names
-        every instance of the VPC, by name and by private hostname; the resolver is the VPC's (base + 2,
-        answered once built-in DNS exists), with short time-outs meanwhile.
-        """
-        etc = NETNS_ETC / self.ns("inst", inst.name)
-        etc.mkdir(parents=True, exist_ok=True)
-        domain = f"{REGION}.compute.internal"
-        lines = ["127.0.0.1 localhost"]
-        for i in vpc.instances:
-            lines.append(f"{i.ip} ip-{str(i.ip).replace('.', '-')}.{domain} {i.name}")
-        (etc / "hosts").write_text("\n".join(lines) + "\n")
-        resolver = vpc.cidr.network_address + 2
-        (etc / "resolv.conf").write_text(f"nameserver {resolver}\nsearch {domain}\noptions timeout:1 attempts:1\n")
-
     def _write_config(self, c: Component, extra: dict) -> None:
-        body = {"name": c.name, "control_socket": c.socket, "log_file": c.log, **extra}
+        body = {"name": c.name, "log_file": c.log, **extra}
+        if c.role != "control_plane":  # it answers on its API socket instead, in the root namespace
+            body["control_socket"] = c.socket
+            body["netns"] = c.netns
         Path(c.config).write_text(tomli_w.dumps(body))
 
     def _start(self, c: Component, state: dict) -> None:
         out = open(self.dir / f"{c.name}.out", "ab")
         with out:
-            p = subprocess.Popen(
-                ["ip", "netns", "exec", c.netns, sys.executable, "-m", f"agents.{c.role}", "--config", c.config],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            # Not `ip netns exec`: the daemon enters its namespace itself (see vswitch/netns.py).
+            p = subprocess.Popen([sys.executable, "-m", f"agents.{c.role}", "--config", c.config],
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
         c.pid = p.pid
         self._procs = getattr(self, "_procs", {})
         self._procs[c.name] = p
@@ -236,27 +275,36 @@ class Lab:
             if proc.poll() is not None:
                 tail = (self.dir / f"{c.name}.out").read_text(errors="replace")[-2000:]
                 raise LabError(f"{c.name} exited with {proc.returncode} while starting:\n{tail}")
-            try:
-                if control.request(c.socket, {"op": "status"}, timeout=1).get("ready"):
-                    pending.pop(0)
-                    continue
-            except OSError:
-                pass
+            if self._probe(c).get("ready"):
+                pending.pop(0)
+                continue
             if time.monotonic() > deadline:
                 raise LabError(f"{c.name} not ready after {READY_TIMEOUT:.0f} s; see {c.log}")
             time.sleep(0.05)
 
-    # --- use -----------------------------------------------------------------------------------
-    def instance(self, name: str) -> dict:
-        instances = self.state()["instances"]
-        if name not in instances:
-            raise LabError(f"no instance {name!r} in lab {self.name!r}; there are: {', '.join(instances)}")
-        return instances[name]
+    def _probe(self, c) -> dict:
+        """A component's own account of its health: its control socket, or the API's /healthz."""
+        role, sock = (c.role, c.socket) if isinstance(c, Component) else (c["role"], c["socket"])
+        try:
+            if role == "control_plane":
+                from vswitch.controlplane.client import ApiClient
+                with ApiClient(f"unix://{sock}", timeout=2).http as http:
+                    answer = http.get("/healthz").json()
+                return {"ready": bool(answer.get("ok")), **answer}
+            return control.request(sock, {"op": "status"}, timeout=2)
+        except (OSError, ValueError, httpx.HTTPError) as e:
+            return {"error": str(e)}
 
+    # --- use -----------------------------------------------------------------------------------
     def exec_argv(self, instance: str, cmd: list[str]) -> list[str]:
         if not cmd:
             raise LabError("nothing to run: vpc exec INSTANCE -- COMMAND [ARGS…]")
-        return ["ip", "netns", "exec", self.instance(instance)["netns"], *cmd]
+        netns = self.ns("inst", instance)
+        if not (Path("/run/netns") / netns).exists():
+            prefix = self.ns("inst") + "."
+            there = sorted(n[len(prefix):] for n in self.namespaces() if n.startswith(prefix))
+            raise LabError(f"no instance {instance!r} in lab {self.name!r}; there are: {', '.join(there) or 'none'}")
+        return ["ip", "netns", "exec", netns, *cmd]
 
     def spawn(self, instance: str, cmd: list[str], log_name: str) -> subprocess.Popen:
         """Start a background program in an instance; ``down`` ends it."""
@@ -273,15 +321,16 @@ class Lab:
         comps = {}
         for name, c in state["components"].items():
             alive = _alive(c["pid"], c["config"])
-            try:
-                detail = control.request(c["socket"], {"op": "status"}, timeout=1)
-                health = "ready" if detail.get("ready") else "starting"
-            except OSError as e:
-                detail, health = {"error": str(e)}, ("unreachable" if alive else "dead")
+            detail = self._probe(c)
+            health = ("ready" if detail.get("ready") else "starting") if "error" not in detail else (
+                "unreachable" if alive else "dead")
             comps[name] = {"role": c["role"], "netns": c["netns"], "underlay_ip": c["underlay_ip"],
                            "pid": c["pid"], "alive": alive, "health": health, "detail": detail}
-        return {"lab": self.name, "topology": state["topology"], "components": comps,
-                "instances": state["instances"]}
+        try:
+            instances = self.instances()
+        except Exception:  # the control plane is down: show what the lab knew at start
+            instances = state["instances"]
+        return {"lab": self.name, "topology": state["topology"], "components": comps, "instances": instances}
 
     # --- down ----------------------------------------------------------------------------------
     def down(self, quiet: bool = False) -> list[str]:

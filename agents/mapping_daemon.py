@@ -13,7 +13,8 @@ import os
 import orjson
 
 from agents import daemon as _daemon
-from vswitch import config, control, logs
+from vswitch import addresses, config, control, logs
+from vswitch.controlplane.client import DesiredStateWatcher
 from vswitch.mapping import MappingService, ProtocolError, decode, encode
 
 
@@ -25,6 +26,7 @@ class MappingDaemon:
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.protocol_errors = 0
         self.pushed = 0
+        self.desired = None
 
     def _load(self) -> list:
         if not self.cfg.state_file or not os.path.exists(self.cfg.state_file):
@@ -81,6 +83,25 @@ class MappingDaemon:
             self.writers.pop(conn, None)
             writer.close()
 
+    async def apply_desired(self, view: dict) -> None:
+        """Make the table exactly the desired state's ENIs (each change is pushed to subscribers)."""
+        desired = {(e["vni"], e["private_ip"]): (e["underlay_ip"], addresses.eni_number(e["id"]))
+                   for e in view["enis"] if e["underlay_ip"]}
+        out = []
+        for (vni, addr), (host, eni) in desired.items():
+            out += self.service.put(vni, addr, host, eni)
+        for vni, table in list(self.service.table.items()):
+            for addr in list(table):
+                if (vni, addr) not in desired:
+                    out += self.service.delete(vni, addr)
+        if out:
+            self._save()
+            self.pushed += len(out)
+            for target, msg in out:
+                w = self.writers.get(target)
+                if w is not None:
+                    w.write(encode(msg))
+
     def handle_control(self, request: dict) -> dict:
         """``status``, or ``put``/``delete`` from the local operator (the lab, later the control plane)."""
         if request.get("op") in ("put", "delete"):
@@ -91,14 +112,19 @@ class MappingDaemon:
         return {"role": "mapping-daemon", "name": self.cfg.name, "ready": True, "pid": os.getpid(),
                 "listen": self.cfg.listen, "entries": sum(len(t) for t in self.service.table.values()),
                 "vpcs": len(self.service.table), "subscribers": len(self.service.subscribers),
-                "pushed": self.pushed, "protocol_errors": self.protocol_errors}
+                "pushed": self.pushed, "protocol_errors": self.protocol_errors,
+                "desired_state": self.desired.status() if self.desired else None}
 
 
 async def run(cfg: config.MappingDaemonConfig) -> None:
     daemon = MappingDaemon(cfg)
     host, port = config.split_endpoint(cfg.listen)
     server = await asyncio.start_server(daemon.on_client, host, port, limit=1 << 20)
-    await control.serve(cfg.control_socket, daemon.handle_control)
+    daemon.control = await control.serve(cfg.control_socket, daemon.handle_control)  # keep: unreferenced, it closes
+    if cfg.control_plane:
+        token = config.read_token(cfg.token_file) if cfg.token_file else ""
+        daemon.desired = DesiredStateWatcher(cfg.control_plane, token, daemon.apply_desired)
+        daemon.desired_task = asyncio.create_task(daemon.desired.run())
     daemon.log.info("ready", listen=cfg.listen, entries=daemon.handle_control({})["entries"])
     await _daemon.until_signalled()
     server.close()

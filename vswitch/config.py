@@ -61,6 +61,7 @@ class DaemonConfig(_Strict):
     control_socket: str
     log_file: str | None = None
     log_level: str = "info"
+    netns: str | None = None  # run inside this network namespace (/run/netns/NAME; the lab's hosts)
 
 
 class HostAgentConfig(DaemonConfig):
@@ -70,6 +71,11 @@ class HostAgentConfig(DaemonConfig):
     edge: IPv4 | None = None  # the Blackfoot edge's underlay address
     offload: bool = True  # TUN offloads (virtio header, TSO); off = one packet per read
     underlay_batching: bool = True  # UDP GSO/GRO trains on the underlay socket
+    # With a control plane, ENIs come from its desired state (and `vpcs`/`enis` stay empty):
+    control_plane: str | None = None  # unix:///path or http://host:port
+    token_file: str | None = None  # the infrastructure (admin) token
+    instance_netns_prefix: str = ""  # an instance's namespace is this + its name
+    region: str = "lab-1"
     vpcs: list[VpcConfig] = []
     enis: list[EniConfig] = []
 
@@ -77,12 +83,31 @@ class HostAgentConfig(DaemonConfig):
 class MappingDaemonConfig(DaemonConfig):
     listen: Endpoint
     state_file: str | None = None  # survives a restart; written atomically on change
+    control_plane: str | None = None  # mappings follow the control plane's desired state
+    token_file: str | None = None
 
 
 class EdgeConfig(DaemonConfig):
     underlay_ip: IPv4
     underlay_port: int = Field(6081, gt=0, lt=65536)
     mapping: Endpoint
+
+
+class ControlPlaneConfig(_Strict):
+    name: str = "control-plane"
+    listen: Endpoint | None = None  # TCP HOST:PORT
+    unix_socket: str | None = None  # and/or a Unix socket (the lab uses only this)
+    store: str = "sqlite:///var/lib/userspace-vpc/control-plane.db"  # or etcd://HOST:PORT[,HOST:PORT]
+    admin_token_file: str
+    region: str = "lab-1"
+    log_file: str | None = None
+    log_level: str = "info"
+
+    @pydantic.model_validator(mode="after")
+    def _somewhere(self):
+        if not self.listen and not self.unix_socket:
+            raise ValueError("set listen, unix_socket or both")
+        return self
 
 
 def load(model: type[BaseModel], path: str):
@@ -103,3 +128,11 @@ def load(model: type[BaseModel], path: str):
 def split_endpoint(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host, int(port)
+
+
+def read_token(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None

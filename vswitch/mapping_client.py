@@ -30,6 +30,12 @@ class MappingClient:
         self._writer: asyncio.StreamWriter | None = None
         self._log = logs.get("mapping-client")
 
+    def resubscribe(self, vnis: list[int]) -> None:
+        """Follow a changed set of VPCs: the daemon answers with their snapshots."""
+        self.vnis = vnis
+        if self._writer is not None:
+            self._writer.write(encode(self.cache.subscribe_message(vnis)))
+
     def flush_queries(self) -> None:
         """Send queued miss queries; dropped while disconnected (they are asked again later)."""
         queries = self.cache.take_queries()

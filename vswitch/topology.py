@@ -75,6 +75,7 @@ class Instance:
     ip: ipaddress.IPv4Address
     eni_id: str
     source_dest_check: bool = True
+    ip_given: bool = True  # False: assigned here (first free); `vpc apply` then keeps what the API chose
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,7 +318,7 @@ class _Builder:
         # An instance left without an address always comes with a reported problem, so build() raises.
         instances = tuple(
             Instance(inst.name, vpc.name, inst.subnet, inst.host, ips[n], _eni_id(vpc.name, inst.name),
-                     inst.source_dest_check)
+                     inst.source_dest_check, ip_given=inst.ip is not None)
             for n, inst in enumerate(vpc.instances) if n in ips)
         return Vpc(vpc.name, vpc.cidr, vni, tuple(subnets.values()), instances)
 

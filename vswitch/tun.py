@@ -13,13 +13,14 @@ file descriptor, and configures the device through netlink inside the instance n
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import fcntl
 import os
 
 import pytun
 from pyroute2 import IPRoute
+
+from .netns import setns_fd
 
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
@@ -28,15 +29,6 @@ VNET_HDR_LEN = 10
 ENI_MTU = 9001
 # Largest super-packet: header + Geneve (36) + outer UDP/IP (28) must fit a 65,535-byte IP datagram.
 GSO_MAX_SIZE = 65000
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
 
 @contextlib.contextmanager
 def netns_iproute(netns: str):
@@ -48,11 +40,11 @@ def netns_iproute(netns: str):
     the namespace it was created in: enter, open the socket, come back. Blocking: use from a thread.
     """
     with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{netns}") as target:
-        _setns(target.fileno())
+        setns_fd(target.fileno())
         try:
             ipr = IPRoute()
         finally:
-            _setns(home.fileno())
+            setns_fd(home.fileno())
     with ipr:
         yield ipr
 

@@ -1,0 +1,77 @@
+"""Control plane: the VPC API over HTTP. ``python -m agents.control_plane --config control-plane.toml``.
+
+Serves on a TCP address, a Unix socket (the lab's choice: no port in any namespace), or both. The
+store is embedded SQLite by default, or etcd for deployments that span machines. The admin token is
+read from a file (created with a random token if missing) so that no secret sits in the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+
+import uvicorn
+
+from agents import daemon
+from vswitch import config, logs
+from vswitch.controlplane.api import build_app
+from vswitch.controlplane.service import ControlPlane
+from vswitch.store import open_store
+
+
+def read_or_create_token(path: str) -> str:
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+async def run(cfg: config.ControlPlaneConfig) -> None:
+    log = logs.get("control-plane")
+    store = open_store(cfg.store)
+    cp = ControlPlane(store, cfg.region)
+    await cp.ensure_admin_token(read_or_create_token(cfg.admin_token_file))
+    app = build_app(cp)
+    servers = []
+    if cfg.listen:
+        host, port = config.split_endpoint(cfg.listen)
+        servers.append(uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
+                                                     access_log=False, lifespan="off")))
+    if cfg.unix_socket:
+        servers.append(uvicorn.Server(uvicorn.Config(app, uds=cfg.unix_socket, log_config=None,
+                                                     access_log=False, lifespan="off")))
+    for s in servers:
+        s.install_signal_handlers = lambda: None  # ours, below
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    while not all(s.started for s in servers):
+        if any(t.done() for t in tasks):
+            for t in tasks:
+                if t.done() and t.exception():
+                    raise t.exception()
+            raise SystemExit("control plane: a listener stopped while starting")
+        await asyncio.sleep(0.02)
+    if cfg.unix_socket:
+        os.chmod(cfg.unix_socket, 0o660)
+    log.info("ready", listen=cfg.listen, unix_socket=cfg.unix_socket, store=cfg.store.split("://")[0])
+    await daemon.until_signalled()
+    for s in servers:
+        s.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    daemon.run(argv, config.ControlPlaneConfig, run, __doc__)
+
+
+if __name__ == "__main__":
+    main()

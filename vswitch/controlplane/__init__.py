@@ -1,0 +1,1 @@
+"""The control plane: desired state behind an HTTP JSON API (resources, accounts, audit)."""

@@ -1,0 +1,421 @@
+"""Resource kinds of the VPC API: request bodies, references between resources, and the shape rules.
+
+Each kind is a ``Kind``: its URL collection, its id prefix, the pydantic models of its create and
+update bodies (``extra="forbid"``: an unknown field is a 422 naming it), and which fields refer to
+other resources. Rules that need the rest of the account's state (CIDR containment, overlaps, free
+addresses, dependents) live in ``service.py``; here are the rules a body can be checked against alone.
+
+Behaviour behind some kinds (route tables, gateways, load balancers, flow logs, DNS, DHCP) arrives with
+later issues; their records, validation and lifecycle rules are already enforced here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from typing import Annotated, Literal, Optional
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from .ids import kind_of
+
+MIN_PREFIX, MAX_PREFIX = 16, 28
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def ref(prefix: str):
+    """A field holding the id of a resource of one kind: ``vpc_id: Ref("vpc")``."""
+
+    def check(value: str) -> str:
+        if kind_of(value) != prefix:
+            raise ValueError(f"expected a {prefix}- id, got {value!r}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
+
+
+VpcId = ref("vpc")
+SubnetId = ref("subnet")
+SgId = ref("sg")
+RtbId = ref("rtb")
+AclId = ref("acl")
+IgwId = ref("igw")
+NatId = ref("nat")
+EniId = ref("eni")
+EigwId = ref("eigw")
+InstanceId = ref("i")
+TgId = ref("tg")
+DoptId = ref("dopt")
+
+
+def _network(value: str, low: int = MIN_PREFIX, high: int = MAX_PREFIX) -> str:
+    try:
+        net = ipaddress.IPv4Network(value)
+    except ValueError:
+        try:
+            host = ipaddress.IPv4Interface(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 CIDR block") from None
+        raise ValueError(f"{value} has host bits set; did you mean {host.network}?") from None
+    if not low <= net.prefixlen <= high:
+        raise ValueError(f"prefix /{net.prefixlen} out of range /{low} to /{high}")
+    return str(net)
+
+
+def _any_cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a CIDR block (host bits must be zero)") from None
+
+
+def _ipv4(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address") from None
+
+
+VpcCidr = Annotated[str, AfterValidator(_network)]
+AnyCidr = Annotated[str, AfterValidator(_any_cidr)]
+IPv4 = Annotated[str, AfterValidator(_ipv4)]
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._:/=+@-]*$")]
+HostName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9-]*$")]
+Protocol = Annotated[str, Field(pattern=r"^(-1|all|tcp|udp|icmp|icmpv6|[0-9]{1,3})$")]
+
+
+def _protocol_number(p: str) -> int:
+    return {"-1": -1, "all": -1, "tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}.get(p, None) or int(p)
+
+
+# --- VPCs and subnets --------------------------------------------------------------------------------
+class VpcCreate(Body):
+    name: Optional[Name] = None
+    cidr_block: VpcCidr
+    dhcp_options_id: Optional[DoptId] = None
+
+
+class VpcUpdate(Body):
+    name: Optional[Name] = None
+    dhcp_options_id: Optional[DoptId] = None
+
+
+class SubnetCreate(Body):
+    vpc_id: VpcId
+    cidr_block: VpcCidr
+    name: Optional[Name] = None
+    route_table_id: Optional[RtbId] = None  # default: the VPC's main table
+    network_acl_id: Optional[AclId] = None  # default: the VPC's default ACL
+
+
+class SubnetUpdate(Body):
+    name: Optional[Name] = None
+    route_table_id: Optional[RtbId] = None
+    network_acl_id: Optional[AclId] = None
+
+
+# --- hosts (admin) and instances ---------------------------------------------------------------------
+class HostCreate(Body):
+    name: HostName
+    underlay_ip: IPv4
+
+
+class InstanceCreate(Body):
+    name: HostName
+    subnet_id: SubnetId
+    host: HostName
+    private_ip: Optional[IPv4] = None  # default: the first free address from .4
+    security_group_ids: Optional[list[SgId]] = Field(None, max_length=5)  # default: the VPC's default
+    source_dest_check: bool = True
+    interface_type: Literal["tun", "tap"] = "tun"
+
+
+class InstanceUpdate(Body):
+    name: Optional[HostName] = None
+    host: Optional[HostName] = None  # moving an instance to another host
+    security_group_ids: Optional[list[SgId]] = Field(None, min_length=1, max_length=5)
+    source_dest_check: Optional[bool] = None
+
+
+# --- security groups ---------------------------------------------------------------------------------
+class SgRule(Body):
+    protocol: Protocol = "-1"
+    from_port: int = Field(-1, ge=-1, le=65535)  # for ICMP: the type (-1 = all)
+    to_port: int = Field(-1, ge=-1, le=65535)  # for ICMP: the code (-1 = all)
+    cidr: Optional[AnyCidr] = None
+    source_group_id: Optional[SgId] = None
+    description: Optional[str] = Field(None, max_length=255)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.cidr is None) == (self.source_group_id is None):
+            raise ValueError("a rule names exactly one peer: cidr or source_group_id")
+        proto = _protocol_number(self.protocol)
+        if not -1 <= proto <= 255:
+            raise ValueError(f"protocol {self.protocol} out of range 0..255")
+        if proto in (6, 17):
+            if not 0 <= self.from_port <= self.to_port:
+                raise ValueError("tcp/udp rules need 0 <= from_port <= to_port")
+        elif proto in (1, 58):
+            if self.from_port > 255 or self.to_port > 255:
+                raise ValueError("icmp rules carry the type in from_port and the code in to_port (-1..255)")
+        elif (self.from_port, self.to_port) != (-1, -1):
+            raise ValueError("ports apply to tcp, udp and icmp only")
+        return self
+
+
+ALLOW_ALL_EGRESS = [{"protocol": "-1", "from_port": -1, "to_port": -1, "cidr": "0.0.0.0/0",
+                     "source_group_id": None, "description": None}]
+
+
+class SecurityGroupCreate(Body):
+    vpc_id: VpcId
+    name: Name
+    description: Optional[str] = Field(None, max_length=255)
+    ingress: list[SgRule] = Field(default_factory=list, max_length=60)  # new group: no inbound
+    egress: Optional[list[SgRule]] = Field(None, max_length=60)  # new group: outbound allow-all
+
+
+class SecurityGroupUpdate(Body):
+    name: Optional[Name] = None
+    description: Optional[str] = Field(None, max_length=255)
+    ingress: Optional[list[SgRule]] = Field(None, max_length=60)
+    egress: Optional[list[SgRule]] = Field(None, max_length=60)
+
+
+# --- network ACLs ------------------------------------------------------------------------------------
+class AclEntry(Body):
+    rule_number: int = Field(ge=1, le=32766)
+    egress: bool = False
+    protocol: Protocol = "-1"
+    action: Literal["allow", "deny"]
+    cidr: AnyCidr
+    from_port: int = Field(-1, ge=-1, le=65535)
+    to_port: int = Field(-1, ge=-1, le=65535)
+
+
+def _unique_entries(entries: list[AclEntry]) -> list[AclEntry]:
+    seen = set()
+    for e in entries:
+        if (e.rule_number, e.egress) in seen:
+            raise ValueError(f"rule {e.rule_number} ({'egress' if e.egress else 'ingress'}) appears twice")
+        seen.add((e.rule_number, e.egress))
+    return entries
+
+
+AclEntries = Annotated[list[AclEntry], AfterValidator(_unique_entries), Field(max_length=40)]
+
+
+class NetworkAclCreate(Body):
+    vpc_id: VpcId
+    name: Optional[Name] = None
+    entries: AclEntries = Field(default_factory=list)  # a new ACL denies everything
+
+
+class NetworkAclUpdate(Body):
+    name: Optional[Name] = None
+    entries: Optional[AclEntries] = None
+
+
+# --- route tables and gateways -----------------------------------------------------------------------
+class Route(Body):
+    destination: AnyCidr
+    gateway_id: Optional[IgwId] = None
+    nat_gateway_id: Optional[NatId] = None
+    network_interface_id: Optional[EniId] = None
+    egress_only_gateway_id: Optional[EigwId] = None
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        targets = [t for t in (self.gateway_id, self.nat_gateway_id, self.network_interface_id,
+                               self.egress_only_gateway_id) if t]
+        if len(targets) != 1:
+            raise ValueError("a route has exactly one target: gateway_id, nat_gateway_id, "
+                             "network_interface_id or egress_only_gateway_id")
+        return self
+
+
+class RouteTableCreate(Body):
+    vpc_id: VpcId
+    name: Optional[Name] = None
+    routes: list[Route] = Field(default_factory=list, max_length=50)
+
+
+class RouteTableUpdate(Body):
+    name: Optional[Name] = None
+    routes: Optional[list[Route]] = Field(None, max_length=50)
+
+
+class InternetGatewayCreate(Body):
+    name: Optional[Name] = None
+    vpc_id: Optional[VpcId] = None  # attached to at most one VPC
+
+
+class InternetGatewayUpdate(Body):
+    name: Optional[Name] = None
+    vpc_id: Optional[VpcId] = None  # attach; detach with "detach": true
+    detach: bool = False
+
+
+class NatGatewayCreate(Body):
+    subnet_id: SubnetId
+    name: Optional[Name] = None
+
+
+class NatGatewayUpdate(Body):
+    name: Optional[Name] = None
+
+
+# --- load balancers ----------------------------------------------------------------------------------
+class HealthCheck(Body):
+    protocol: Literal["tcp", "http"] = "tcp"
+    port: Optional[int] = Field(None, ge=1, le=65535)  # default: the target's port
+    path: str = Field("/", max_length=1024)
+    interval: float = Field(30, ge=0.1, le=300)  # short intervals are allowed for labs and tests
+    timeout: Optional[float] = Field(None, gt=0, le=120)  # default 10 s TCP, 6 s HTTP
+    healthy_threshold: int = Field(5, ge=2, le=10)
+    unhealthy_threshold: int = Field(2, ge=2, le=10)
+    matcher: str = Field("200-399", pattern=r"^[0-9]{3}(-[0-9]{3})?(,[0-9]{3}(-[0-9]{3})?)*$")
+
+
+class Target(Body):
+    instance_id: Optional[InstanceId] = None
+    ip: Optional[IPv4] = None
+    port: int = Field(ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.instance_id is None) == (self.ip is None):
+            raise ValueError("a target is an instance_id or an ip")
+        return self
+
+
+class TargetGroupCreate(Body):
+    vpc_id: VpcId
+    name: Name
+    protocol: Literal["tcp", "udp"] = "tcp"
+    port: int = Field(ge=1, le=65535)
+    targets: list[Target] = Field(default_factory=list, max_length=100)
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
+
+
+class TargetGroupUpdate(Body):
+    name: Optional[Name] = None
+    targets: Optional[list[Target]] = Field(None, max_length=100)
+    health_check: Optional[HealthCheck] = None
+
+
+class Listener(Body):
+    protocol: Literal["tcp", "udp"] = "tcp"
+    port: int = Field(ge=1, le=65535)
+    target_group_id: TgId
+
+
+class LoadBalancerCreate(Body):
+    name: Name
+    subnet_ids: list[SubnetId] = Field(min_length=1, max_length=10)
+    listeners: list[Listener] = Field(default_factory=list, max_length=50)
+
+
+class LoadBalancerUpdate(Body):
+    name: Optional[Name] = None
+    listeners: Optional[list[Listener]] = Field(None, max_length=50)
+
+
+# --- flow logs, DHCP options, private DNS ------------------------------------------------------------
+FLOW_LOG_FIELDS = (
+    "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end "
+    "action log-status vpc-id subnet-id instance-id tcp-flags type pkt-srcaddr pkt-dstaddr "
+    "flow-direction traffic-path").split()
+
+
+def _log_format(value: str) -> str:
+    fields = value.replace("${", " ").replace("}", " ").split()
+    unknown = [f for f in fields if f not in FLOW_LOG_FIELDS]
+    if not fields or unknown:
+        raise ValueError(f"unknown flow log fields {unknown}; known: {' '.join(FLOW_LOG_FIELDS)}")
+    return value
+
+
+class FlowLogCreate(Body):
+    resource_id: str  # a vpc-, subnet- or eni- id
+    traffic_type: Literal["ACCEPT", "REJECT", "ALL"] = "ALL"
+    log_format: Optional[Annotated[str, AfterValidator(_log_format)]] = None  # default: version 2
+    max_aggregation_interval: int = Field(600, ge=1, le=600)  # 60 or 600 in the cloud; shorter for labs
+    name: Optional[Name] = None
+
+    @model_validator(mode="after")
+    def _resource(self):
+        if kind_of(self.resource_id) not in ("vpc", "subnet", "eni"):
+            raise ValueError("resource_id: expected a vpc-, subnet- or eni- id")
+        return self
+
+
+class FlowLogUpdate(Body):
+    name: Optional[Name] = None
+
+
+DnsServer = Annotated[str, AfterValidator(lambda v: v if v == "AmazonProvidedDNS" else _ipv4(v))]
+DomainName = Annotated[str, Field(min_length=1, max_length=253,
+                                  pattern=r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$")]
+
+
+class DhcpOptionsCreate(Body):
+    name: Optional[Name] = None
+    domain_name: Optional[DomainName] = None  # default <region>.compute.internal
+    domain_name_servers: list[DnsServer] = Field(default_factory=lambda: ["AmazonProvidedDNS"], max_length=4)
+    ntp_servers: list[IPv4] = Field(default_factory=list, max_length=4)
+
+
+class DhcpOptionsUpdate(Body):
+    name: Optional[Name] = None
+
+
+class DnsRecord(Body):
+    name: DomainName
+    type: Literal["A", "AAAA", "CNAME", "TXT", "PTR"]
+    ttl: int = Field(300, ge=0, le=2147483647)
+    values: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(min_length=1, max_length=20)
+
+
+class DnsZoneCreate(Body):
+    name: DomainName
+    vpc_ids: list[VpcId] = Field(default_factory=list, max_length=20)
+    records: list[DnsRecord] = Field(default_factory=list, max_length=1000)
+
+
+class DnsZoneUpdate(Body):
+    vpc_ids: Optional[list[VpcId]] = Field(None, max_length=20)
+    records: Optional[list[DnsRecord]] = Field(None, max_length=1000)
+
+
+# --- the registry ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    collection: str  # URL path segment: /v1/<collection>
+    prefix: str  # id prefix
+    create: type[Body] | None  # None: created only as a side effect (ENIs)
+    update: type[Body] | None
+    refs: tuple[str, ...] = ()  # fields that hold ids of other resources (lists allowed)
+
+
+KINDS: dict[str, Kind] = {k.collection: k for k in (
+    Kind("vpcs", "vpc", VpcCreate, VpcUpdate, ("dhcp_options_id",)),
+    Kind("subnets", "subnet", SubnetCreate, SubnetUpdate, ("vpc_id", "route_table_id", "network_acl_id")),
+    Kind("instances", "i", InstanceCreate, InstanceUpdate, ("subnet_id", "security_group_ids")),
+    Kind("network-interfaces", "eni", None, None),
+    Kind("security-groups", "sg", SecurityGroupCreate, SecurityGroupUpdate, ("vpc_id",)),
+    Kind("network-acls", "acl", NetworkAclCreate, NetworkAclUpdate, ("vpc_id",)),
+    Kind("route-tables", "rtb", RouteTableCreate, RouteTableUpdate, ("vpc_id",)),
+    Kind("internet-gateways", "igw", InternetGatewayCreate, InternetGatewayUpdate, ("vpc_id",)),
+    Kind("nat-gateways", "nat", NatGatewayCreate, NatGatewayUpdate, ("subnet_id",)),
+    Kind("target-groups", "tg", TargetGroupCreate, TargetGroupUpdate, ("vpc_id",)),
+    Kind("load-balancers", "nlb", LoadBalancerCreate, LoadBalancerUpdate, ("subnet_ids",)),
+    Kind("flow-logs", "fl", FlowLogCreate, FlowLogUpdate, ("resource_id",)),
+    Kind("dhcp-options", "dopt", DhcpOptionsCreate, DhcpOptionsUpdate),
+    Kind("dns-zones", "zone", DnsZoneCreate, DnsZoneUpdate, ("vpc_ids",)),
+)}
+BY_PREFIX = {k.prefix: k for k in KINDS.values()}

@@ -1,0 +1,633 @@
+"""The control plane's logic: accounts, resources with their rules, and the audit log, over a ``Store``.
+
+Every mutating request becomes ONE store transaction: the resource records it changes, its audit record
+and a bump of ``/meta/serial``. The transaction compares ``/meta/serial`` with the revision the request
+read, so two writers (two requests, or two control planes sharing etcd) can never both commit a
+decision made on the same state: the loser re-reads and re-validates. A request therefore happens
+completely or not at all, and a 2xx answer means it is durable in the store.
+
+Store layout (values are JSON)::
+
+    /accounts/<acct-id>            {id, name, created}
+    /tokens/<sha256(token)>        {account, admin}
+    /hosts/<name>                  {name, underlay_ip}           (physical hosts; admin-managed)
+    /vni/<n>                       {vpc, account}               (VNIs are global)
+    /res/<acct-id>/<resource-id>   {id, kind, account, created, ...fields}
+    /audit/<time-ns>-<request-id>  {time, account, action, resource, request_id, source, status, message}
+    /meta/serial                   bumped by every write
+
+Another account's resource answers 404, exactly like one that does not exist, so ids do not leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import secrets
+import time
+from typing import Any
+
+from ..store import Conflict, Store, Txn
+from . import resources as r
+from .ids import kind_of, new_id
+
+RETRIES = 20
+
+
+class ApiError(Exception):
+    """A request refused with a clear reason: ``status`` is the HTTP status, ``field`` what it names."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.field = field
+        self.message = f"{field}: {message}" if field else message
+
+
+def not_found(resource_id: str, field: str | None = None) -> ApiError:
+    return ApiError(404, f"{resource_id} not found", field)
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    account: str
+    admin: bool
+    request_id: str = ""
+    source: str = ""
+
+
+def _dumps(v: Any) -> bytes:
+    return json.dumps(v, sort_keys=True, separators=(",", ":")).encode()
+
+
+def token_key(token: str) -> str:
+    return "/tokens/" + hashlib.sha256(token.encode()).hexdigest()
+
+
+class Snapshot:
+    """One account's resources as read at one revision, with the lookups the rules need."""
+
+    def __init__(self, records: dict[str, dict], serial: int):
+        self.by_id = records
+        self.serial = serial
+
+    def get(self, resource_id: str, prefix: str | None = None, field: str | None = None) -> dict:
+        rec = self.by_id.get(resource_id)
+        if rec is None or (prefix and kind_of(resource_id) != prefix):
+            raise not_found(resource_id, field)
+        return rec
+
+    def of(self, prefix: str, **match) -> list[dict]:
+        return [x for x in self.by_id.values() if kind_of(x["id"]) == prefix
+                and all(x.get(k) == v for k, v in match.items())]
+
+
+class ControlPlane:
+    def __init__(self, store: Store, region: str = "lab-1"):
+        self.store = store
+        self.region = region
+
+    # --- plumbing --------------------------------------------------------------------------------
+    async def _snapshot(self, account: str) -> Snapshot:
+        serial = await self.store.get("/meta/serial")
+        records = await self.store.range(f"/res/{account}/")
+        return Snapshot({json.loads(x.value)["id"]: json.loads(x.value) for x in records},
+                        serial.mod_revision if serial else 0)
+
+    async def _write(self, caller: Caller, action: str, decide, status: int = 200) -> Any:
+        """Run ``decide(snapshot) -> (puts, deletes, result, resource_id)`` and commit it with its audit
+        record, retrying on a concurrent write. ``decide`` raises ApiError to refuse."""
+        for _ in range(RETRIES):
+            snap = await self._snapshot(caller.account)
+            puts, deletes, result, resource_id = await decide(snap)
+            txn = Txn(compares=[("/meta/serial", snap.serial)],
+                      puts={k: _dumps(v) for k, v in puts.items()}, deletes=list(deletes))
+            txn.puts["/meta/serial"] = b""
+            txn.puts[self._audit_key(caller)] = _dumps(self._audit(caller, action, resource_id, status, "ok"))
+            try:
+                await self.store.commit(txn)
+                return result
+            except Conflict:
+                continue
+        raise ApiError(503, "too many concurrent writes; try again")
+
+    def _audit_key(self, caller: Caller) -> str:
+        return f"/audit/{time.time_ns():020d}-{caller.request_id or secrets.token_hex(4)}"
+
+    def _audit(self, caller: Caller, action: str, resource: str | None, status: int, message: str) -> dict:
+        return {"time": time.time(), "account": caller.account, "action": action, "resource": resource,
+                "request_id": caller.request_id, "source": caller.source, "status": status, "message": message}
+
+    async def record_refusal(self, caller: Caller, action: str, resource: str | None, status: int,
+                             message: str) -> None:
+        """Audit a mutating call that was refused (4xx): nothing else is written."""
+        await self.store.commit(Txn(puts={self._audit_key(caller): _dumps(
+            self._audit(caller, action, resource, status, message))}))
+
+    def _rec(self, caller: Caller, kind: r.Kind, rid: str, fields: dict) -> dict:
+        return {"id": rid, "kind": kind.collection, "account": caller.account, "created": time.time(), **fields}
+
+    def _key(self, caller: Caller, rid: str) -> str:
+        return f"/res/{caller.account}/{rid}"
+
+    # --- accounts and tokens ---------------------------------------------------------------------
+    async def ensure_admin_token(self, token: str) -> None:
+        if await self.store.get(token_key(token)) is None:
+            await self.store.commit(Txn(puts={token_key(token): _dumps({"account": "admin", "admin": True})}))
+
+    async def authenticate(self, token: str) -> tuple[str, bool] | None:
+        rec = await self.store.get(token_key(token))
+        if rec is None:
+            return None
+        v = json.loads(rec.value)
+        return v["account"], v["admin"]
+
+    async def create_account(self, caller: Caller, name: str, token: str | None = None) -> dict:
+        if not caller.admin:
+            raise ApiError(403, "only an admin token can create accounts")
+        account = "acct-" + secrets.token_hex(6)
+        token = token or secrets.token_urlsafe(24)
+
+        async def decide(snap):
+            existing = [json.loads(x.value) for x in await self.store.range("/accounts/")]
+            if any(a["name"] == name for a in existing):
+                raise ApiError(409, f"an account named {name!r} exists", "name")
+            rec = {"id": account, "name": name, "created": time.time()}
+            return {f"/accounts/{account}": rec, token_key(token): {"account": account, "admin": False}}, [], \
+                {**rec, "token": token}, account
+
+        return await self._write(caller, "CreateAccount", decide, 201)
+
+    async def list_accounts(self, caller: Caller) -> list[dict]:
+        if not caller.admin:
+            raise ApiError(403, "only an admin token can list accounts")
+        return [json.loads(x.value) for x in await self.store.range("/accounts/")]
+
+    # --- hosts -------------------------------------------------------------------------------------
+    async def register_host(self, caller: Caller, body: r.HostCreate) -> dict:
+        if not caller.admin:
+            raise ApiError(403, "only an admin token can register hosts")
+
+        async def decide(snap):
+            rec = {"name": body.name, "underlay_ip": body.underlay_ip}
+            return {f"/hosts/{body.name}": rec}, [], rec, body.name
+
+        return await self._write(caller, "RegisterHost", decide, 201)
+
+    async def list_hosts(self) -> list[dict]:
+        return [json.loads(x.value) for x in await self.store.range("/hosts/")]
+
+    async def deregister_host(self, caller: Caller, name: str) -> None:
+        if not caller.admin:
+            raise ApiError(403, "only an admin token can deregister hosts")
+
+        async def decide(snap):
+            if await self.store.get(f"/hosts/{name}") is None:
+                raise ApiError(404, f"host {name} not found")
+            return {}, [f"/hosts/{name}"], None, name
+
+        await self._write(caller, "DeregisterHost", decide, 204)
+
+    # --- what the agents need ----------------------------------------------------------------------
+    async def infra_view(self, caller: Caller) -> dict:
+        """Everything the data plane needs, across accounts: hosts, VPCs and every ENI with its host.
+
+        Host agents take their own ENIs from it; the mapping daemon derives (VPC, address) → host.
+        ``revision`` is the write serial it reflects at least: pass it to ``wait_for_change``.
+        """
+        if not caller.admin:
+            raise ApiError(403, "the infrastructure view needs an admin (infrastructure) token")
+        serial = await self.store.get("/meta/serial")
+        hosts = {h["name"]: h for h in await self.list_hosts()}
+        recs = [json.loads(x.value) for x in await self.store.range("/res/")]
+        by_id = {x["id"]: x for x in recs}
+        vpcs = [{"id": v["id"], "vni": v["vni"], "cidr_block": v["cidr_block"],
+                 "subnets": [s["cidr_block"] for s in recs if kind_of(s["id"]) == "subnet"
+                             and s["vpc_id"] == v["id"]]}
+                for v in recs if kind_of(v["id"]) == "vpc"]
+        enis = []
+        for e in recs:
+            if kind_of(e["id"]) != "eni":
+                continue
+            inst, subnet, vpc = by_id.get(e["instance_id"], {}), by_id[e["subnet_id"]], by_id[e["vpc_id"]]
+            enis.append({"id": e["id"], "vni": vpc["vni"], "vpc_id": vpc["id"], "private_ip": e["private_ip"],
+                         "prefixlen": int(subnet["cidr_block"].split("/")[1]), "host": e["host"],
+                         "underlay_ip": hosts.get(e["host"], {}).get("underlay_ip"),
+                         "instance": inst.get("name", ""), "instance_id": e["instance_id"],
+                         "account": e["account"], "source_dest_check": e["source_dest_check"],
+                         "interface_type": e["interface_type"]})
+        return {"revision": serial.mod_revision if serial else 0, "hosts": list(hosts.values()),
+                "vpcs": vpcs, "enis": enis}
+
+    async def wait_for_change(self, after: int, timeout: float) -> None:
+        """Return once a write newer than serial revision ``after`` exists, or after ``timeout``."""
+        serial = await self.store.get("/meta/serial")
+        if serial is not None and serial.mod_revision > after:
+            return
+
+        async def first_change():
+            async with contextlib.aclosing(self.store.watch("/meta/serial", after + 1)) as events:
+                async for _ in events:
+                    return
+
+        try:
+            await asyncio.wait_for(first_change(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # --- resources: read ---------------------------------------------------------------------------
+    async def get(self, caller: Caller, collection: str, rid: str) -> dict:
+        kind = r.KINDS[collection]
+        if kind_of(rid) != kind.prefix:
+            raise not_found(rid)
+        rec = await self.store.get(self._key(caller, rid))
+        if rec is None:
+            raise not_found(rid)
+        return json.loads(rec.value)
+
+    async def list(self, caller: Caller, collection: str, filters: dict[str, str]) -> list[dict]:
+        kind = r.KINDS[collection]
+        snap = await self._snapshot(caller.account)
+        return sorted((x for x in snap.of(kind.prefix) if all(str(x.get(k)) == v for k, v in filters.items())),
+                      key=lambda x: x["created"])
+
+    async def audit_log(self, caller: Caller, since: float = 0, limit: int = 1000) -> list[dict]:
+        out = []
+        for x in await self.store.range("/audit/"):
+            a = json.loads(x.value)
+            if a["time"] >= since and (caller.admin or a["account"] == caller.account):
+                out.append(a)
+        return out[-limit:]
+
+    # --- resources: write --------------------------------------------------------------------------
+    async def create(self, caller: Caller, collection: str, body: r.Body) -> dict:
+        kind = r.KINDS[collection]
+        rule = getattr(self, "_create_" + kind.prefix)
+
+        async def decide(snap):
+            rid = new_id(kind.prefix)
+            puts, deletes, rec = await rule(caller, snap, rid, body)
+            puts[self._key(caller, rid)] = rec
+            return puts, deletes, rec, rid
+
+        return await self._write(caller, f"Create{_action(kind)}", decide, 201)
+
+    async def update(self, caller: Caller, collection: str, rid: str, body: r.Body) -> dict:
+        kind = r.KINDS[collection]
+        rule = getattr(self, "_update_" + kind.prefix, None)
+        changes = body.model_dump(exclude_unset=True)
+
+        async def decide(snap):
+            old = snap.get(rid, kind.prefix)
+            puts: dict = {}
+            if rule is not None:
+                rec = await rule(caller, snap, old, body, changes, puts)
+            else:
+                rec = {**old, **changes}
+            rec["updated"] = time.time()
+            puts[self._key(caller, rid)] = rec
+            return puts, [], rec, rid
+
+        return await self._write(caller, f"Modify{_action(kind)}", decide)
+
+    async def delete(self, caller: Caller, collection: str, rid: str) -> None:
+        kind = r.KINDS[collection]
+        rule = getattr(self, "_delete_" + kind.prefix, None)
+
+        async def decide(snap):
+            rec = snap.get(rid, kind.prefix)
+            deletes = [self._key(caller, rid)]
+            if rule is not None:
+                deletes += await rule(caller, snap, rec)
+            return {}, deletes, None, rid
+
+        await self._write(caller, f"Delete{_action(kind)}", decide, 204)
+
+    # --- rules, one kind at a time ------------------------------------------------------------------
+    @staticmethod
+    def _refuse_dependents(what: str, dependents: list[dict]) -> None:
+        if dependents:
+            names = ", ".join(d["id"] for d in dependents[:10])
+            raise ApiError(409, f"{what} is still used by {len(dependents)} resource(s): {names}")
+
+    async def _create_vpc(self, caller, snap, rid, body: r.VpcCreate):
+        if body.dhcp_options_id:
+            snap.get(body.dhcp_options_id, "dopt", "dhcp_options_id")
+        taken = {int(x.key.rsplit("/", 1)[1]) for x in await self.store.range("/vni/")}
+        vni = next(n for n in range(1, len(taken) + 2) if n not in taken)
+        rtb, acl, sg = new_id("rtb"), new_id("acl"), new_id("sg")
+        puts = {
+            f"/vni/{vni}": {"vpc": rid, "account": caller.account},
+            self._key(caller, rtb): self._rec(caller, r.KINDS["route-tables"], rtb, {
+                "vpc_id": rid, "name": "main", "main": True, "routes": []}),
+            self._key(caller, acl): self._rec(caller, r.KINDS["network-acls"], acl, {
+                "vpc_id": rid, "name": "default", "default": True, "entries": [
+                    {"rule_number": 100, "egress": e, "protocol": "-1", "action": "allow", "cidr": "0.0.0.0/0",
+                     "from_port": -1, "to_port": -1} for e in (False, True)]}),
+            self._key(caller, sg): self._rec(caller, r.KINDS["security-groups"], sg, {
+                "vpc_id": rid, "name": "default", "default": True,
+                "description": "default VPC security group",
+                "ingress": [{"protocol": "-1", "from_port": -1, "to_port": -1, "cidr": None,
+                             "source_group_id": sg, "description": None}],
+                "egress": r.ALLOW_ALL_EGRESS}),
+        }
+        rec = self._rec(caller, r.KINDS["vpcs"], rid, {
+            **body.model_dump(), "vni": vni, "main_route_table_id": rtb, "default_network_acl_id": acl,
+            "default_security_group_id": sg})
+        return puts, [], rec
+
+    async def _update_vpc(self, caller, snap, old, body, changes, puts):
+        if changes.get("dhcp_options_id"):
+            snap.get(changes["dhcp_options_id"], "dopt", "dhcp_options_id")
+        return {**old, **changes}
+
+    async def _delete_vpc(self, caller, snap, vpc):
+        own = {vpc["main_route_table_id"], vpc["default_network_acl_id"], vpc["default_security_group_id"]}
+        dependents = [x for x in snap.by_id.values() if x.get("vpc_id") == vpc["id"] and x["id"] not in own]
+        dependents += [x for x in snap.of("igw") if x.get("vpc_id") == vpc["id"]]
+        self._refuse_dependents(vpc["id"], dependents)
+        return [self._key(caller, x) for x in own] + [f"/vni/{vpc['vni']}"]
+
+    def _check_subnet_cidr(self, snap, vpc: dict, cidr: str, exclude: str | None = None) -> None:
+        net = ipaddress.IPv4Network(cidr)
+        if not net.subnet_of(ipaddress.IPv4Network(vpc["cidr_block"])):
+            raise ApiError(422, f"{cidr} is outside VPC {vpc['id']} ({vpc['cidr_block']})", "cidr_block")
+        for s in snap.of("subnet", vpc_id=vpc["id"]):
+            if s["id"] != exclude and net.overlaps(ipaddress.IPv4Network(s["cidr_block"])):
+                raise ApiError(409, f"{cidr} overlaps subnet {s['id']} ({s['cidr_block']})", "cidr_block")
+
+    def _same_vpc(self, snap, vpc_id: str, rid: str, prefix: str, field: str) -> dict:
+        rec = snap.get(rid, prefix, field)
+        if rec.get("vpc_id") != vpc_id:
+            raise ApiError(422, f"{rid} belongs to another VPC ({rec.get('vpc_id')})", field)
+        return rec
+
+    async def _create_subnet(self, caller, snap, rid, body: r.SubnetCreate):
+        vpc = snap.get(body.vpc_id, "vpc", "vpc_id")
+        self._check_subnet_cidr(snap, vpc, body.cidr_block)
+        fields = body.model_dump()
+        fields["route_table_id"] = body.route_table_id or vpc["main_route_table_id"]
+        fields["network_acl_id"] = body.network_acl_id or vpc["default_network_acl_id"]
+        self._same_vpc(snap, vpc["id"], fields["route_table_id"], "rtb", "route_table_id")
+        self._same_vpc(snap, vpc["id"], fields["network_acl_id"], "acl", "network_acl_id")
+        return {}, [], self._rec(caller, r.KINDS["subnets"], rid, fields)
+
+    async def _update_subnet(self, caller, snap, old, body, changes, puts):
+        for field, prefix in (("route_table_id", "rtb"), ("network_acl_id", "acl")):
+            if changes.get(field):
+                self._same_vpc(snap, old["vpc_id"], changes[field], prefix, field)
+        return {**old, **{k: v for k, v in changes.items() if v is not None}}
+
+    async def _delete_subnet(self, caller, snap, subnet):
+        sid = subnet["id"]
+        self._refuse_dependents(sid, snap.of("i", subnet_id=sid) + snap.of("nat", subnet_id=sid)
+                                + [x for x in snap.of("nlb") if sid in x["subnet_ids"]])
+        return []
+
+    async def _host(self, name: str, field: str = "host") -> dict:
+        rec = await self.store.get(f"/hosts/{name}")
+        if rec is None:
+            raise ApiError(422, f"unknown host {name!r} (register it first: POST /v1/hosts)", field)
+        return json.loads(rec.value)
+
+    def _groups(self, snap, vpc_id: str, ids: list[str]) -> list[str]:
+        for i, g in enumerate(ids):
+            self._same_vpc(snap, vpc_id, g, "sg", f"security_group_ids[{i}]")
+        if len(set(ids)) != len(ids):
+            raise ApiError(422, "a group appears twice", "security_group_ids")
+        return ids
+
+    async def _create_i(self, caller, snap, rid, body: r.InstanceCreate):
+        subnet = snap.get(body.subnet_id, "subnet", "subnet_id")
+        vpc = snap.get(subnet["vpc_id"], "vpc")
+        await self._host(body.host)
+        if snap.of("i", name=body.name):
+            raise ApiError(409, f"an instance named {body.name!r} exists", "name")
+        net = ipaddress.IPv4Network(subnet["cidr_block"])
+        reserved = {net.network_address + k for k in range(4)} | {net.broadcast_address}
+        taken = {x["private_ip"] for x in snap.of("eni", subnet_id=subnet["id"])}
+        if body.private_ip:
+            ip = ipaddress.IPv4Address(body.private_ip)
+            if ip not in net:
+                raise ApiError(422, f"{ip} is outside subnet {subnet['id']} ({net})", "private_ip")
+            if ip in reserved:
+                raise ApiError(422, f"{ip} is reserved in {net} (.0-.3 and the last address)", "private_ip")
+            if str(ip) in taken:
+                raise ApiError(409, f"{ip} is already in use in {subnet['id']}", "private_ip")
+        else:
+            ip = next((a for a in net.hosts() if a not in reserved and str(a) not in taken), None)
+            if ip is None:
+                raise ApiError(409, f"subnet {subnet['id']} has no free address", "subnet_id")
+        groups = self._groups(snap, vpc["id"], body.security_group_ids or [vpc["default_security_group_id"]])
+        eni = new_id("eni")
+        common = {"subnet_id": subnet["id"], "vpc_id": vpc["id"], "host": body.host, "private_ip": str(ip),
+                  "security_group_ids": groups, "source_dest_check": body.source_dest_check,
+                  "interface_type": body.interface_type}
+        puts = {self._key(caller, eni): self._rec(caller, r.KINDS["network-interfaces"], eni,
+                                                   {**common, "instance_id": rid})}
+        rec = self._rec(caller, r.KINDS["instances"], rid, {"name": body.name, **common, "eni_id": eni})
+        return puts, [], rec
+
+    async def _update_i(self, caller, snap, old, body, changes, puts):
+        if changes.get("host"):
+            await self._host(changes["host"])
+        if changes.get("name") and any(x["id"] != old["id"] for x in snap.of("i", name=changes["name"])):
+            raise ApiError(409, f"an instance named {changes['name']!r} exists", "name")
+        if changes.get("security_group_ids"):
+            self._groups(snap, old["vpc_id"], changes["security_group_ids"])
+        rec = {**old, **{k: v for k, v in changes.items() if v is not None}}
+        eni = dict(snap.get(old["eni_id"], "eni"))
+        for k in ("host", "security_group_ids", "source_dest_check"):
+            eni[k] = rec[k]
+        puts[self._key(caller, eni["id"])] = eni
+        return rec
+
+    async def _delete_i(self, caller, snap, inst):
+        # Its ENI goes with it; a route that targets the ENI stays and becomes a blackhole, as in the cloud.
+        return [self._key(caller, inst["eni_id"])]
+
+    def _check_rules(self, snap, vpc_id: str, rules: list[dict], field: str, self_id: str) -> None:
+        for i, rule in enumerate(rules):
+            g = rule.get("source_group_id")
+            if g and g != self_id:
+                self._same_vpc(snap, vpc_id, g, "sg", f"{field}[{i}].source_group_id")
+
+    async def _create_sg(self, caller, snap, rid, body: r.SecurityGroupCreate):
+        snap.get(body.vpc_id, "vpc", "vpc_id")
+        if snap.of("sg", vpc_id=body.vpc_id, name=body.name):
+            raise ApiError(409, f"VPC {body.vpc_id} has a group named {body.name!r}", "name")
+        fields = body.model_dump()
+        if body.egress is None:
+            fields["egress"] = r.ALLOW_ALL_EGRESS
+        for field in ("ingress", "egress"):
+            self._check_rules(snap, body.vpc_id, fields[field], field, rid)
+        return {}, [], self._rec(caller, r.KINDS["security-groups"], rid, {**fields, "default": False})
+
+    async def _update_sg(self, caller, snap, old, body, changes, puts):
+        if changes.get("name") and any(x["id"] != old["id"] for x in
+                                       snap.of("sg", vpc_id=old["vpc_id"], name=changes["name"])):
+            raise ApiError(409, f"VPC {old['vpc_id']} has a group named {changes['name']!r}", "name")
+        rec = {**old, **{k: v for k, v in changes.items() if v is not None}}
+        for field in ("ingress", "egress"):
+            self._check_rules(snap, old["vpc_id"], rec[field], field, old["id"])
+        return rec
+
+    async def _delete_sg(self, caller, snap, sg):
+        if sg.get("default"):
+            raise ApiError(409, f"{sg['id']} is the default group of {sg['vpc_id']}; it goes with the VPC")
+        users = [x for x in snap.of("eni") if sg["id"] in x["security_group_ids"]]
+        users += [x for x in snap.of("sg") if x["id"] != sg["id"] and any(
+            rule.get("source_group_id") == sg["id"] for rule in x["ingress"] + x["egress"])]
+        self._refuse_dependents(sg["id"], users)
+        return []
+
+    async def _create_acl(self, caller, snap, rid, body: r.NetworkAclCreate):
+        snap.get(body.vpc_id, "vpc", "vpc_id")
+        return {}, [], self._rec(caller, r.KINDS["network-acls"], rid, {**body.model_dump(), "default": False})
+
+    async def _delete_acl(self, caller, snap, acl):
+        if acl.get("default"):
+            raise ApiError(409, f"{acl['id']} is the default network ACL of {acl['vpc_id']}")
+        self._refuse_dependents(acl["id"], snap.of("subnet", network_acl_id=acl["id"]))
+        return []
+
+    def _check_routes(self, snap, vpc_id: str, routes: list[dict]) -> None:
+        seen = set()
+        for i, route in enumerate(routes):
+            if route["destination"] in seen:
+                raise ApiError(422, f"two routes for {route['destination']}", f"routes[{i}].destination")
+            seen.add(route["destination"])
+            for field, prefix in (("gateway_id", "igw"), ("nat_gateway_id", "nat"),
+                                  ("network_interface_id", "eni"), ("egress_only_gateway_id", "eigw")):
+                if route.get(field) and prefix != "eigw":
+                    snap.get(route[field], prefix, f"routes[{i}].{field}")
+
+    async def _create_rtb(self, caller, snap, rid, body: r.RouteTableCreate):
+        snap.get(body.vpc_id, "vpc", "vpc_id")
+        fields = body.model_dump()
+        self._check_routes(snap, body.vpc_id, fields["routes"])
+        return {}, [], self._rec(caller, r.KINDS["route-tables"], rid, {**fields, "main": False})
+
+    async def _update_rtb(self, caller, snap, old, body, changes, puts):
+        rec = {**old, **{k: v for k, v in changes.items() if v is not None}}
+        self._check_routes(snap, old["vpc_id"], rec["routes"])
+        return rec
+
+    async def _delete_rtb(self, caller, snap, rtb):
+        if rtb.get("main"):
+            raise ApiError(409, f"{rtb['id']} is the main route table of {rtb['vpc_id']}")
+        self._refuse_dependents(rtb["id"], snap.of("subnet", route_table_id=rtb["id"]))
+        return []
+
+    def _attach_igw(self, snap, igw_id: str, vpc_id: str) -> None:
+        snap.get(vpc_id, "vpc", "vpc_id")
+        other = [x for x in snap.of("igw", vpc_id=vpc_id) if x["id"] != igw_id]
+        if other:
+            raise ApiError(409, f"{vpc_id} already has internet gateway {other[0]['id']}", "vpc_id")
+
+    async def _create_igw(self, caller, snap, rid, body: r.InternetGatewayCreate):
+        if body.vpc_id:
+            self._attach_igw(snap, rid, body.vpc_id)
+        return {}, [], self._rec(caller, r.KINDS["internet-gateways"], rid, body.model_dump())
+
+    async def _update_igw(self, caller, snap, old, body, changes, puts):
+        rec = dict(old)
+        if changes.get("name"):
+            rec["name"] = changes["name"]
+        if changes.get("detach"):
+            rec["vpc_id"] = None
+        elif changes.get("vpc_id"):
+            if old.get("vpc_id") and old["vpc_id"] != changes["vpc_id"]:
+                raise ApiError(409, f"{old['id']} is attached to {old['vpc_id']}; detach it first", "vpc_id")
+            self._attach_igw(snap, old["id"], changes["vpc_id"])
+            rec["vpc_id"] = changes["vpc_id"]
+        return rec
+
+    async def _delete_igw(self, caller, snap, igw):
+        if igw.get("vpc_id"):
+            raise ApiError(409, f"{igw['id']} is attached to {igw['vpc_id']}; detach it first")
+        return []
+
+    async def _create_nat(self, caller, snap, rid, body: r.NatGatewayCreate):
+        subnet = snap.get(body.subnet_id, "subnet", "subnet_id")
+        return {}, [], self._rec(caller, r.KINDS["nat-gateways"], rid,
+                                 {**body.model_dump(), "vpc_id": subnet["vpc_id"]})
+
+    def _check_targets(self, snap, vpc_id: str, targets: list[dict]) -> None:
+        for i, t in enumerate(targets):
+            if t.get("instance_id"):
+                self._same_vpc(snap, vpc_id, t["instance_id"], "i", f"targets[{i}].instance_id")
+
+    async def _create_tg(self, caller, snap, rid, body: r.TargetGroupCreate):
+        snap.get(body.vpc_id, "vpc", "vpc_id")
+        fields = body.model_dump()
+        self._check_targets(snap, body.vpc_id, fields["targets"])
+        return {}, [], self._rec(caller, r.KINDS["target-groups"], rid, fields)
+
+    async def _update_tg(self, caller, snap, old, body, changes, puts):
+        rec = {**old, **{k: v for k, v in changes.items() if v is not None}}
+        self._check_targets(snap, old["vpc_id"], rec["targets"])
+        return rec
+
+    async def _delete_tg(self, caller, snap, tg):
+        self._refuse_dependents(tg["id"], [x for x in snap.of("nlb")
+                                           if any(li["target_group_id"] == tg["id"] for li in x["listeners"])])
+        return []
+
+    def _check_listeners(self, snap, vpc_id: str, listeners: list[dict]) -> None:
+        seen = set()
+        for i, li in enumerate(listeners):
+            if (li["protocol"], li["port"]) in seen:
+                raise ApiError(409, f"two listeners on {li['protocol']}/{li['port']}", f"listeners[{i}].port")
+            seen.add((li["protocol"], li["port"]))
+            tg = self._same_vpc(snap, vpc_id, li["target_group_id"], "tg", f"listeners[{i}].target_group_id")
+            if tg["protocol"] != li["protocol"]:
+                raise ApiError(422, f"{tg['id']} is {tg['protocol']}, the listener {li['protocol']}",
+                               f"listeners[{i}].protocol")
+
+    async def _create_nlb(self, caller, snap, rid, body: r.LoadBalancerCreate):
+        subnets = [snap.get(s, "subnet", f"subnet_ids[{i}]") for i, s in enumerate(body.subnet_ids)]
+        vpcs = {s["vpc_id"] for s in subnets}
+        if len(vpcs) != 1:
+            raise ApiError(422, "all subnets of a load balancer belong to one VPC", "subnet_ids")
+        fields = {**body.model_dump(), "vpc_id": vpcs.pop()}
+        self._check_listeners(snap, fields["vpc_id"], fields["listeners"])
+        return {}, [], self._rec(caller, r.KINDS["load-balancers"], rid, fields)
+
+    async def _update_nlb(self, caller, snap, old, body, changes, puts):
+        rec = {**old, **{k: v for k, v in changes.items() if v is not None}}
+        self._check_listeners(snap, old["vpc_id"], rec["listeners"])
+        return rec
+
+    async def _create_fl(self, caller, snap, rid, body: r.FlowLogCreate):
+        snap.get(body.resource_id, None, "resource_id")
+        return {}, [], self._rec(caller, r.KINDS["flow-logs"], rid, body.model_dump())
+
+    async def _create_dopt(self, caller, snap, rid, body: r.DhcpOptionsCreate):
+        fields = body.model_dump()
+        fields["domain_name"] = body.domain_name or f"{self.region}.compute.internal"
+        return {}, [], self._rec(caller, r.KINDS["dhcp-options"], rid, fields)
+
+    async def _delete_dopt(self, caller, snap, dopt):
+        self._refuse_dependents(dopt["id"], snap.of("vpc", dhcp_options_id=dopt["id"]))
+        return []
+
+    async def _create_zone(self, caller, snap, rid, body: r.DnsZoneCreate):
+        for i, v in enumerate(body.vpc_ids):
+            snap.get(v, "vpc", f"vpc_ids[{i}]")
+        return {}, [], self._rec(caller, r.KINDS["dns-zones"], rid, body.model_dump())
+
+    async def _update_zone(self, caller, snap, old, body, changes, puts):
+        for i, v in enumerate(changes.get("vpc_ids") or []):
+            snap.get(v, "vpc", f"vpc_ids[{i}]")
+        return {**old, **{k: v for k, v in changes.items() if v is not None}}
+
+
+def _action(kind: r.Kind) -> str:
+    """``network-acls`` → ``NetworkAcl`` (audit action names, as in the cloud's API)."""
+    singular = kind.collection[:-1] if kind.collection.endswith("s") else kind.collection
+    return "".join(p.capitalize() for p in singular.split("-"))

@@ -1,0 +1,63 @@
+"""Instance network namespaces: what the host agent, as the "hypervisor", creates for an instance.
+
+An instance here is a network namespace named ``<prefix><instance name>``. Its identity files go to
+``/etc/netns/<namespace>/`` (``ip netns exec`` bind-mounts them over /etc): a hosts file with its own
+names, and a resolv.conf naming the VPC resolver (base + 2) with short time-outs, so a program doing a
+lookup at start (http.server does) does not wait on this machine's resolver, which is outside the VPC.
+
+Blocking (runs ``ip``): call from a thread in asyncio code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+NETNS_DIR = Path("/run/netns")
+NETNS_ETC = Path("/etc/netns")
+
+
+def _ip(*args: str) -> None:
+    p = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if p.returncode:
+        raise OSError(f"ip {' '.join(args)}: {p.stderr.strip()}")
+
+
+def create(netns: str) -> bool:
+    """Create the namespace (IPv6 off until dual stack, loopback up). False if it already existed."""
+    if (NETNS_DIR / netns).exists():
+        return False
+    _ip("netns", "add", netns)
+    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1"], capture_output=True, check=True)
+    _ip("-n", netns, "link", "set", "lo", "up")
+    return True
+
+
+def write_identity(netns: str, instance: str, ip: str, vpc_cidr: str, domain: str,
+                   neighbours: list[tuple[str, str]] = ()) -> None:
+    """hosts and resolv.conf for the instance; ``neighbours`` (name, ip) are other instances of the VPC."""
+    etc = NETNS_ETC / netns
+    etc.mkdir(parents=True, exist_ok=True)
+    lines = ["127.0.0.1 localhost"]
+    for name, addr in [(instance, ip), *neighbours]:
+        lines.append(f"{addr} ip-{addr.replace('.', '-')}.{domain} {name}")
+    (etc / "hosts").write_text("\n".join(lines) + "\n")
+    resolver = ipaddress.ip_network(vpc_cidr).network_address + 2
+    (etc / "resolv.conf").write_text(f"nameserver {resolver}\nsearch {domain}\noptions timeout:1 attempts:1\n")
+
+
+def remove(netns: str) -> None:
+    """End what runs inside (it belongs to the deleted instance), delete the namespace and its files."""
+    if (NETNS_DIR / netns).exists():
+        pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+    shutil.rmtree(NETNS_ETC / netns, ignore_errors=True)
