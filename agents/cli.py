@@ -5,7 +5,16 @@
     vpc status [--json]         every component and its health
     vpc exec INSTANCE -- CMD…   run a command inside an instance (its exit code passes through)
     vpc demo                    up, a web server, curl across hosts, ping, iperf3, down
-Every command takes ``--lab NAME`` (default $VPC_LAB or "vpc") so several labs can coexist.
+    vpc apply FILE              make the account's VPCs, subnets and instances what FILE says
+    vpc get KIND [ID]           list or describe resources: vpcs, subnets, instances, security-groups…
+    vpc create KIND key=value…  create (values are JSON when they parse: 5, true, ["sg-…"])
+    vpc modify KIND ID key=value…
+    vpc delete KIND ID
+    vpc audit [--since T]       the audit log of mutating calls
+    vpc account create NAME     (admin) a new account and its token
+Every command takes ``--lab NAME`` (default $VPC_LAB or "vpc") so several labs can coexist. API
+commands use the lab's default account (``--admin`` for the admin token), or $VPC_API_URL with
+$VPC_TOKEN for a deployment that is not a lab.
 """
 
 from __future__ import annotations
@@ -15,9 +24,11 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from agents.lab import Lab, LabError, default_lab
+from vswitch.controlplane.client import ApiRequestError
 from vswitch.topology import TopologyError, load_topology
 
 DEFAULT_TOPOLOGY = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -91,6 +102,118 @@ def cmd_exec(args) -> int:
     os.execvp(argv[0], argv)
 
 
+def _api(args):
+    from vswitch.controlplane.client import ApiClient
+    url, token = os.environ.get("VPC_API_URL"), os.environ.get("VPC_TOKEN")
+    if url and token:
+        return ApiClient(url, token)
+    return Lab(args.lab).api(admin=getattr(args, "admin", False))
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _pairs(items: list[str]) -> dict:
+    body = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LabError(f"expected key=value, got {item!r}")
+        body[key] = _value(value)
+    return body
+
+
+# Columns worth a table, by preference; a resource shows those it has.
+COLUMNS = ("id", "name", "cidr_block", "vpc_id", "subnet_id", "private_ip", "host", "vni", "eni_id",
+           "protocol", "port", "resource_id", "traffic_type")
+
+
+def _print_resources(rows: list[dict]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    _table([tuple(c.upper() for c in cols)] + [tuple("-" if r.get(c) is None else r.get(c) for c in cols)
+                                                for r in rows])
+
+
+def _output(args, result) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif isinstance(result, list):
+        _print_resources(result)
+    elif isinstance(result, dict):
+        width = max(len(k) for k in result)
+        for k, v in result.items():
+            print(f"{k.ljust(width)}  {json.dumps(v) if isinstance(v, (list, dict)) else v}")
+
+
+def _collection(kind: str) -> str:
+    from vswitch.controlplane.resources import KINDS
+    if kind not in KINDS:
+        raise LabError(f"unknown kind {kind!r}; one of: {', '.join(KINDS)}")
+    return kind
+
+
+def cmd_get(args) -> int:
+    path = f"/v1/{_collection(args.kind)}" + (f"/{args.id}" if args.id else "")
+    _output(args, _api(args).call("GET", path, params=_pairs(args.filter) if args.filter else None))
+    return 0
+
+
+def cmd_create(args) -> int:
+    _output(args, _api(args).call("POST", f"/v1/{_collection(args.kind)}", _pairs(args.fields)))
+    return 0
+
+
+def cmd_modify(args) -> int:
+    _output(args, _api(args).call("PATCH", f"/v1/{_collection(args.kind)}/{args.id}", _pairs(args.fields)))
+    return 0
+
+
+def cmd_delete(args) -> int:
+    _api(args).call("DELETE", f"/v1/{_collection(args.kind)}/{args.id}")
+    print(f"deleted {args.id}")
+    return 0
+
+
+def cmd_apply(args) -> int:
+    from agents.apply import apply_topology
+    lab = Lab(args.lab)
+    changes = apply_topology(_api(args), load_topology(args.file))
+    for line in changes:
+        print(line)
+    if not changes:
+        print("no changes")
+    elif lab.exists() and not os.environ.get("VPC_API_URL"):
+        lab.wait_converged()
+    return 0
+
+
+def cmd_audit(args) -> int:
+    entries = _api(args).call("GET", "/v1/audit", params={"since": args.since})
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    rows = [("TIME", "ACCOUNT", "ACTION", "RESOURCE", "STATUS", "REQUEST", "SOURCE")]
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["time"]))
+        rows.append((when, e["account"], e["action"], e["resource"] or "-", e["status"], e["request_id"],
+                     e["source"]))
+    _table(rows)
+    return 0
+
+
+def cmd_account(args) -> int:
+    args.admin = True
+    _output(args, _api(args).call("POST", "/v1/accounts", {"name": args.name}))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from agents.demo import run_demo
     return run_demo(args.lab or "demo")
@@ -114,6 +237,30 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("command", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_exec)
     sub.add_parser("demo", help="the demo VPC, end to end").set_defaults(func=cmd_demo)
+    s = sub.add_parser("apply", help="make the account's resources what a topology file says")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_apply)
+    for name, func, extra in (("get", cmd_get, ("id?",)), ("create", cmd_create, ("fields*",)),
+                              ("modify", cmd_modify, ("id", "fields*")), ("delete", cmd_delete, ("id",))):
+        s = sub.add_parser(name, help=f"{name} resources through the API")
+        s.add_argument("kind", help="vpcs, subnets, instances, security-groups, network-acls, …")
+        for a in extra:
+            s.add_argument(a.rstrip("?*"), nargs="?" if a.endswith("?") else "*" if a.endswith("*") else None)
+        if name == "get":
+            s.add_argument("-f", "--filter", action="append", help="key=value (vpc_id, subnet_id, name, host)")
+        s.add_argument("--json", action="store_true")
+        s.add_argument("--admin", action="store_true", help="use the admin token")
+        s.set_defaults(func=func)
+    s = sub.add_parser("audit", help="the audit log of mutating calls")
+    s.add_argument("--since", type=float, default=0, help="Unix time")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--admin", action="store_true", help="every account's entries")
+    s.set_defaults(func=cmd_audit)
+    s = sub.add_parser("account", help="accounts (admin)")
+    s.add_argument("action", choices=["create"])
+    s.add_argument("name")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_account)
     # `--lab` may also follow the sub-command.
     for sp in sub.choices.values():
         sp.add_argument("--lab", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -123,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     except (LabError, TopologyError) as e:
         print(f"vpc: {e}", file=sys.stderr)
         return 2
+    except ApiRequestError as e:
+        print(f"vpc: refused ({e.status}): {e.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

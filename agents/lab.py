@@ -282,6 +282,16 @@ class Lab:
                 raise LabError(f"{c.name} not ready after {READY_TIMEOUT:.0f} s; see {c.log}")
             time.sleep(0.05)
 
+    def restart(self, name: str) -> int:
+        """Start a component again from its config file, as systemd would after a crash; returns its pid."""
+        state = self.state()
+        c = Component(**state["components"][name])
+        if _alive(c.pid, c.config):
+            terminate(c.pid)
+        self._start(c, state)
+        self._wait_ready([c])
+        return c.pid
+
     def _probe(self, c) -> dict:
         """A component's own account of its health: its control socket, or the API's /healthz."""
         role, sock = (c.role, c.socket) if isinstance(c, Component) else (c["role"], c["socket"])
