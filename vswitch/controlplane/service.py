@@ -188,6 +188,11 @@ class ControlPlane:
         async def decide(snap):
             if await self.store.get(f"/hosts/{name}") is None:
                 raise ApiError(404, f"host {name} not found")
+            on_it = [json.loads(x.value)["id"] for x in await self.store.range("/res/")
+                     if b'"host"' in x.value and json.loads(x.value).get("host") == name]
+            if on_it:
+                raise ApiError(409, f"host {name} still holds {len(on_it)} instance(s) and ENI(s): "
+                                    f"{', '.join(on_it[:10])}; move or delete them first")
             return {}, [f"/hosts/{name}"], None, name
 
         await self._write(caller, "DeregisterHost", decide, 204)
