@@ -52,13 +52,22 @@ class MappingDaemon:
         """Handle one message; send what it produces. Returns how many messages were pushed."""
         out = self.service.handle(conn, message)
         if message["op"] in ("put", "delete"):
-            self._save()
-            self.pushed += len(out)
+            self._changed(out)
+        else:
+            self._send(out)
+        return len(out)
+
+    def _changed(self, out) -> None:
+        """The table changed: persist it, then push what changed."""
+        self._save()
+        self.pushed += len(out)
+        self._send(out)
+
+    def _send(self, out) -> None:
         for target, msg in out:
             w = self.writers.get(target)
             if w is not None:
                 w.write(encode(msg))
-        return len(out)
 
     async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = id(writer)
@@ -95,15 +104,10 @@ class MappingDaemon:
                 if (vni, addr) not in desired:
                     out += self.service.delete(vni, addr)
         if out:
-            self._save()
-            self.pushed += len(out)
-            for target, msg in out:
-                w = self.writers.get(target)
-                if w is not None:
-                    w.write(encode(msg))
+            self._changed(out)
 
     def handle_control(self, request: dict) -> dict:
-        """``status``, or ``put``/``delete`` from the local operator (the lab, later the control plane)."""
+        """``status``, or ``put``/``delete`` from a local operator (deployments without a control plane)."""
         if request.get("op") in ("put", "delete"):
             try:
                 return {"ok": True, "pushed": self._dispatch("control", request)}
