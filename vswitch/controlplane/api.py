@@ -99,8 +99,12 @@ def build_app(cp: ControlPlane) -> FastAPI:
         request.state.caller = Caller(found[0], found[1], request.state.request_id, request.state.source)
         problems, first = [], None
         for err in e.errors():
-            loc = [str(p) for p in err["loc"] if p not in ("body", "query", "path")]
-            where = ".".join(loc) or "body"
+            where = ""
+            for p in err["loc"]:
+                if p in ("body", "query", "path"):
+                    continue
+                where += f"[{p}]" if isinstance(p, int) else (f".{p}" if where else str(p))
+            where = where or "body"
             first = first or where
             problems.append(f"{where}: {err['msg']}")
         return await refuse(request, 422, "; ".join(problems), first)
@@ -140,7 +144,7 @@ def build_app(cp: ControlPlane) -> FastAPI:
         return Response(status_code=204)
 
     @app.get("/v1/infra/desired", tags=["infrastructure"])
-    async def infra_desired(after: int = Query(-1, ge=-1), wait: float = Query(0, ge=0, le=60),
+    async def infra_desired(after: int = Query(-1, ge=-1, le=2**62), wait: float = Query(0, ge=0, le=60),
                             c: Caller = Depends(caller)):
         """The data plane's desired state. With ``after`` and ``wait``: a long poll that answers as
         soon as anything newer than revision ``after`` is written (agents converge in well under 1 s)."""

@@ -340,18 +340,18 @@ def _log_format(value: str) -> str:
     return value
 
 
+def _flow_log_target(value: str) -> str:
+    if kind_of(value) not in ("vpc", "subnet", "eni"):
+        raise ValueError(f"expected a vpc-, subnet- or eni- id, got {value!r}")
+    return value
+
+
 class FlowLogCreate(Body):
-    resource_id: str  # a vpc-, subnet- or eni- id
+    resource_id: Annotated[str, AfterValidator(_flow_log_target)]
     traffic_type: Literal["ACCEPT", "REJECT", "ALL"] = "ALL"
     log_format: Optional[Annotated[str, AfterValidator(_log_format)]] = None  # default: version 2
     max_aggregation_interval: int = Field(600, ge=1, le=600)  # 60 or 600 in the cloud; shorter for labs
     name: Optional[Name] = None
-
-    @model_validator(mode="after")
-    def _resource(self):
-        if kind_of(self.resource_id) not in ("vpc", "subnet", "eni"):
-            raise ValueError("resource_id: expected a vpc-, subnet- or eni- id")
-        return self
 
 
 class FlowLogUpdate(Body):

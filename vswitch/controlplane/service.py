@@ -90,6 +90,9 @@ class ControlPlane:
     def __init__(self, store: Store, region: str = "lab-1"):
         self.store = store
         self.region = region
+        # Writers in this process take turns; the serial compare then only arbitrates between processes.
+        self._writing: asyncio.Lock | None = None
+        self._writing_loop = None
 
     # --- plumbing --------------------------------------------------------------------------------
     async def _snapshot(self, account: str) -> Snapshot:
@@ -101,6 +104,13 @@ class ControlPlane:
     async def _write(self, caller: Caller, action: str, decide, status: int = 200) -> Any:
         """Run ``decide(snapshot) -> (puts, deletes, result, resource_id)`` and commit it with its audit
         record, retrying on a concurrent write. ``decide`` raises ApiError to refuse."""
+        loop = asyncio.get_running_loop()
+        if self._writing_loop is not loop:  # a lock serves one event loop
+            self._writing, self._writing_loop = asyncio.Lock(), loop
+        async with self._writing:
+            return await self._write_once(caller, action, decide, status)
+
+    async def _write_once(self, caller: Caller, action: str, decide, status: int) -> Any:
         for _ in range(RETRIES):
             snap = await self._snapshot(caller.account)
             puts, deletes, result, resource_id = await decide(snap)
@@ -284,7 +294,8 @@ class ControlPlane:
     async def update(self, caller: Caller, collection: str, rid: str, body: r.Body) -> dict:
         kind = r.KINDS[collection]
         rule = getattr(self, "_update_" + kind.prefix, None)
-        changes = body.model_dump(exclude_unset=True)
+        # Fields the caller sent, each dumped whole (nested defaults included); null means "no change".
+        changes = {k: v for k, v in body.model_dump().items() if k in body.model_fields_set and v is not None}
 
         async def decide(snap):
             old = snap.get(rid, kind.prefix)
@@ -352,8 +363,9 @@ class ControlPlane:
 
     async def _delete_vpc(self, caller, snap, vpc):
         own = {vpc["main_route_table_id"], vpc["default_network_acl_id"], vpc["default_security_group_id"]}
-        dependents = [x for x in snap.by_id.values() if x.get("vpc_id") == vpc["id"] and x["id"] not in own]
-        dependents += [x for x in snap.of("igw") if x.get("vpc_id") == vpc["id"]]
+        dependents = [x for x in snap.by_id.values() if x["id"] not in own and (
+            x.get("vpc_id") == vpc["id"] or vpc["id"] in (x.get("vpc_ids") or ())
+            or x.get("resource_id") == vpc["id"])]
         self._refuse_dependents(vpc["id"], dependents)
         return [self._key(caller, x) for x in own] + [f"/vni/{vpc['vni']}"]
 
@@ -507,9 +519,9 @@ class ControlPlane:
                 raise ApiError(422, f"two routes for {route['destination']}", f"routes[{i}].destination")
             seen.add(route["destination"])
             for field, prefix in (("gateway_id", "igw"), ("nat_gateway_id", "nat"),
-                                  ("network_interface_id", "eni"), ("egress_only_gateway_id", "eigw")):
-                if route.get(field) and prefix != "eigw":
-                    snap.get(route[field], prefix, f"routes[{i}].{field}")
+                                  ("network_interface_id", "eni")):
+                if route.get(field):
+                    self._same_vpc(snap, vpc_id, route[field], prefix, f"routes[{i}].{field}")
 
     async def _create_rtb(self, caller, snap, rid, body: r.RouteTableCreate):
         snap.get(body.vpc_id, "vpc", "vpc_id")

@@ -1,0 +1,714 @@
+"""Connection tracking for stateful security groups: one ``ConnTrack`` per ENI.
+
+Called on the hot path once per packet, in either direction (``outbound``: leaving the ENI):
+
+  lookup(pkt, outbound, now)   ESTABLISHED  a packet of a known flow (either direction): state, idle
+                                            timer and counter updated. One dict lookup.
+                               NEW          no flow: the caller evaluates the security-group rules and,
+                                            if they allow the packet, calls ``create``
+                               INVALID      a tracked TCP flow's packet that is out of window or has a flag
+                                            combination TCP never sends: drop it (Linux conntrack's INVALID)
+  create(pkt, outbound, now)   start tracking; False (and counted) when the table is full or the packet
+                               cannot start a flow: drop it
+
+Rules are evaluated only for a flow's first packet, by the caller; this module knows no rules. It
+reads no clock (time is ``now``, in seconds) and does no I/O.
+
+The flow key (design notes §4) is oriented to the ENI: (protocol, local address, remote address,
+local port, remote port), so both directions of a flow find one dict entry. It is packed into one
+int (104 bits, 40 bytes) rather than a tuple of five ints (~190 bytes): memory per flow is what
+limits the table. ``FlowKey`` is its unpacked form for the slow path (``remove_if``, ``entries``).
+IPv4 only, like the rest of the data path for now (dual stack arrives later, with wider keys).
+- TCP, UDP: the ports.
+- ICMP queries (echo 8/0, timestamp 13/14, information 15/16, address mask 17/18): local port = the
+  identifier, remote port = 0 if the local side sent the request, 1 if the remote side did. Linux keys
+  ICMP by type as well, so a request from the far side is not mistaken for the reply to ours.
+- ICMP errors (3, 4, 5, 11, 12) have no flow of their own: they are ESTABLISHED (related) when the
+  packet they quote belongs to a live flow and they go back to that packet's sender, else NEW and
+  ``create`` refuses them. They do not refresh the flow. Other ICMP messages (router advertisements,
+  unsolicited replies) cannot start a flow either.
+- Other protocols: addresses and protocol only (ports 0).
+- Non-first fragments carry no ports: NEW, and ``create`` refuses them (no reassembly here).
+
+Idle timeouts by state (``Timeouts``): TCP SYN_SENT, SYN_RECV and CLOSING (a FIN seen) use
+``tcp_transitory`` (Linux: 120 s for SYN_SENT, FIN_WAIT, TIME_WAIT); ESTABLISHED ``tcp_established``;
+TIME_WAIT (both FINs acknowledged) and CLOSE (reset) ``tcp_closed``. Linux keeps TIME_WAIT 120 s; here
+the connection is over, the entry only lets a retransmitted last FIN/ACK through, and 120 s would let
+short connections fill the table (65,536 entries / 120 s ≈ 550 connections/s; with 10 s, 6,500/s).
+A new SYN on a TIME_WAIT or CLOSE entry ends it (as Linux does) and is NEW, so the rules decide
+again. UDP: ``udp_single`` until the other side answers, then ``udp_stream``. ICMP ``icmp``, others
+``other``. A flow idle for exactly its timeout has expired (Linux's ``nf_ct_is_expired`` too).
+
+TCP state, simplified from Linux ``nf_conntrack_proto_tcp.c``:
+- flags: Linux's ``tcp_valid_flags`` (ECE, CWR, PSH ignored): SYN, SYN+ACK, RST, RST+ACK, FIN+ACK, ACK,
+  and SYN, FIN+ACK, ACK with URG. Anything else — no flags, SYN+FIN, SYN+RST, FIN without ACK,
+  FIN+RST — is INVALID in every state.
+- handshake: only the originator's SYN starts a flow (``create``; no mid-stream pickup); a SYN+ACK from
+  the other side that acknowledges it → SYN_RECV; the originator's ACK → ESTABLISHED. A bare SYN from
+  the other side before that (simultaneous open, Linux's SYN_SENT2) is INVALID: that end then answers
+  our SYN with a SYN+ACK and the handshake completes the ordinary way.
+- SYN_SENT accepts only: the originator's SYN again (re-seeds its side: a retransmission or a new
+  attempt), that SYN+ACK, a RST from the other side acknowledging the SYN ("connection refused", RFC
+  9293 §3.10.7.3), a RST from the originator at its next sequence number.
+- FIN from a side sets its FIN bit; an ACK covering a side's FIN (ack = its last sequence + 1) marks it
+  acknowledged. Any FIN → CLOSING; both acknowledged → TIME_WAIT. An in-window RST → CLOSE.
+- a retransmitted SYN (in SYN_RECV) or SYN+ACK (later, when the originator's ACK was lost after us)
+  passes if in window; any other SYN or SYN+ACK on a live connection is INVALID.
+
+TCP window check, a simplified Linux ``tcp_in_window`` (no SACK blocks, no RST-vs-max-ACK check). Per
+side X the flow keeps, all modulo 2^32:
+  end[X]     the highest sequence number X has sent, + 1 (seq + payload, SYN and FIN count one each)
+  maxend[X]  the right edge of the window the other side offered X: the highest ack + window it sent
+  maxwin[X]  2^b, b the bit length of the largest window X advertised (scaled, RFC 7323, once both
+             SYNs offered scaling): at most twice Linux's exact maximum, and b is a small int that
+             CPython shares, where the exact window would cost an int object (28 bytes) per side
+A packet from S to R with sequence number seq, acknowledgment ack (end[R] if the ACK flag is clear)
+and end = seq + its length passes iff
+  I    seq ≤ maxend[S]                         S sends nothing beyond the window R offered
+  II   end ≥ end[S] − maxwin[R]                nothing older than a full window (retransmissions pass)
+  III  ack ≤ end[R]                            S acknowledges nothing R has not sent
+  IV   ack ≥ end[R] − max(maxwin[S], 66000)    nor anything absurdly old (Linux's MAXACKWINDOW)
+where a ≤ b means (b − a) mod 2^32 < 2^31, TCP's own comparison (RFC 9293 §3.4), so sequence
+numbers wrap. Then end[S] and maxend[R] (ack + window) advance and maxwin[S] grows to the window.
+A side that has not sent its SYN has no window yet: its packets are INVALID. Checks I and III are
+exact, II and IV accept up to twice Linux's distance into the past. Linux also widens maxwin[R] when S
+sends past maxend[S], for ACKs it never saw (asymmetric routing); every packet of an ENI passes its
+tracker, so S cannot have learnt of a window this tracker did not see, and that rule is left out.
+
+The table is bounded (``max_flows``). Expired flows are treated as absent: ``lookup`` removes the one
+it finds, ``expire`` sweeps a slice of the table per call (like Linux's gc worker), and a full table
+examines a few entries before refusing a new flow. Flows already in the table keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+import struct
+import tracemalloc
+from typing import Callable, NamedTuple
+
+from .headers import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP, _PORTS, _U16
+
+_M32 = 0xFFFFFFFF
+_HALF = 0x80000000  # a ≤ b modulo 2^32 iff (b − a) & _M32 < _HALF
+_MAXACKWINDOW = 66000  # Linux's floor for check IV: a little over the largest unscaled window
+_MAX_WSCALE = 14  # RFC 7323 §2.3
+_FIN, _SYN, _RST, _PSH, _ACK, _URG = TCP.FIN, TCP.SYN, TCP.RST, TCP.PSH, TCP.ACK, TCP.URG
+_ECE, _CWR = 0x40, 0x80  # ECN (RFC 3168)
+
+
+class Verdict(enum.IntEnum):
+    ESTABLISHED = 0  # a packet of a known flow (either direction), in a valid state
+    NEW = 1  # no flow: the caller evaluates the rules, then calls ``create`` if they allow it
+    INVALID = 2  # a tracked TCP flow's packet out of window or with an invalid flag combination: drop
+
+
+class State(enum.IntEnum):
+    """A flow's state; each maps to one of the ``Timeouts``."""
+
+    TCP_SYN_SENT = 0  # the originator's SYN seen
+    TCP_SYN_RECV = 1  # the other side's SYN+ACK seen
+    TCP_ESTABLISHED = 2  # the originator acknowledged the SYN+ACK
+    TCP_CLOSING = 3  # a FIN seen, not both FINs acknowledged
+    TCP_TIME_WAIT = 4  # both FINs acknowledged
+    TCP_CLOSE = 5  # reset (or refused)
+    UDP_SINGLE = 6  # only the originator has sent
+    UDP_STREAM = 7  # the other side has answered
+    ICMP = 8  # an ICMP query and its replies
+    OTHER = 9  # another protocol, by addresses + protocol
+
+
+# Hot-path aliases: a module global is one dict lookup, an enum attribute more.
+_ESTABLISHED, _NEW, _INVALID = Verdict
+(_SYN_SENT, _SYN_RECV, _TCP_ESTABLISHED, _CLOSING, _TIME_WAIT, _CLOSE,
+ _UDP_SINGLE, _UDP_STREAM, _ICMP, _OTHER) = State
+
+_STATE_TIMEOUT = {
+    State.TCP_SYN_SENT: "tcp_transitory", State.TCP_SYN_RECV: "tcp_transitory",
+    State.TCP_ESTABLISHED: "tcp_established", State.TCP_CLOSING: "tcp_transitory",
+    State.TCP_TIME_WAIT: "tcp_closed", State.TCP_CLOSE: "tcp_closed",
+    State.UDP_SINGLE: "udp_single", State.UDP_STREAM: "udp_stream", State.ICMP: "icmp", State.OTHER: "other",
+}
+
+# Allowed ranges in seconds. The first three are the reference's; the rest are ours (the reference
+# fixes "other" at 600 s and documents no ICMP or TCP handshake/closing timeouts).
+_TIMEOUT_RANGES = {
+    "tcp_established": (60, 432000),
+    "udp_stream": (60, 180),
+    "udp_single": (30, 60),
+    "other": (60, 600),
+    "icmp": (10, 60),  # Linux's nf_conntrack_icmp_timeout is 30 s
+    "tcp_transitory": (30, 600),  # Linux: SYN_SENT, FIN_WAIT and TIME_WAIT 120 s, SYN_RECV 60 s
+    "tcp_closed": (1, 120),  # Linux's CLOSE is 10 s
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    """Idle timeouts in seconds, per ENI. Frozen: one instance can be shared (it is the default)."""
+
+    tcp_established: float = 432000
+    udp_stream: float = 180
+    udp_single: float = 30
+    other: float = 600
+    icmp: float = 30
+    tcp_transitory: float = 120  # SYN_SENT, SYN_RECV, CLOSING
+    tcp_closed: float = 10  # TIME_WAIT, CLOSE
+
+    def validate(self) -> None:
+        for field in dataclasses.fields(self):
+            lo, hi = _TIMEOUT_RANGES[field.name]
+            value = getattr(self, field.name)
+            # ``not lo <= value <= hi`` also rejects NaN.
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
+                raise ValueError(f"timeout {field.name}={value!r} is outside {lo}..{hi} s")
+
+
+@dataclasses.dataclass(slots=True)
+class PacketInfo:
+    """What the tracker needs from one IPv4 packet; ``packet_info`` fills it from the wire.
+
+    ``wscale`` and ``fragment`` go beyond the five-tuple because tracking needs them: a SYN's window
+    scale option says how to read every later window of that side, and a non-first fragment has no
+    ports at all.
+    """
+
+    proto: int
+    src: int
+    dst: int
+    sport: int = 0
+    dport: int = 0
+    tcp_flags: int = 0  # the flag byte: FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32, ECE 64, CWR 128
+    seq: int = 0
+    ack: int = 0
+    window: int = 0
+    payload_len: int = 0
+    icmp_type: int = -1
+    icmp_code: int = -1
+    icmp_id: int = 0
+    inner: "PacketInfo | None" = None  # ICMP errors: the quoted packet's header, as its sender sent it
+    wscale: int = -1  # a SYN's window scale option (0..14), -1 when absent
+    fragment: bool = False  # a non-first fragment: no transport header, never tracked
+
+
+class FlowKey(NamedTuple):
+    """A flow's identity, oriented to the ENI (the same for both directions)."""
+
+    proto: int
+    local: int
+    remote: int
+    local_port: int  # TCP/UDP port; ICMP query identifier; else 0
+    remote_port: int  # TCP/UDP port; ICMP: 0 if the local side asked, 1 if the remote side did; else 0
+
+
+class FlowEntry(NamedTuple):
+    """One flow as status output and trace show it."""
+
+    key: FlowKey
+    state: State
+    outbound: bool  # the local side sent the first packet
+    packets: int  # accepted packets, both directions
+    expires: float  # ``now`` at which it expires unless another packet arrives
+
+
+# --- classifying packets ---------------------------------------------------------------------------
+
+_K_BAD, _K_SYN, _K_SYNACK, _K_RST, _K_FIN, _K_ACK = range(6)
+
+
+def _tcp_kinds() -> bytes:
+    """Flag byte → kind, one index per packet. The valid combinations are Linux's ``tcp_valid_flags``
+    (``nf_conntrack_proto_tcp.c``), which ignores ECE, CWR and PSH; everything else is ``_K_BAD``."""
+    valid = {_SYN: _K_SYN, _SYN | _URG: _K_SYN, _SYN | _ACK: _K_SYNACK, _RST: _K_RST, _RST | _ACK: _K_RST,
+             _FIN | _ACK: _K_FIN, _FIN | _ACK | _URG: _K_FIN, _ACK: _K_ACK, _ACK | _URG: _K_ACK}
+    return bytes(valid.get(b & ~(_ECE | _CWR | _PSH), _K_BAD) for b in range(256))
+
+
+_TCP_KIND = _tcp_kinds()
+
+_I_OTHER, _I_REQUEST, _I_REPLY, _I_ERROR = range(4)
+_ICMP_KIND = bytes(
+    _I_REQUEST if t in (8, 13, 15, 17) else _I_REPLY if t in (0, 14, 16, 18)
+    else _I_ERROR if t in (3, 4, 5, 11, 12) else _I_OTHER
+    for t in range(256)
+)
+
+
+def _key(pkt: PacketInfo, outbound: bool) -> int | None:
+    """The packed flow key of ``pkt`` seen from the ENI, or None if it can have no flow of its own
+    (an ICMP error or another non-query ICMP message, a non-first fragment)."""
+    if pkt.fragment:
+        return None
+    proto = pkt.proto
+    if outbound:
+        local, remote, lport, rport = pkt.src, pkt.dst, pkt.sport, pkt.dport
+    else:
+        local, remote, lport, rport = pkt.dst, pkt.src, pkt.dport, pkt.sport
+    if proto == PROTO_ICMP:
+        kind = _ICMP_KIND[pkt.icmp_type & 0xFF]
+        if kind == _I_REQUEST:
+            lport, rport = pkt.icmp_id, 0 if outbound else 1
+        elif kind == _I_REPLY:
+            lport, rport = pkt.icmp_id, 1 if outbound else 0
+        else:
+            return None
+    elif proto != PROTO_TCP and proto != PROTO_UDP:
+        lport = rport = 0
+    return proto << 96 | local << 64 | remote << 32 | lport << 16 | rport
+
+
+def _flow_key(key: int) -> FlowKey:
+    return FlowKey(key >> 96, (key >> 64) & _M32, (key >> 32) & _M32, (key >> 16) & 0xFFFF, key & 0xFFFF)
+
+
+# --- flow records ----------------------------------------------------------------------------------
+# Slots and plain ints: no per-flow dict. Small ints (< 257) are shared by CPython, so states, flags
+# and scales cost nothing beyond their slot.
+
+class _Flow:
+    """A UDP, ICMP or other-protocol flow."""
+
+    __slots__ = ("state", "orig_out", "expires", "packets")
+
+    def __init__(self, state: int, orig_out: bool, expires: float):
+        self.state = state
+        self.orig_out = orig_out  # the originator is the local side
+        self.expires = expires
+        self.packets = 1
+
+
+_FIN_OUT, _FIN_IN, _ACKED_OUT, _ACKED_IN = 1, 2, 4, 8  # ``fins``: FIN sent by local/remote, acknowledged
+_ALL_FINS = 15
+
+
+class _TcpFlow(_Flow):
+    """A TCP flow: the per-side window state of the module docstring, l_ local and r_ remote;
+    ``*_winbits`` is b of maxwin = 2^b, 0 for a side not seen yet."""
+
+    __slots__ = ("l_end", "l_maxend", "l_winbits", "r_end", "r_maxend", "r_winbits", "scales", "fins")
+
+    def __init__(self, orig_out: bool, expires: float):
+        super().__init__(_SYN_SENT, orig_out, expires)
+        self.l_end = self.l_maxend = self.l_winbits = self.r_end = self.r_maxend = self.r_winbits = 0
+        # In SYN_SENT the originator's window scale offer (-1: none); from SYN_RECV on the agreed
+        # shifts, local | remote << 4 (both 0 unless both sides offered scaling).
+        self.scales = -1
+        self.fins = 0
+
+
+def _init_side(f: _TcpFlow, pkt: PacketInfo, outbound: bool) -> None:
+    """Seed the window state of the side that sent SYN (or SYN+ACK) ``pkt``: its window is unscaled."""
+    end = (pkt.seq + pkt.payload_len + 1) & _M32
+    bits = (pkt.window or 1).bit_length()  # never 0: that means "side not seen yet"
+    if outbound:
+        f.l_end = f.l_maxend = end
+        f.l_winbits = bits
+    else:
+        f.r_end = f.r_maxend = end
+        f.r_winbits = bits
+
+
+def _in_window(f: _TcpFlow, pkt: PacketInfo, outbound: bool) -> bool:
+    """Checks I–IV of the module docstring; if they pass, update the window state and return True."""
+    if outbound:
+        s_end, s_maxend, s_bits, scale = f.l_end, f.l_maxend, f.l_winbits, f.scales & 15
+        r_end, r_maxend, r_bits = f.r_end, f.r_maxend, f.r_winbits
+    else:
+        s_end, s_maxend, s_bits, scale = f.r_end, f.r_maxend, f.r_winbits, f.scales >> 4
+        r_end, r_maxend, r_bits = f.l_end, f.l_maxend, f.l_winbits
+    if not s_bits:
+        return False  # this side never sent its SYN: there is nothing to check its packets against
+    flags = pkt.tcp_flags
+    seq = pkt.seq
+    end = (seq + pkt.payload_len + (flags & _FIN) + ((flags & _SYN) >> 1)) & _M32  # FIN and SYN count one
+    has_ack = flags & _ACK
+    ack = pkt.ack if has_ack else r_end
+    if (s_maxend - seq) & _M32 >= _HALF:  # I
+        return False
+    if r_bits and (end - s_end + (1 << r_bits)) & _M32 >= _HALF:  # II
+        return False
+    if (r_end - ack) & _M32 > (1 << s_bits if s_bits > 16 else _MAXACKWINDOW):  # III, IV; 2^16 < 66000
+        return False
+    win = pkt.window if flags & _SYN else pkt.window << scale  # a SYN's window is never scaled
+    if win >> s_bits:
+        s_bits = win.bit_length()
+        if outbound:
+            f.l_winbits = s_bits
+        else:
+            f.r_winbits = s_bits
+    if 0 < (end - s_end) & _M32 < _HALF:
+        if outbound:
+            f.l_end = end
+        else:
+            f.r_end = end
+    if has_ack:
+        edge = (ack + win) & _M32
+        if (edge - r_maxend) & _M32 < _HALF:
+            edge = edge if win else (edge + 1) & _M32  # a zero window still admits a 1-byte probe
+            if outbound:
+                f.r_maxend = edge
+            else:
+                f.l_maxend = edge
+    return True
+
+
+# --- the tracker -----------------------------------------------------------------------------------
+
+class ConnTrack:
+    """The tracked flows of one ENI. Not thread-safe: call it from the event loop's thread only."""
+
+    FULL_SWEEP = 16  # entries examined for expiry when the table is full, before refusing a flow
+
+    def __init__(self, timeouts: Timeouts = Timeouts(), max_flows: int = 65536):
+        timeouts.validate()
+        if max_flows < 1:
+            raise ValueError(f"max_flows must be at least 1, got {max_flows}")
+        self.timeouts = timeouts
+        self.max_flows = max_flows
+        self._timeout = tuple(getattr(timeouts, _STATE_TIMEOUT[s]) for s in State)  # by state
+        self._flows: dict[int, _Flow] = {}
+        self._sweep: list[int] = []  # the keys ``expire`` walks through, a snapshot per pass
+        self._cursor = 0
+        self.limit_hits = 0  # flows refused because the table was full (conntrack_allowance_exceeded)
+        self.invalid = 0  # INVALID verdicts
+        self.invalid_starts = 0  # packets that cannot start a flow (create returned False)
+        self.created = 0
+        self.expired = 0
+
+    def __len__(self) -> int:
+        """Flows in the table, including expired ones not yet swept."""
+        return len(self._flows)
+
+    def stats(self) -> dict[str, int]:
+        return {"flows": len(self._flows), "limit_hits": self.limit_hits, "invalid": self.invalid,
+                "invalid_starts": self.invalid_starts, "created": self.created, "expired": self.expired}
+
+    # --- per packet ----------------------------------------------------------------------------
+    def lookup(self, pkt: PacketInfo, outbound: bool, now: float) -> Verdict:
+        proto = pkt.proto
+        if (proto == PROTO_TCP or proto == PROTO_UDP) and not pkt.fragment:
+            # ``_key`` inlined for the common case.
+            if outbound:
+                key = proto << 96 | pkt.src << 64 | pkt.dst << 32 | pkt.sport << 16 | pkt.dport
+            else:
+                key = proto << 96 | pkt.dst << 64 | pkt.src << 32 | pkt.dport << 16 | pkt.sport
+        else:
+            key = _key(pkt, outbound)
+            if key is None:
+                return self._related(pkt, outbound, now)
+        f = self._flows.get(key)
+        if f is None:
+            return _NEW
+        if now >= f.expires:
+            del self._flows[key]
+            self.expired += 1
+            return _NEW
+        if proto == PROTO_TCP:
+            if f.state == _TCP_ESTABLISHED and _TCP_KIND[pkt.tcp_flags & 0xFF] == _K_ACK:
+                # The bulk of TCP: data and ACKs of an established connection; no state change.
+                if not _in_window(f, pkt, outbound):
+                    return self._invalid()
+                f.expires = now + self._timeout[_TCP_ESTABLISHED]
+                f.packets += 1
+                return _ESTABLISHED
+            return self._tcp(f, key, pkt, outbound, now)
+        state = f.state
+        if state == _UDP_SINGLE and outbound != f.orig_out:
+            f.state = state = _UDP_STREAM
+        f.expires = now + self._timeout[state]
+        f.packets += 1
+        return _ESTABLISHED
+
+    def create(self, pkt: PacketInfo, outbound: bool, now: float) -> bool:
+        """Track the flow that ``pkt`` starts; call after ``lookup`` said NEW and the rules allowed it.
+        An existing entry under the same key is replaced."""
+        key = _key(pkt, outbound)
+        proto = pkt.proto
+        if (key is None
+                or proto == PROTO_TCP and _TCP_KIND[pkt.tcp_flags & 0xFF] != _K_SYN
+                or proto == PROTO_ICMP and _ICMP_KIND[pkt.icmp_type & 0xFF] != _I_REQUEST):
+            # A stray ACK, a SYN+ACK, an unsolicited reply, an ICMP error: Linux would not start a
+            # connection either (we do no mid-stream pickup).
+            self.invalid_starts += 1
+            return False
+        flows = self._flows
+        if len(flows) >= self.max_flows and key not in flows:
+            self.expire(now, self.FULL_SWEEP)
+            if len(flows) >= self.max_flows:
+                self.limit_hits += 1
+                return False
+        if proto == PROTO_TCP:
+            f = _TcpFlow(outbound, now + self._timeout[_SYN_SENT])
+            _init_side(f, pkt, outbound)
+            f.scales = pkt.wscale
+        else:
+            state = _UDP_SINGLE if proto == PROTO_UDP else _ICMP if proto == PROTO_ICMP else _OTHER
+            f = _Flow(state, outbound, now + self._timeout[state])
+        flows[key] = f
+        self.created += 1
+        return True
+
+    def _related(self, pkt: PacketInfo, outbound: bool, now: float) -> Verdict:
+        """An ICMP error is related to the flow of the packet it quotes, if it goes back to that
+        packet's sender (Linux checks the outer destination too). It does not refresh the flow."""
+        inner = pkt.inner
+        if inner is None or inner.src != pkt.dst:
+            return _NEW
+        key = _key(inner, not outbound)  # the quoted packet travelled the other way
+        if key is None:
+            return _NEW
+        f = self._flows.get(key)
+        if f is None:
+            return _NEW
+        if now >= f.expires:
+            del self._flows[key]
+            self.expired += 1
+            return _NEW
+        return _ESTABLISHED
+
+    def _tcp(self, f: _TcpFlow, key: int, pkt: PacketInfo, outbound: bool, now: float) -> Verdict:
+        kind = _TCP_KIND[pkt.tcp_flags & 0xFF]
+        if not kind:
+            return self._invalid()
+        state = f.state
+        from_orig = outbound == f.orig_out
+        orig_end = f.l_end if f.orig_out else f.r_end  # the originator's SYN + 1 until it sends data
+        if state == _SYN_SENT:
+            if kind == _K_SYN and from_orig:
+                _init_side(f, pkt, outbound)  # a retransmission, or a new attempt with a new ISN
+                f.scales = pkt.wscale
+                return self._accept(f, _SYN_SENT, now)
+            if kind == _K_SYNACK and not from_orig and pkt.ack == orig_end:
+                offer, answer = f.scales, pkt.wscale
+                if offer >= 0 and answer >= 0:
+                    f.scales = offer | answer << 4 if f.orig_out else answer | offer << 4
+                else:
+                    f.scales = 0
+                _init_side(f, pkt, outbound)
+                state = _SYN_RECV  # and the window check below, which records the offered window
+            elif kind == _K_RST and (not from_orig and pkt.tcp_flags & _ACK and pkt.ack == orig_end
+                                     or from_orig and pkt.seq == orig_end):
+                f.scales = 0
+                return self._accept(f, _CLOSE, now)
+            else:
+                return self._invalid()
+        elif kind == _K_SYN:
+            if state >= _TIME_WAIT:
+                # Port reuse after the end of a connection: Linux too drops the old entry. NEW, so the
+                # rules decide on the new connection.
+                del self._flows[key]
+                return _NEW
+            if not (state == _SYN_RECV and from_orig):  # else a retransmission: window check
+                return self._invalid()
+        elif kind == _K_SYNACK:
+            if from_orig:
+                return self._invalid()
+            if state == _SYN_RECV:
+                if pkt.ack != orig_end:
+                    return self._invalid()
+                _init_side(f, pkt, outbound)  # a retransmission, or the peer started over
+        if not _in_window(f, pkt, outbound):
+            return self._invalid()
+        if kind == _K_RST:
+            state = _CLOSE
+        elif kind >= _K_FIN and state != _CLOSE:  # FIN or ACK
+            if state == _SYN_RECV and from_orig:
+                state = _TCP_ESTABLISHED
+            fins = f.fins
+            if kind == _K_FIN:
+                fins |= _FIN_OUT if outbound else _FIN_IN
+            if fins:
+                # This packet acknowledges the other side's FIN if it acknowledges everything that
+                # side sent (check III makes ack ≤ its end, and the FIN is its last).
+                other_end = f.r_end if outbound else f.l_end
+                if fins & (_FIN_IN if outbound else _FIN_OUT) and pkt.ack == other_end:
+                    fins |= _ACKED_IN if outbound else _ACKED_OUT
+                f.fins = fins
+                state = _TIME_WAIT if fins == _ALL_FINS else _CLOSING
+        return self._accept(f, state, now)
+
+    def _accept(self, f: _Flow, state: int, now: float) -> Verdict:
+        f.state = state
+        f.expires = now + self._timeout[state]
+        f.packets += 1
+        return _ESTABLISHED
+
+    def _invalid(self) -> Verdict:
+        self.invalid += 1
+        return _INVALID
+
+    # --- housekeeping --------------------------------------------------------------------------
+    def expire(self, now: float, budget: int = 1000) -> int:
+        """Remove expired flows, examining at most ``budget`` entries, so a call costs O(budget) however
+        large the table, amortised: each pass over the table starts with one copy of its keys (Linux's
+        gc worker likewise scans a slice of its hash table per run). Each call continues where the last
+        stopped; a pass takes len/budget calls. Returns the number removed (≤ budget). Lookups remove
+        the expired flows they meet, so this only reclaims memory and room from idle flows."""
+        flows = self._flows
+        removed = 0
+        new_pass = False
+        for _ in range(budget):
+            if self._cursor >= len(self._sweep):
+                if new_pass or not flows:
+                    break  # one full pass per call at most
+                self._sweep = list(flows)  # dicts cannot be walked across mutations: a snapshot
+                self._cursor = 0
+                new_pass = True
+            key = self._sweep[self._cursor]
+            self._cursor += 1
+            f = flows.get(key)
+            if f is not None and now >= f.expires:
+                del flows[key]
+                removed += 1
+        if self._cursor >= len(self._sweep):
+            self._sweep = []  # let the keys of removed flows go
+            self._cursor = 0
+        self.expired += removed
+        return removed
+
+    def remove_if(self, predicate: Callable[[FlowKey], bool]) -> int:
+        """Drop the flows whose key matches, e.g. untracked flows whose allow-all rule was removed."""
+        doomed = [key for key in self._flows if predicate(_flow_key(key))]
+        for key in doomed:
+            del self._flows[key]
+        return len(doomed)
+
+    def entries(self) -> list[FlowEntry]:
+        """All flows (expired ones not yet swept included), for status output and trace."""
+        return [FlowEntry(_flow_key(key), State(f.state), f.orig_out, f.packets, f.expires)
+                for key, f in self._flows.items()]
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+#
+# Only what tracking needs, from fixed offsets (RFC 791, 793, 768, 792):
+#   IPv4: version/IHL @0, total length @2, flags/fragment offset @6, protocol @9, addresses @12
+#   TCP:  ports @0, seq @4, ack @8, data offset @12 (high nibble), flags @13, window @14
+#   UDP:  ports @0          ICMP: type @0, code @1, identifier @4 (queries) or the quoted packet @8 (errors)
+
+_IP = struct.Struct("!BxHxxHxBxxII")  # version/IHL, total length, flags/fragment, protocol, src, dst
+_TCP = struct.Struct("!HHIIBBH")  # ports, seq, ack, data offset byte, flags, window
+_QUOTED_TCP = struct.Struct("!HHI")  # ports and seq: the 8 bytes an ICMP error quotes
+_ICMP_HEADER = 8
+
+
+def packet_info(buf, off: int, n: int) -> PacketInfo | None:
+    """Parse the IPv4 packet at ``buf[off:off + n]`` (the caller guarantees those bytes exist).
+    None if it is malformed: too short, not IPv4, inconsistent lengths, a truncated transport
+    header, or an ICMP error without the quoted IP header and 8 bytes RFC 792 requires."""
+    if n < 20:
+        return None
+    vihl, total, frag, proto, src, dst = _IP.unpack_from(buf, off)
+    ihl = (vihl & 0xF) * 4
+    if vihl >> 4 != 4 or ihl < 20 or total < ihl or total > n:
+        return None  # bytes after ``total`` are link padding, not payload
+    left = total - ihl
+    if frag & 0x1FFF:
+        return PacketInfo(proto, src, dst, payload_len=left, fragment=True)
+    l4 = off + ihl
+    if proto == PROTO_TCP:
+        if left < 20:
+            return None
+        sport, dport, seq, ack, doff, flags, window = _TCP.unpack_from(buf, l4)
+        doff = (doff >> 4) * 4
+        if doff < 20 or doff > left:
+            return None
+        wscale = _wscale(buf, l4 + 20, l4 + doff) if flags & _SYN else -1
+        return PacketInfo(proto, src, dst, sport, dport, flags, seq, ack, window, left - doff, wscale=wscale)
+    if proto == PROTO_UDP:
+        if left < 8:
+            return None
+        sport, dport = _PORTS.unpack_from(buf, l4)
+        return PacketInfo(proto, src, dst, sport, dport, payload_len=left - 8)
+    if proto == PROTO_ICMP:
+        if left < _ICMP_HEADER:
+            return None
+        icmp_type, code = buf[l4], buf[l4 + 1]
+        kind = _ICMP_KIND[icmp_type]
+        pkt = PacketInfo(proto, src, dst, payload_len=left - _ICMP_HEADER, icmp_type=icmp_type, icmp_code=code)
+        if kind == _I_REQUEST or kind == _I_REPLY:
+            pkt.icmp_id = _U16.unpack_from(buf, l4 + 4)[0]
+        elif kind == _I_ERROR:
+            pkt.inner = _quoted(buf, l4 + _ICMP_HEADER, left - _ICMP_HEADER)
+            if pkt.inner is None:
+                return None
+        return pkt
+    return PacketInfo(proto, src, dst, payload_len=left)
+
+
+def _quoted(buf, off: int, n: int) -> PacketInfo | None:
+    """The packet an ICMP error quotes: its IP header and first 8 bytes, as its sender sent them.
+    Its own total length is not checked: the quote is usually truncated."""
+    if n < 20:
+        return None
+    vihl, _total, frag, proto, src, dst = _IP.unpack_from(buf, off)
+    ihl = (vihl & 0xF) * 4
+    if vihl >> 4 != 4 or ihl < 20 or ihl + 8 > n:
+        return None
+    if frag & 0x1FFF:
+        return PacketInfo(proto, src, dst, fragment=True)
+    l4 = off + ihl
+    if proto == PROTO_TCP:
+        sport, dport, seq = _QUOTED_TCP.unpack_from(buf, l4)
+        return PacketInfo(proto, src, dst, sport, dport, seq=seq)
+    if proto == PROTO_UDP:
+        sport, dport = _PORTS.unpack_from(buf, l4)
+        return PacketInfo(proto, src, dst, sport, dport)
+    if proto == PROTO_ICMP:
+        icmp_type = buf[l4]
+        icmp_id = _U16.unpack_from(buf, l4 + 4)[0] if _ICMP_KIND[icmp_type] in (_I_REQUEST, _I_REPLY) else 0
+        return PacketInfo(proto, src, dst, icmp_type=icmp_type, icmp_code=buf[l4 + 1], icmp_id=icmp_id)
+    return PacketInfo(proto, src, dst)
+
+
+def _wscale(buf, i: int, end: int) -> int:
+    """The window scale option (kind 3, length 3) among TCP options ``buf[i:end]``, capped at 14 as
+    RFC 7323 says; -1 if absent. Malformed options end the search (Linux ignores them too)."""
+    while i < end:
+        kind = buf[i]
+        if kind == 0:  # end of options
+            break
+        if kind == 1:  # no-op
+            i += 1
+            continue
+        if i + 1 >= end:
+            break
+        length = buf[i + 1]
+        if length < 2 or i + length > end:
+            break
+        if kind == 3 and length == 3:
+            return min(buf[i + 2], _MAX_WSCALE)
+        i += length
+    return -1
+
+
+# --- memory ----------------------------------------------------------------------------------------
+
+def flow_memory_bytes(n: int = 100_000) -> float:
+    """Bytes per tracked flow, as tracemalloc sees the table grow while ``n`` TCP connections go
+    through their handshake into ESTABLISHED (a TCP flow is the largest record). Counts everything a
+    flow holds: its dict slot, key, record, ints and float. Distinct times and random ISNs, so nothing
+    is shared between flows that would not be in real traffic."""
+    rng = random.Random(1)
+    ct = ConnTrack(max_flows=n)
+    local = 0x0A00010A
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(n):
+            remote, port = 0x0A000200 + i // 28000, 32768 + i % 28000
+            isn_l, isn_r, now = rng.getrandbits(32), rng.getrandbits(32), i * 0.001
+            next_l, next_r = (isn_l + 1) & _M32, (isn_r + 1) & _M32
+            syn = PacketInfo(PROTO_TCP, local, remote, port, 443, _SYN, isn_l, 0, 64240, wscale=7)
+            ct.create(syn, True, now)
+            ct.lookup(PacketInfo(PROTO_TCP, remote, local, 443, port, _SYN | _ACK, isn_r, next_l, 65160,
+                                 wscale=7), False, now)
+            ct.lookup(PacketInfo(PROTO_TCP, local, remote, port, 443, _ACK, next_l, next_r, 502), True, now)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    if len(ct) != n or ct.invalid:
+        raise RuntimeError("the measurement's connections did not all get established")
+    return used / n
