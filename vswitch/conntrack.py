@@ -398,6 +398,7 @@ class ConnTrack:
             key = _key(pkt, outbound)
             if key is None:
                 return self._related(pkt, outbound, now)
+        # _live(), inlined: this is the per-packet path and a call costs more than these lines.
         f = self._flows.get(key)
         if f is None:
             return _NEW
@@ -457,16 +458,18 @@ class ConnTrack:
         if inner is None or inner.src != pkt.dst:
             return _NEW
         key = _key(inner, not outbound)  # the quoted packet travelled the other way
-        if key is None:
-            return _NEW
-        f = self._flows.get(key)
-        if f is None:
-            return _NEW
-        if now >= f.expires:
-            del self._flows[key]
-            self.expired += 1
+        if key is None or self._live(key, now) is None:
             return _NEW
         return _ESTABLISHED
+
+    def _live(self, key: int, now: float):
+        """The flow under ``key`` if it has not expired (an expired one is removed)."""
+        f = self._flows.get(key)
+        if f is not None and now >= f.expires:
+            del self._flows[key]
+            self.expired += 1
+            return None
+        return f
 
     def _tcp(self, f: _TcpFlow, key: int, pkt: PacketInfo, outbound: bool, now: float) -> Verdict:
         kind = _TCP_KIND[pkt.tcp_flags & 0xFF]
