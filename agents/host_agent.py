@@ -131,8 +131,12 @@ class HostAgent:
         name = f"e{eni.number & ((1 << 56) - 1):014x}"  # 15 chars max; unique on this host
         dev = tun.open_tun(name, self.cfg.offload)
         gateway = str(e.ip.network.network_address + 1)
-        await asyncio.to_thread(tun.move_and_configure, name, e.netns, str(e.ip.ip),
-                                e.ip.network.prefixlen, gateway, vnet_hdr=dev.vnet_hdr)
+        try:
+            await asyncio.to_thread(tun.move_and_configure, name, e.netns, str(e.ip.ip),
+                                    e.ip.network.prefixlen, gateway, vnet_hdr=dev.vnet_hdr)
+        except BaseException:
+            dev.close()  # the device goes with its descriptor; a retry starts clean
+            raise
         port = EniPort(eni, dev)
         self.ports[eni.number] = port
         vpc.local[eni.ipv4_key] = eni
@@ -200,11 +204,15 @@ class HostAgent:
                                    f"{self.cfg.region}.compute.internal", neighbours)
 
     def _retry_soon(self) -> None:
-        if self._retry is None or self._retry.cancelled() or self._retry.when() < asyncio.get_running_loop().time():
-            def again():
-                self._retry = None
-                asyncio.ensure_future(self.converge(self._last_view))
-            self._retry = asyncio.get_running_loop().call_later(0.5, again)
+        """Converge again on the last view in 0.5 s (once, however many ENIs are pending)."""
+        if self._retry is not None:
+            return
+
+        def again():
+            self._retry = None
+            asyncio.ensure_future(self.converge(self._last_view))
+
+        self._retry = asyncio.get_running_loop().call_later(0.5, again)
 
     # --- the way out of an ENI -------------------------------------------------------------------
     def _drain_eni(self, port: EniPort, now: float) -> int:
