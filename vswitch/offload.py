@@ -108,14 +108,15 @@ def wire_segments(buf, vnet: int, inner: int, end: int) -> int:
     counters: a few byte reads, once per super-packet, and never an exception.
     """
     gso_type = buf[vnet + 1] & ~GSO_ECN
-    gso_size = buf[vnet + 6] | buf[vnet + 7] << 8
-    if gso_type not in (GSO_TCPV4, GSO_TCPV6) or not gso_size or end - inner < 60:
-        return segment_count(buf[vnet:vnet + VNET_HDR_LEN], end - inner)
+    gso_size = buf[vnet + 4] | buf[vnet + 5] << 8  # flags, gso_type, hdr_len (2), then gso_size (2)
+    if gso_type not in (GSO_TCPV4, GSO_TCPV6) or not gso_size:
+        return segment_count(buf[vnet:vnet + VNET_HDR_LEN], end - inner)  # the hint is all there is
+    n = end - inner
     ip_len = (buf[inner] & 0x0F) * 4 if gso_type == GSO_TCPV4 else 40
-    if inner + ip_len + 13 >= end:
+    if ip_len + 13 >= n:
         return 1
     headers = ip_len + (buf[inner + ip_len + 12] >> 4) * 4
-    return max(1, -(-(end - inner - headers) // gso_size))
+    return max(1, -(-(n - headers) // gso_size))
 
 
 def complete_checksum(packet: bytearray, csum_start: int, csum_offset: int) -> None:

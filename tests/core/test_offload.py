@@ -16,7 +16,7 @@ from vswitch.headers import (
 )
 from vswitch.offload import (
     F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, VNET_HDR, OffloadError,
-    complete_checksum, finish, needs_work, segment_count,
+    complete_checksum, finish, needs_work, segment_count, wire_segments,
 )
 
 V4 = ("10.0.1.5", "10.0.2.7")
@@ -362,3 +362,16 @@ def test_fuzz_mutated_packets(base, flips, cut, flags, gso_type, hdr_len, gso_si
     hdr = vnet(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
     survives(hdr, bytes(pkt))
     assert segment_count(hdr, len(pkt)) >= 1
+
+
+@given(v6=st.booleans(), length=st.integers(0, 20000), mss=st.integers(1, 9000),
+       options=st.sampled_from([b"", b"\x01\x01\x08\x0a" + bytes(8)]),
+       hint=st.integers(0, 200), csum_start=st.integers(0, 200))
+@settings(max_examples=200, deadline=None)
+def test_wire_segments_counts_what_finish_produces(v6, length, mss, options, hint, csum_start):
+    """The data path's counter: exact, whatever the kernel's hdr_len hint and the other header fields say."""
+    pkt = super_packet(v6, bytes(length), seq=1, flags=0x18, options=options)
+    hdr = VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV6 if v6 else GSO_TCPV4, hint, mss, csum_start, 16)
+    buf = b"\x00" * 3 + hdr + pkt  # at an offset, as in the agent's buffers
+    count = wire_segments(buf, 3, 3 + len(hdr), len(buf))
+    assert count == (len(finish(hdr, pkt)) if length else 1)

@@ -62,6 +62,8 @@ def test_iperf3_tcp_and_udp_across_hosts(demo_lab):
     # Super-packets are counted as the packets they carry, on both sides.
     a, b = demo_lab.status("host-a")["enis"][0], demo_lab.status("host-b")["enis"][0]
     assert b["rx_packets"] >= 0.95 * a["tx_packets"] - 10
+    # ... and the count is the wire's: no packet on a 9001-byte MTU is larger, and the bulk is large.
+    assert 1000 < a["tx_bytes"] / a["tx_packets"] <= 9001, a
 
 
 def test_large_packets_use_the_9001_mtu(demo_lab):
