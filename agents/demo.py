@@ -68,7 +68,8 @@ def run_demo(lab_name: str = "demo") -> int:
         _step("what the switch counted (vpc status --json, abridged)")
         for name, c in lab.status()["components"].items():
             d = c["detail"]
-            summary = {k: d[k] for k in ("enis", "egress_drops", "ingress_drops", "relayed", "entries") if k in d}
+            summary = {k: d[k] for k in ("enis", "egress_drops", "ingress_drops", "relayed", "entries", "revision")
+                       if k in d}
             for e in summary.get("enis", []):
                 e.pop("vnet_hdr", None)
             print(f"{name}: {json.dumps(summary)}")
