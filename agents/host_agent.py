@@ -74,7 +74,7 @@ class HostAgent:
         for v in cfg.vpcs:
             self._vpc(v.vni, v.cidr, v.subnets)
         edge = (cfg.edge, cfg.underlay_port) if cfg.edge else None
-        self.egress = EgressPath(cfg.underlay_ip, self.cache, edge)
+        self.egress = EgressPath(self.cache, edge)
         self.ingress = IngressPath(self.cache, self.vpcs, cfg.edge)
         self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, sorted(self.vpcs),
                                      on_change=self._release_held)
@@ -215,12 +215,11 @@ class HostAgent:
         self._retry = asyncio.get_running_loop().call_later(0.5, again)
 
     # --- the way out of an ENI -------------------------------------------------------------------
-    def _drain_eni(self, port: EniPort, now: float) -> int:
-        """Read and forward up to BATCH packets from one ENI; returns how many were read."""
+    def _drain_eni(self, port: EniPort, now: float) -> None:
+        """Read and forward up to BATCH packets from one ENI."""
         fd, iov, buf, view, inner, vnet = port.fd, port.iov, port.buf, port.view, port.inner, port.vnet
         eni, egress, send = port.eni, self.egress, self.underlay.send
-        count = 0
-        for count in range(BATCH):
+        for _ in range(BATCH):
             try:
                 n = os.readv(fd, iov)
             except BlockingIOError:
@@ -238,22 +237,17 @@ class HostAgent:
                     continue
                 if target.__class__ is tuple:
                     send(view[: inner + n], target)
-                else:
-                    self.ports[target.number].write(view, geneve.VNET_OFFSET if vnet else -1, inner, inner + n)
-            except OSError:
-                egress.drops[Drop.DELIVERY_FAILED] += 1
+                else:  # an ENI on this host
+                    self._hand_over(target, view, geneve.VNET_OFFSET if vnet else -1, inner, inner + n)
             except Exception:  # a bug must not take the switch down; it is counted and logged
                 self._error("egress")
-        else:
-            count = BATCH
         self.underlay.flush()
         if self.cache.queries:
             self.mapping.flush_queries()
-        return count
 
     # --- the way in from the underlay ------------------------------------------------------------
-    def _drain_underlay(self, now: float) -> int:
-        """Receive and deliver up to BATCH datagrams; returns how many were received.
+    def _drain_underlay(self, now: float) -> None:
+        """Receive and deliver up to BATCH datagrams.
 
         Then drain the ENI we delivered to: a reply (a ping's echo, TCP's ACKs) is generated inside our
         write to its TUN and is already waiting. Reading it now, instead of after another trip through
@@ -261,12 +255,11 @@ class HostAgent:
         """
         self._now = now
         self._delivered_to = None
-        count = self.underlay.receive(self._deliver, BATCH)
+        self.underlay.receive(self._deliver, BATCH)
         if self._delivered_to is not None:
             self._drain_eni(self._delivered_to, now)
         if self.cache.queries:
             self.mapping.flush_queries()
-        return count
 
     def _deliver(self, buf, n: int, outer_ip: str) -> None:
         try:
@@ -278,7 +271,8 @@ class HostAgent:
             self._hand_over(eni, buf, self.ingress.vnet_off, self.ingress.inner_off, n)
 
     def _hand_over(self, eni: Eni, view, vnet: int, inner: int, end: int) -> None:
-        """Write an accepted packet to its ENI; every failure is a counted drop, never an exception."""
+        """Write an accepted packet (from the underlay, or from an ENI on this host) to its ENI; every
+        failure is a counted drop on the way in, never an exception."""
         try:
             port = self._delivered_to = self.ports[eni.number]
             port.write(view, vnet, inner, end)

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import tomli_w
 
-from vswitch import control
+from vswitch import control, instance_ns
 from vswitch.topology import Topology
 
 STATE_ROOT = Path(os.environ.get("VPC_STATE_ROOT", "/run/vpc"))
@@ -40,7 +40,6 @@ MAPPING_IP, EDGE_IP, FIRST_HOST = UNDERLAY[2], UNDERLAY[3], 11
 MAPPING_PORT = 6080
 LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 REGION = "lab-1"  # private hostnames are ip-10-0-1-5.lab-1.compute.internal
-NETNS_ETC = Path("/etc/netns")  # `ip netns exec` bind-mounts files from here over /etc
 READY_TIMEOUT = 30.0
 
 
@@ -240,11 +239,11 @@ class Lab:
             time.sleep(0.05)
 
     def _netns_add(self, name: str) -> None:
-        run("ip", "netns", "add", name)
-        # IPv6 arrives with dual stack (a later issue); until then it would only add noise.
-        run("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1")
-        run("ip", "-n", name, "link", "set", "lo", "up")
+        try:
+            if not instance_ns.create(name):
+                raise LabError(f"network namespace {name} exists already")
+        except OSError as e:
+            raise LabError(str(e)) from None
 
     def _write_config(self, c: Component, extra: dict) -> None:
         body = {"name": c.name, "log_file": c.log, **extra}
@@ -363,7 +362,8 @@ class Lab:
                 removed.append(f"process {pid}")
             run("ip", "netns", "del", ns, check=False)
             removed.append(f"netns {ns}")
-        for etc in NETNS_ETC.glob(f"{self.name}.*") if NETNS_ETC.exists() else ():
+        etc_dir = instance_ns.NETNS_ETC  # instances' hosts and resolv.conf, also after a crash
+        for etc in etc_dir.glob(f"{self.name}.*") if etc_dir.exists() else ():
             shutil.rmtree(etc, ignore_errors=True)
             removed.append(f"dir {etc}")
         if self.dir.exists():

@@ -73,7 +73,6 @@ class MappingDaemon:
         conn = id(writer)
         self.writers[conn] = writer
         peer = writer.get_extra_info("peername")
-        self.service.connect(conn)
         try:
             while line := await reader.readline():
                 try:

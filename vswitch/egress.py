@@ -27,8 +27,7 @@ _MCAST_MASK, _MCAST_NET = 0xF0000000, 0xE0000000  # 224.0.0.0/4
 
 
 class EgressPath:
-    def __init__(self, host_ip: str, cache: MappingCache, edge: tuple[str, int] | None):
-        self.host_ip = host_ip
+    def __init__(self, cache: MappingCache, edge: tuple[str, int] | None):
         self.cache = cache
         self.edge = edge
         self.drops = new_counters()

@@ -27,12 +27,13 @@ def _ip(*args: str) -> None:
 
 
 def create(netns: str) -> bool:
-    """Create the namespace (IPv6 off until dual stack, loopback up). False if it already existed."""
+    """Create the namespace (IPv6 off until dual stack, loopback up). False if it already existed.
+    Raises OSError naming the failed command."""
     if (NETNS_DIR / netns).exists():
         return False
     _ip("netns", "add", netns)
-    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1"], capture_output=True, check=True)
+    _ip("netns", "exec", netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1")
     _ip("-n", netns, "link", "set", "lo", "up")
     return True
 

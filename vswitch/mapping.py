@@ -102,9 +102,6 @@ class MappingService:
     def export(self) -> list[list]:
         return [[vni, addr, host, eni] for vni, t in sorted(self.table.items()) for addr, (host, eni) in t.items()]
 
-    def connect(self, conn) -> None:
-        self.subscribers.pop(conn, None)
-
     def disconnect(self, conn) -> None:
         self.subscribers.pop(conn, None)
 

@@ -31,7 +31,7 @@ MAX_TRAIN = 65000  # bytes of UDP payload in one train (IPv4 datagram limit 65,5
 # Enough for ~60 TSO super-packets in flight; larger only builds a standing queue (over a second of
 # 64-byte packets at 16 MB), which is latency, not throughput.
 SOCKET_BUFFER = 4 << 20
-_SEGMENT_OPT = [struct.pack("=H", s) for s in range(MAX_TRAIN + 1)]  # cmsg payloads, built once
+_U16 = struct.Struct("=H")  # the UDP_SEGMENT control message: the size of each datagram of a train
 
 
 class UnderlaySocket:
@@ -116,7 +116,7 @@ class UnderlaySocket:
             if count == 1:
                 self.sock.sendto(self.train_view[:self.pos], self.target)
             else:
-                self.sock.sendmsg([self.train_view[:self.pos]], [(SOL_UDP, UDP_SEGMENT, _SEGMENT_OPT[self.size])],
+                self.sock.sendmsg([self.train_view[:self.pos]], [(SOL_UDP, UDP_SEGMENT, _U16.pack(self.size))],
                                   0, self.target)
                 self.trains += 1
         except OSError:

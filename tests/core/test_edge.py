@@ -216,7 +216,7 @@ class Host:
         self.cache = MappingCache()
         self.vpc = VpcView(1, ipaddress.IPv4Network("10.0.0.0/16"), reserved_keys(["10.0.1.0/24"]),
                            self.cache.table(1))
-        self.egress = EgressPath(ip, self.cache, (edge, 6081) if edge else None)
+        self.egress = EgressPath(self.cache, (edge, 6081) if edge else None)
         self.ingress = IngressPath(self.cache, {1: self.vpc}, edge)
 
     def attach(self, number, ip):

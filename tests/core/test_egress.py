@@ -27,7 +27,7 @@ class Host:
         self.cache = MappingCache()
         self.vpc = VpcView(1, ipaddress.IPv4Network("10.0.0.0/16"), reserved_keys(SUBNETS), self.cache.table(1))
         self.vpcs = {1: self.vpc}
-        self.egress = EgressPath(HOST_A, self.cache, edge)
+        self.egress = EgressPath(self.cache, edge)
         self.client = self.attach(ENI_CLIENT, "10.0.1.4/24", client_sdc)
         self.peer = self.attach(ENI_PEER, "10.0.2.5/24", True)
         self.cache.apply({"op": "snapshot", "vni": 1, "entries": [

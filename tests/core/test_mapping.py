@@ -102,7 +102,6 @@ def test_put_pushes_to_that_vni_and_star_subscribers_only():
     s.handle("h1", {"op": "subscribe", "vnis": [1]})
     s.handle("h2", {"op": "subscribe", "vnis": [2]})
     s.handle("edge", {"op": "subscribe", "vnis": "*"})
-    s.connect("idle")
     out = s.handle("admin", put(1, "10.0.1.20", HOST_C, ENI_C))
     expected = {"op": "set", "vni": 1, "addr": "10.0.1.20", "host": HOST_C, "eni": ENI_C}
     assert sorted(c for c, _ in out) == ["edge", "h1"]
@@ -445,7 +444,6 @@ class Wire:
 
     def attach(self, name, cache, vnis):
         self.caches[name] = cache
-        self.service.connect(name)
         self.send(name, cache.subscribe_message(vnis))
 
     def flush(self, name):

@@ -54,15 +54,21 @@ def build_app(cp: ControlPlane) -> FastAPI:
     app = FastAPI(title="userspace VPC API", version="1",
                   description="Create, describe, change and delete VPC resources. Bearer token required.")
 
+    async def authenticate(request: Request, token: str) -> Optional[Caller]:
+        """The caller a token names (remembered on the request for its audit record), or None."""
+        found = await cp.authenticate(token)
+        if found is not None:
+            request.state.caller = Caller(found[0], found[1], request.state.request_id, request.state.source)
+        return request.state.caller
+
     async def caller(request: Request,
                      credentials: Optional[HTTPAuthorizationCredentials] = Depends(_bearer)) -> Caller:
         if credentials is None:
             raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)")
-        found = await cp.authenticate(credentials.credentials)
-        if found is None:
+        c = await authenticate(request, credentials.credentials)
+        if c is None:
             raise ApiError(401, "unknown token")
-        request.state.caller = Caller(found[0], found[1], request.state.request_id, request.state.source)
-        return request.state.caller
+        return c
 
     @app.middleware("http")
     async def request_context(request: Request, call_next):
@@ -93,10 +99,8 @@ def build_app(cp: ControlPlane) -> FastAPI:
         # Validation runs before the route's dependencies: authenticate here so that the refusal is
         # audited under the right account, and so that a bad token still answers 401, not 422.
         auth = request.headers.get("authorization", "")
-        found = await cp.authenticate(auth[7:]) if auth.lower().startswith("bearer ") else None
-        if found is None:
+        if not auth.lower().startswith("bearer ") or await authenticate(request, auth[7:]) is None:
             return await refuse(request, 401, "missing or unknown bearer token", None)
-        request.state.caller = Caller(found[0], found[1], request.state.request_id, request.state.source)
         problems, first = [], None
         for err in e.errors():
             where = ""

@@ -301,7 +301,7 @@ class ControlPlane:
             old = snap.get(rid, kind.prefix)
             puts: dict = {}
             if rule is not None:
-                rec = await rule(caller, snap, old, body, changes, puts)
+                rec = await rule(caller, snap, old, changes, puts)
             else:
                 rec = {**old, **changes}
             rec["updated"] = time.time()
@@ -356,7 +356,7 @@ class ControlPlane:
             "default_security_group_id": sg})
         return puts, [], rec
 
-    async def _update_vpc(self, caller, snap, old, body, changes, puts):
+    async def _update_vpc(self, caller, snap, old, changes, puts):
         if changes.get("dhcp_options_id"):
             snap.get(changes["dhcp_options_id"], "dopt", "dhcp_options_id")
         return {**old, **changes}
@@ -393,11 +393,11 @@ class ControlPlane:
         self._same_vpc(snap, vpc["id"], fields["network_acl_id"], "acl", "network_acl_id")
         return {}, [], self._rec(caller, r.KINDS["subnets"], rid, fields)
 
-    async def _update_subnet(self, caller, snap, old, body, changes, puts):
+    async def _update_subnet(self, caller, snap, old, changes, puts):
         for field, prefix in (("route_table_id", "rtb"), ("network_acl_id", "acl")):
             if changes.get(field):
                 self._same_vpc(snap, old["vpc_id"], changes[field], prefix, field)
-        return {**old, **{k: v for k, v in changes.items() if v is not None}}
+        return {**old, **changes}
 
     async def _delete_subnet(self, caller, snap, subnet):
         sid = subnet["id"]
@@ -449,14 +449,14 @@ class ControlPlane:
         rec = self._rec(caller, r.KINDS["instances"], rid, {"name": body.name, **common, "eni_id": eni})
         return puts, [], rec
 
-    async def _update_i(self, caller, snap, old, body, changes, puts):
+    async def _update_i(self, caller, snap, old, changes, puts):
         if changes.get("host"):
             await self._host(changes["host"])
         if changes.get("name") and any(x["id"] != old["id"] for x in snap.of("i", name=changes["name"])):
             raise ApiError(409, f"an instance named {changes['name']!r} exists", "name")
         if changes.get("security_group_ids"):
             self._groups(snap, old["vpc_id"], changes["security_group_ids"])
-        rec = {**old, **{k: v for k, v in changes.items() if v is not None}}
+        rec = {**old, **changes}
         eni = dict(snap.get(old["eni_id"], "eni"))
         for k in ("host", "security_group_ids", "source_dest_check"):
             eni[k] = rec[k]
@@ -484,11 +484,11 @@ class ControlPlane:
             self._check_rules(snap, body.vpc_id, fields[field], field, rid)
         return {}, [], self._rec(caller, r.KINDS["security-groups"], rid, {**fields, "default": False})
 
-    async def _update_sg(self, caller, snap, old, body, changes, puts):
+    async def _update_sg(self, caller, snap, old, changes, puts):
         if changes.get("name") and any(x["id"] != old["id"] for x in
                                        snap.of("sg", vpc_id=old["vpc_id"], name=changes["name"])):
             raise ApiError(409, f"VPC {old['vpc_id']} has a group named {changes['name']!r}", "name")
-        rec = {**old, **{k: v for k, v in changes.items() if v is not None}}
+        rec = {**old, **changes}
         for field in ("ingress", "egress"):
             self._check_rules(snap, old["vpc_id"], rec[field], field, old["id"])
         return rec
@@ -529,8 +529,8 @@ class ControlPlane:
         self._check_routes(snap, body.vpc_id, fields["routes"])
         return {}, [], self._rec(caller, r.KINDS["route-tables"], rid, {**fields, "main": False})
 
-    async def _update_rtb(self, caller, snap, old, body, changes, puts):
-        rec = {**old, **{k: v for k, v in changes.items() if v is not None}}
+    async def _update_rtb(self, caller, snap, old, changes, puts):
+        rec = {**old, **changes}
         self._check_routes(snap, old["vpc_id"], rec["routes"])
         return rec
 
@@ -551,7 +551,7 @@ class ControlPlane:
             self._attach_igw(snap, rid, body.vpc_id)
         return {}, [], self._rec(caller, r.KINDS["internet-gateways"], rid, body.model_dump())
 
-    async def _update_igw(self, caller, snap, old, body, changes, puts):
+    async def _update_igw(self, caller, snap, old, changes, puts):
         rec = dict(old)
         if changes.get("name"):
             rec["name"] = changes["name"]
@@ -585,8 +585,8 @@ class ControlPlane:
         self._check_targets(snap, body.vpc_id, fields["targets"])
         return {}, [], self._rec(caller, r.KINDS["target-groups"], rid, fields)
 
-    async def _update_tg(self, caller, snap, old, body, changes, puts):
-        rec = {**old, **{k: v for k, v in changes.items() if v is not None}}
+    async def _update_tg(self, caller, snap, old, changes, puts):
+        rec = {**old, **changes}
         self._check_targets(snap, old["vpc_id"], rec["targets"])
         return rec
 
@@ -615,8 +615,8 @@ class ControlPlane:
         self._check_listeners(snap, fields["vpc_id"], fields["listeners"])
         return {}, [], self._rec(caller, r.KINDS["load-balancers"], rid, fields)
 
-    async def _update_nlb(self, caller, snap, old, body, changes, puts):
-        rec = {**old, **{k: v for k, v in changes.items() if v is not None}}
+    async def _update_nlb(self, caller, snap, old, changes, puts):
+        rec = {**old, **changes}
         self._check_listeners(snap, old["vpc_id"], rec["listeners"])
         return rec
 
@@ -638,10 +638,10 @@ class ControlPlane:
             snap.get(v, "vpc", f"vpc_ids[{i}]")
         return {}, [], self._rec(caller, r.KINDS["dns-zones"], rid, body.model_dump())
 
-    async def _update_zone(self, caller, snap, old, body, changes, puts):
+    async def _update_zone(self, caller, snap, old, changes, puts):
         for i, v in enumerate(changes.get("vpc_ids") or []):
             snap.get(v, "vpc", f"vpc_ids[{i}]")
-        return {**old, **{k: v for k, v in changes.items() if v is not None}}
+        return {**old, **changes}
 
 
 def _action(kind: r.Kind) -> str:
