@@ -317,7 +317,7 @@ class HostAgent:
         if request.get("op") != "status":
             return {"error": f"unknown op {request.get('op')!r}"}
         enis = []
-        for p in self.ports.values():
+        for p in list(self.ports.values()):  # a snapshot: converge may attach while we await below
             e = p.eni
             enis.append({"id": e.id, "instance": e.instance, "ip": str(e.ipv4), "vni": e.vni,
                          "vnet_hdr": p.vnet, "tx_packets": e.stats[0], "tx_bytes": e.stats[1],
