@@ -11,6 +11,11 @@
     vpc modify KIND ID key=value…
     vpc delete KIND ID
     vpc audit [--since T]       the audit log of mutating calls
+    vpc flow-logs FL_ID [--start UNIX] [--end UNIX] [--limit N]
+                                a flow log's delivered records: the header line, then one record a line
+    vpc trace SRC DST [tcp|udp|icmp] [PORT] [--json]
+                                every decision on a packet's way (checks, rules, route, mapping),
+                                made by the data path's own code as a dry run; exit 1 if dropped
     vpc account create NAME     (admin) a new account and its token
 Every command takes ``--lab NAME`` (default $VPC_LAB or "vpc") so several labs can coexist. API
 commands use the lab's default account (``--admin`` for the admin token), or $VPC_API_URL with
@@ -208,6 +213,30 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_flow_logs(args) -> int:
+    params = {k: v for k, v in (("start", args.start), ("end", args.end), ("limit", args.limit)) if v is not None}
+    result = _api(args).call("GET", f"/v1/flow-logs/{args.id}/records", params=params)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(" ".join(result["fields"]))  # the delivered files' format: header, then space-separated records
+    for row in result["records"]:
+        print(" ".join(row))
+    return 0
+
+
+def cmd_trace(args) -> int:
+    from agents.trace import render, trace
+    lab = Lab(args.lab)
+    try:
+        result = trace(lab.state(), lab.instances(), args.source, args.destination, args.protocol, args.port,
+                       args.sport)
+    except (ValueError, RuntimeError) as e:
+        raise LabError(str(e)) from None
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0 if result["verdict"] == "delivered" else 1
+
+
 def cmd_account(args) -> int:
     args.admin = True
     _output(args, _api(args).call("POST", "/v1/accounts", {"name": args.name}))
@@ -220,7 +249,8 @@ def cmd_demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `vpc status | head` ends quietly
+    if argv is None:  # the command itself, not a caller in-process (a test must not die of SIGPIPE)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `vpc status | head` ends quietly
     p = argparse.ArgumentParser(prog="vpc", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--lab", default=None, help="lab name (default $VPC_LAB or 'vpc')")
@@ -256,6 +286,21 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--json", action="store_true")
     s.add_argument("--admin", action="store_true", help="every account's entries")
     s.set_defaults(func=cmd_audit)
+    s = sub.add_parser("flow-logs", help="a flow log's delivered records")
+    s.add_argument("id", metavar="FL_ID")
+    s.add_argument("--start", type=float, help="Unix time: records that end at or after it")
+    s.add_argument("--end", type=float, help="Unix time: records that start at or before it")
+    s.add_argument("--limit", type=int, help="the newest N records (default 10000)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_flow_logs)
+    s = sub.add_parser("trace", help="every decision on a packet's way, from the data path's own code")
+    s.add_argument("source", help="the source instance")
+    s.add_argument("destination", help="an instance name or address")
+    s.add_argument("protocol", nargs="?", default="tcp", choices=("tcp", "udp", "icmp"))
+    s.add_argument("port", nargs="?", type=int, default=None, help="destination port (tcp 80, udp 53)")
+    s.add_argument("--sport", type=int, default=None, help="source port (default: a random ephemeral one)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_trace)
     s = sub.add_parser("account", help="accounts (admin)")
     s.add_argument("action", choices=["create"])
     s.add_argument("name")

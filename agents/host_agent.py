@@ -16,6 +16,7 @@ the same layout lets one write hand virtio header + packet to the receiving TUN.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import os
 
@@ -25,6 +26,8 @@ from vswitch.controlplane.client import DesiredStateWatcher
 from vswitch.drops import Drop, counters_as_dict
 from vswitch.egress import EgressPath
 from vswitch.eni import Eni, VpcView, reserved_keys
+from vswitch.firewall import Firewall
+from vswitch.host_policy import HostPolicy
 from vswitch.ingress import IngressPath
 from vswitch.mapping import MappingCache
 from vswitch.mapping_client import MappingClient
@@ -66,6 +69,8 @@ class EniPort:
 
 
 class HostAgent:
+    EXPIRE_BUDGET = 2000  # flow entries examined per ENI per sweep (4 sweeps a second)
+
     def __init__(self, cfg: config.HostAgentConfig):
         self.cfg = cfg
         self.log = logs.get("host-agent").bind(host=cfg.name)
@@ -74,8 +79,11 @@ class HostAgent:
         for v in cfg.vpcs:
             self._vpc(v.vni, v.cidr, v.subnets)
         edge = (cfg.edge, cfg.underlay_port) if cfg.edge else None
-        self.egress = EgressPath(self.cache, edge)
-        self.ingress = IngressPath(self.cache, self.vpcs, cfg.edge)
+        firewall = Firewall()
+        self.egress = EgressPath(self.cache, edge, firewall)
+        self.ingress = IngressPath(self.cache, self.vpcs, cfg.edge, firewall)
+        self.policy = HostPolicy()
+        self._last_view: dict | None = None
         self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, sorted(self.vpcs),
                                      on_change=self._release_held)
         self.ports: dict[int, EniPort] = {}  # ENI number -> port
@@ -128,6 +136,10 @@ class HostAgent:
     async def attach(self, e: config.EniConfig) -> None:
         vpc = self.vpcs[e.vni]
         eni = Eni(e.id, e.vni, e.ip, e.instance, e.netns, e.source_dest_check, vpc)
+        if self._last_view is not None:
+            # Its security groups and ACL before its first packet: an ENI of the desired state is
+            # never open, not even while the rest of the host converges.
+            self.policy.apply(self._last_view, {eni.id: eni}, complete=False)
         name = f"e{eni.number & ((1 << 56) - 1):014x}"  # 15 chars max; unique on this host
         dev = tun.open_tun(name, self.cfg.offload)
         gateway = str(e.ip.network.network_address + 1)
@@ -184,6 +196,10 @@ class HostAgent:
                     await self._attach_desired(e, vpcs[e["vni"]], view)
                 except Exception as exc:  # retried below; the rest of the host carries on
                     self.pending[e["id"]] = str(exc)
+            applied = self.policy.apply(view, {p.eni.id: p.eni for p in self.ports.values()})
+            if applied.enis_changed:
+                self.log.info("policy applied", enis=applied.enis_changed, groups_compiled=applied.groups_compiled,
+                              acls_compiled=applied.acls_compiled, revision=view.get("revision"))
             if self.pending:
                 self.log.warning("some ENIs not attached yet; retrying", pending=self.pending)
                 self._retry_soon()
@@ -297,7 +313,11 @@ class HostAgent:
             self._hand_over(eni, memoryview(datagram), vnet, inner, len(datagram))
 
     def _expire_held(self) -> None:
+        """Every quarter second: release held packets, and sweep a slice of each ENI's flow table."""
         self._release_held()
+        now = asyncio.get_running_loop().time()
+        for port in list(self.ports.values()):
+            port.eni.ct.expire(now, self.EXPIRE_BUDGET)
         asyncio.get_running_loop().call_later(IngressPath.HOLD_TIME / 4, self._expire_held)
 
     def _error(self, where: str) -> None:
@@ -314,6 +334,10 @@ class HostAgent:
             except (KeyError, TypeError, ValueError) as e:
                 return {"error": f"evict needs vni and addr: {e}"}
             return {"evicted": self.cache.tables.get(vni, {}).pop(key, None) is not None}
+        if request.get("op") == "trace":
+            return self.trace_out(request)
+        if request.get("op") == "trace_in":
+            return self.trace_in(request)
         if request.get("op") != "status":
             return {"error": f"unknown op {request.get('op')!r}"}
         enis = []
@@ -322,6 +346,8 @@ class HostAgent:
             enis.append({"id": e.id, "instance": e.instance, "ip": str(e.ipv4), "vni": e.vni,
                          "vnet_hdr": p.vnet, "tx_packets": e.stats[0], "tx_bytes": e.stats[1],
                          "rx_packets": e.stats[2], "rx_bytes": e.stats[3], "drops": counters_as_dict(e.drops),
+                         "security_groups": list(e.sg_ids), "conntrack": e.ct.stats(),
+                         "flow_logs": [log.spec.id for log in e.flow_logs],
                          "device": await self._device_counters(e)})
         return {"role": "host-agent", "name": self.cfg.name, "ready": self.ready, "pid": os.getpid(),
                 "desired_state": self.desired.status() if self.desired else None, "pending": self.pending,
@@ -333,6 +359,47 @@ class HostAgent:
                 "to_edge": self.egress.to_edge, "from_edge": self.ingress.from_edge,
                 "held_for_mapping": self.ingress.held_total, "errors": self.errors,
                 "kernel_udp": self.underlay.kernel_counters()}
+
+    # --- vpc trace: the data path's own code, as a dry run ----------------------------------------
+    def trace_out(self, request: dict) -> dict:
+        """``trace`` {instance, packet (base64 IPv4 packet)}: the packet leaving that instance's ENI.
+        Returns the steps, and where it would go: an ENI on this host (whose inbound steps are in the
+        list already), or an underlay host with the Geneve datagram it would receive (for ``trace_in``)."""
+        port = next((p for p in self.ports.values() if p.eni.instance == request.get("instance")), None)
+        if port is None:
+            return {"error": f"instance {request.get('instance')!r} has no ENI on host {self.cfg.name}"}
+        try:
+            packet = base64.b64decode(request["packet"], validate=True)
+        except (KeyError, TypeError, ValueError) as e:
+            return {"error": f"trace needs packet (base64): {e}"}
+        eni = port.eni
+        head = geneve.prefix(eni.vni, eni.number, False)
+        buf = bytearray(head + packet)
+        steps: list = []
+        now = asyncio.get_running_loop().time()
+        target = self.egress.process(eni, buf, len(head), len(packet), now, 1, steps)
+        if target is None:
+            return {"steps": steps, "delivered": False}
+        if target.__class__ is tuple:
+            return {"steps": steps, "underlay": target[0], "datagram": base64.b64encode(buf).decode(),
+                    "outer_ip": self.cfg.underlay_ip}
+        steps.append({"step": "delivery", "result": "allow", "detail": f"to {target.id} ({target.instance})"})
+        return {"steps": steps, "delivered": True}
+
+    def trace_in(self, request: dict) -> dict:
+        """``trace_in`` {datagram (base64 Geneve), outer_ip}: that datagram arriving from the underlay."""
+        try:
+            datagram = bytearray(base64.b64decode(request["datagram"], validate=True))
+            outer_ip = str(request["outer_ip"])
+        except (KeyError, TypeError, ValueError) as e:
+            return {"error": f"trace_in needs datagram (base64) and outer_ip: {e}"}
+        steps: list = []
+        eni = self.ingress.process(datagram, len(datagram), outer_ip, asyncio.get_running_loop().time(),
+                                   trace=steps)
+        if eni is None:
+            return {"steps": steps, "delivered": False}
+        steps.append({"step": "delivery", "result": "allow", "detail": f"to {eni.id} ({eni.instance})"})
+        return {"steps": steps, "delivered": True}
 
     async def _device_counters(self, eni: Eni) -> dict:
         try:

@@ -100,6 +100,9 @@ class ControlPlaneConfig(_Strict):
     store: str = "sqlite:///var/lib/userspace-vpc/control-plane.db"  # or etcd://HOST:PORT[,HOST:PORT]
     admin_token_file: str
     region: str = "lab-1"
+    # Delivered flow log files (S3 layout); default: flow-logs next to a SQLite store's file, else
+    # /var/lib/userspace-vpc/flow-logs
+    flow_log_dir: str | None = None
     log_file: str | None = None
     log_level: str = "info"
 

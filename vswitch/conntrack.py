@@ -270,13 +270,17 @@ def _flow_key(key: int) -> FlowKey:
 class _Flow:
     """A UDP, ICMP or other-protocol flow."""
 
-    __slots__ = ("state", "orig_out", "expires", "packets")
+    __slots__ = ("state", "orig_out", "expires", "packets", "mark_out", "mark_in")
 
     def __init__(self, state: int, orig_out: bool, expires: float):
         self.state = state
         self.orig_out = orig_out  # the originator is the local side
         self.expires = expires
         self.packets = 1
+        # Per direction, a value the caller keeps with the flow (Linux's ctmark): the firewall stores
+        # the network ACL that last allowed that direction, so a stateless ACL is evaluated once per
+        # flow and direction, and again only after the ACL changed (``firewall.py``).
+        self.mark_out = self.mark_in = None
 
 
 _FIN_OUT, _FIN_IN, _ACKED_OUT, _ACKED_IN = 1, 2, 4, 8  # ``fins``: FIN sent by local/remote, acknowledged
@@ -310,8 +314,9 @@ def _init_side(f: _TcpFlow, pkt: PacketInfo, outbound: bool) -> None:
         f.r_winbits = bits
 
 
-def _in_window(f: _TcpFlow, pkt: PacketInfo, outbound: bool) -> bool:
-    """Checks I–IV of the module docstring; if they pass, update the window state and return True."""
+def _in_window(f: _TcpFlow, outbound: bool, flags: int, seq: int, ack: int, window: int, payload_len: int) -> bool:
+    """Checks I–IV of the module docstring for a packet's TCP fields; if they pass, update the window
+    state and return True. Scalars, not a PacketInfo: the wire fast path (``lookup_wire``) has no object."""
     if outbound:
         s_end, s_maxend, s_bits, scale = f.l_end, f.l_maxend, f.l_winbits, f.scales & 15
         r_end, r_maxend, r_bits = f.r_end, f.r_maxend, f.r_winbits
@@ -320,18 +325,17 @@ def _in_window(f: _TcpFlow, pkt: PacketInfo, outbound: bool) -> bool:
         r_end, r_maxend, r_bits = f.l_end, f.l_maxend, f.l_winbits
     if not s_bits:
         return False  # this side never sent its SYN: there is nothing to check its packets against
-    flags = pkt.tcp_flags
-    seq = pkt.seq
-    end = (seq + pkt.payload_len + (flags & _FIN) + ((flags & _SYN) >> 1)) & _M32  # FIN and SYN count one
+    end = (seq + payload_len + (flags & _FIN) + ((flags & _SYN) >> 1)) & _M32  # FIN and SYN count one
     has_ack = flags & _ACK
-    ack = pkt.ack if has_ack else r_end
+    if not has_ack:
+        ack = r_end
     if (s_maxend - seq) & _M32 >= _HALF:  # I
         return False
     if r_bits and (end - s_end + (1 << r_bits)) & _M32 >= _HALF:  # II
         return False
     if (r_end - ack) & _M32 > (1 << s_bits if s_bits > 16 else _MAXACKWINDOW):  # III, IV; 2^16 < 66000
         return False
-    win = pkt.window if flags & _SYN else pkt.window << scale  # a SYN's window is never scaled
+    win = window if flags & _SYN else window << scale  # a SYN's window is never scaled
     if win >> s_bits:
         s_bits = win.bit_length()
         if outbound:
@@ -362,12 +366,7 @@ class ConnTrack:
     FULL_SWEEP = 16  # entries examined for expiry when the table is full, before refusing a flow
 
     def __init__(self, timeouts: Timeouts = Timeouts(), max_flows: int = 65536):
-        timeouts.validate()
-        if max_flows < 1:
-            raise ValueError(f"max_flows must be at least 1, got {max_flows}")
-        self.timeouts = timeouts
-        self.max_flows = max_flows
-        self._timeout = tuple(getattr(timeouts, _STATE_TIMEOUT[s]) for s in State)  # by state
+        self.configure(timeouts, max_flows)
         self._flows: dict[int, _Flow] = {}
         self._sweep: list[int] = []  # the keys ``expire`` walks through, a snapshot per pass
         self._cursor = 0
@@ -376,6 +375,17 @@ class ConnTrack:
         self.invalid_starts = 0  # packets that cannot start a flow (create returned False)
         self.created = 0
         self.expired = 0
+        self.flow: _Flow | None = None  # the flow of the last ESTABLISHED verdict or ``create`` (None if related)
+
+    def configure(self, timeouts: Timeouts, max_flows: int) -> None:
+        """New timeouts and limit for this ENI. Flows keep their current deadline until their next
+        packet; a lower limit refuses new flows until the table has shrunk below it."""
+        timeouts.validate()
+        if max_flows < 1:
+            raise ValueError(f"max_flows must be at least 1, got {max_flows}")
+        self.timeouts = timeouts
+        self.max_flows = max_flows
+        self._timeout = tuple(getattr(timeouts, _STATE_TIMEOUT[s]) for s in State)
 
     def __len__(self) -> int:
         """Flows in the table, including expired ones not yet swept."""
@@ -409,10 +419,11 @@ class ConnTrack:
         if proto == PROTO_TCP:
             if f.state == _TCP_ESTABLISHED and _TCP_KIND[pkt.tcp_flags & 0xFF] == _K_ACK:
                 # The bulk of TCP: data and ACKs of an established connection; no state change.
-                if not _in_window(f, pkt, outbound):
+                if not _in_window(f, outbound, pkt.tcp_flags, pkt.seq, pkt.ack, pkt.window, pkt.payload_len):
                     return self._invalid()
                 f.expires = now + self._timeout[_TCP_ESTABLISHED]
                 f.packets += 1
+                self.flow = f
                 return _ESTABLISHED
             return self._tcp(f, key, pkt, outbound, now)
         state = f.state
@@ -420,6 +431,52 @@ class ConnTrack:
             f.state = state = _UDP_STREAM
         f.expires = now + self._timeout[state]
         f.packets += 1
+        self.flow = f
+        return _ESTABLISHED
+
+    def lookup_wire(self, buf, off: int, n: int, outbound: bool, now: float) -> Verdict | None:
+        """``lookup`` for the IPv4 packet at ``buf[off:off + n]``, for the bulk of traffic — an
+        unfragmented UDP packet or a TCP ACK of a known, established flow — without building a
+        ``PacketInfo`` (that costs more than the lookup). None: no fast answer (a new flow, a
+        handshake, ICMP, options we do not read here...): parse with ``packet_info`` and call ``lookup``,
+        which gives the same verdict for these packets."""
+        if n < 28:
+            return None
+        vihl, total, frag, proto, addrs, ports = _WIRE.unpack_from(buf, off)
+        if vihl != 0x45 or frag & 0x1FFF or total > n or total < 28:
+            return None
+        if proto == PROTO_TCP:
+            if total < 40:
+                return None
+            seq, ack, doff, flags, window = _TCP_AFTER_PORTS.unpack_from(buf, off + 24)
+            if _TCP_KIND[flags] != _K_ACK:
+                return None
+        elif proto != PROTO_UDP:
+            return None
+        # The key of ``_key`` from the wire's (src, dst) and (sport, dport) pairs: outbound they are
+        # already (local, remote); inbound each pair is swapped. Two wide fields instead of four
+        # narrow ones: this line is most of the cost of a lookup.
+        if outbound:
+            key = proto << 96 | addrs << 32 | ports
+        else:
+            key = proto << 96 | (addrs & _M32) << 64 | (addrs >> 32) << 32 | (ports & 0xFFFF) << 16 | ports >> 16
+        f = self._flows.get(key)
+        if f is None or now >= f.expires:
+            return None
+        state = f.state
+        if proto == PROTO_TCP:
+            if state != _TCP_ESTABLISHED:
+                return None
+            doff = (doff >> 4) * 4
+            if doff < 20 or doff > total - 20:
+                return None
+            if not _in_window(f, outbound, flags, seq, ack, window, total - 20 - doff):
+                return self._invalid()
+        elif state == _UDP_SINGLE and outbound != f.orig_out:
+            f.state = state = _UDP_STREAM
+        f.expires = now + self._timeout[state]
+        f.packets += 1
+        self.flow = f
         return _ESTABLISHED
 
     def create(self, pkt: PacketInfo, outbound: bool, now: float) -> bool:
@@ -447,7 +504,7 @@ class ConnTrack:
         else:
             state = _UDP_SINGLE if proto == PROTO_UDP else _ICMP if proto == PROTO_ICMP else _OTHER
             f = _Flow(state, outbound, now + self._timeout[state])
-        flows[key] = f
+        flows[key] = self.flow = f
         self.created += 1
         return True
 
@@ -460,7 +517,16 @@ class ConnTrack:
         key = _key(inner, not outbound)  # the quoted packet travelled the other way
         if key is None or self._live(key, now) is None:
             return _NEW
+        self.flow = None  # related to a flow, not of it
         return _ESTABLISHED
+
+    def peek(self, pkt: PacketInfo, outbound: bool, now: float) -> FlowEntry | None:
+        """The live flow ``pkt`` belongs to, changing nothing (for ``vpc trace``)."""
+        key = _key(pkt, outbound)
+        f = self._flows.get(key) if key is not None else None
+        if f is None or now >= f.expires:
+            return None
+        return FlowEntry(_flow_key(key), State(f.state), f.orig_out, f.packets, f.expires)
 
     def _live(self, key: int, now: float):
         """The flow under ``key`` if it has not expired (an expired one is removed)."""
@@ -512,7 +578,7 @@ class ConnTrack:
                 if pkt.ack != orig_end:
                     return self._invalid()
                 _init_side(f, pkt, outbound)  # a retransmission, or the peer started over
-        if not _in_window(f, pkt, outbound):
+        if not _in_window(f, outbound, pkt.tcp_flags, pkt.seq, pkt.ack, pkt.window, pkt.payload_len):
             return self._invalid()
         if kind == _K_RST:
             state = _CLOSE
@@ -536,6 +602,7 @@ class ConnTrack:
         f.state = state
         f.expires = now + self._timeout[state]
         f.packets += 1
+        self.flow = f
         return _ESTABLISHED
 
     def _invalid(self) -> Verdict:
@@ -593,6 +660,8 @@ class ConnTrack:
 
 _IP = struct.Struct("!BxHxxHxBxxII")  # version/IHL, total length, flags/fragment, protocol, src, dst
 _TCP = struct.Struct("!HHIIBBH")  # ports, seq, ack, data offset byte, flags, window
+_WIRE = struct.Struct("!BxHxxHxB2xQI")  # version/IHL, total length, fragment, protocol, src+dst, sport+dport
+_TCP_AFTER_PORTS = struct.Struct("!IIBBH")  # seq, ack, data offset byte, flags, window
 _QUOTED_TCP = struct.Struct("!HHI")  # ports and seq: the 8 bytes an ICMP error quotes
 _ICMP_HEADER = 8
 

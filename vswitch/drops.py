@@ -33,6 +33,12 @@ class Drop(enum.IntEnum):
     # --- the edge ---
     EDGE_NO_MAPPING = 18  # nobody in the VPC owns the destination
     SEND_FAILED = 19  # the underlay socket refused the datagram
+    # --- the firewall of an ENI, either way (firewall.py) ---
+    SG_DENY = 20  # no security group rule of the ENI allows the flow's first packet
+    NACL_DENY = 21  # the subnet's network ACL denies the packet (a numbered rule or the final *)
+    CONNTRACK_INVALID = 22  # a tracked TCP flow's packet out of window or with invalid flags
+    CONNTRACK_FULL = 23  # the ENI's flow table is full: new flows refused (conntrack_allowance_exceeded)
+    NOT_A_FLOW_START = 24  # no tracked flow, and the packet cannot start one (a stray ACK or reply)
 
     @property
     def label(self) -> str:

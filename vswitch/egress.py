@@ -6,19 +6,25 @@ Stages, each an early return with a reason (see ``Drop``):
   2. src/dst    source/destination check: the source must be the ENI's own address
   3. route      the destination must be inside the VPC (route tables arrive later): no broadcast,
                 no multicast, not a reserved subnet address
-  4. local      an ENI of the same VPC on this host → deliver without encapsulation
-  5. mapping    one dict lookup in the host's mapping cache; a miss goes to the edge, which knows
+  4. firewall   the ENI's security groups and, leaving the subnet, its network ACL (``firewall.py``)
+  5. local      an ENI of the same VPC on this host → its own firewall inbound, then deliver without
+                encapsulation
+  6. mapping    one dict lookup in the host's mapping cache; a miss goes to the edge, which knows
                 every mapping, while the cache asks the mapping daemon (first packet never lost)
-  6. encap      the shell writes the Geneve header kept in front of the read buffer and sends
+  7. encap      the shell writes the Geneve header kept in front of the read buffer and sends
 
 ``process`` returns the decision: an underlay address ``(ip, port)``, a local ``Eni``, or None for a drop
 (``last_drop`` says why; the counters are already incremented). It never raises on packet contents.
+With a ``trace`` list it is a dry run for ``vpc trace``: each stage appends its decision, and nothing is
+counted, tracked, logged or asked.
 """
 
 from __future__ import annotations
 
 from .drops import Drop, new_counters
 from .eni import TX_BYTES, TX_PACKETS, Eni
+from .firewall import Firewall
+from .addresses import eni_id, text
 from .headers import _V4_ADDRS
 from .mapping import MappingCache
 
@@ -27,60 +33,92 @@ _MCAST_MASK, _MCAST_NET = 0xF0000000, 0xE0000000  # 224.0.0.0/4
 
 
 class EgressPath:
-    def __init__(self, cache: MappingCache, edge: tuple[str, int] | None):
+    def __init__(self, cache: MappingCache, edge: tuple[str, int] | None, firewall: Firewall | None = None):
         self.cache = cache
         self.edge = edge
+        self.firewall = firewall or Firewall()
         self.drops = new_counters()
         self.last_drop: Drop | None = None
         self.to_edge = 0  # packets relayed through the edge because of a mapping miss
 
-    def _drop(self, eni: Eni, reason: Drop) -> None:
-        self.drops[reason] += 1
-        eni.drops[reason] += 1
+    def _drop(self, eni: Eni, reason: Drop, trace: list | None = None, target: Eni | None = None) -> None:
+        """Count a drop at ``eni`` (or at ``target``, refused on the way in to it)."""
         self.last_drop = reason
+        if trace is not None:
+            trace.append({"step": "drop", "result": "deny", "reason": reason.label})
+            return None
+        self.drops[reason] += 1
+        (target or eni).drops[reason] += 1
         return None
 
-    def process(self, eni: Eni, buf, off: int, n: int, now: float, segments: int = 1):
+    def process(self, eni: Eni, buf, off: int, n: int, now: float, segments: int = 1, trace: list | None = None):
         # 1. parse
         if n < 20:
-            return self._drop(eni, Drop.MALFORMED_PACKET)
+            return self._drop(eni, Drop.MALFORMED_PACKET, trace)
         version = buf[off] >> 4
         if version == 4:
             src, dst = _V4_ADDRS.unpack_from(buf, off + 12)
         elif version == 6:
             if n < 40:
-                return self._drop(eni, Drop.MALFORMED_PACKET)
+                return self._drop(eni, Drop.MALFORMED_PACKET, trace)
             # No IPv6 addresses on ENIs yet (dual stack is a later issue): nothing can pass.
-            return self._drop(eni, Drop.IPV6_NOT_ENABLED)
+            return self._drop(eni, Drop.IPV6_NOT_ENABLED, trace)
         else:
-            return self._drop(eni, Drop.MALFORMED_PACKET)
+            return self._drop(eni, Drop.MALFORMED_PACKET, trace)
 
         # 2. source/destination check
         if src != eni.ipv4_key and eni.source_dest_check:
-            return self._drop(eni, Drop.SOURCE_CHECK)
+            return self._drop(eni, Drop.SOURCE_CHECK, trace)
+        if trace is not None:
+            trace.append({"step": "source/destination check", "result": "allow",
+                          "detail": f"{text(src)} is {eni.id}'s own address" if src == eni.ipv4_key
+                          else f"disabled on {eni.id}"})
 
         # 3. route within the VPC
         vpc = eni.vpc
         if dst & vpc.mask != vpc.net:
             if dst == _BCAST or dst & _MCAST_MASK == _MCAST_NET:
-                return self._drop(eni, Drop.BROADCAST_MULTICAST)
-            return self._drop(eni, Drop.NO_ROUTE)
+                return self._drop(eni, Drop.BROADCAST_MULTICAST, trace)
+            return self._drop(eni, Drop.NO_ROUTE, trace)
         if dst in vpc.reserved:
-            return self._drop(eni, Drop.RESERVED_ADDRESS)
+            return self._drop(eni, Drop.RESERVED_ADDRESS, trace)
+        if trace is not None:
+            trace.append({"step": "route", "result": "allow", "rule": f"{vpc.cidr} local"})
 
-        # 4. a local ENI, 5. the mapping, or the edge on a miss
+        # 4. the ENI's security groups and network ACL
+        refused = self.firewall.admit(eni, buf, off, n, True, now, segments, trace)
+        if refused is not None:
+            return self._drop(eni, refused, trace)
+
+        # 5. a local ENI (through its own firewall), 6. the mapping, or the edge on a miss
         target = vpc.local.get(dst)
-        if target is None:
+        if target is not None:
+            if trace is not None:
+                trace.append({"step": "mapping", "result": "allow", "detail": f"{target.id} on this host"})
+            refused = self.firewall.admit(target, buf, off, n, False, now, segments, trace)
+            if refused is not None:
+                return self._drop(eni, refused, trace, target)
+        else:
             m = vpc.mappings.get(dst)
             if m is not None:
                 target = m.underlay
+                if trace is not None:
+                    trace.append({"step": "mapping", "result": "allow",
+                                  "detail": f"{text(dst)} is {eni_id(m.eni)} on host {m.host}"})
             else:
-                self.cache.note_miss(vpc.vni, dst, now)
+                if trace is not None:
+                    trace.append({"step": "mapping", "result": "miss",
+                                  "detail": "not cached: relayed through the edge, which knows every mapping"
+                                  if self.edge else "not cached and no edge"})
+                else:
+                    self.cache.note_miss(vpc.vni, dst, now)
                 if self.edge is None:
-                    return self._drop(eni, Drop.NO_MAPPING_NO_EDGE)
-                self.to_edge += 1
+                    return self._drop(eni, Drop.NO_MAPPING_NO_EDGE, trace)
+                if trace is None:
+                    self.to_edge += 1
                 target = self.edge
-        stats = eni.stats
-        stats[TX_PACKETS] += segments
-        stats[TX_BYTES] += n
+        if trace is None:
+            stats = eni.stats
+            stats[TX_PACKETS] += segments
+            stats[TX_BYTES] += n
         return target

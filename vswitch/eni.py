@@ -10,7 +10,9 @@ import dataclasses
 import ipaddress
 
 from . import addresses
+from .conntrack import ConnTrack
 from .drops import new_counters
+from .policy import NetworkAclPolicy, SecurityGroupPolicy
 from .topology import reserved_addresses
 
 # Per-ENI traffic counters, by index into Eni.stats.
@@ -47,10 +49,20 @@ class Eni:
     ipv4_key: int = 0
     stats: list = dataclasses.field(default_factory=lambda: [0, 0, 0, 0])
     drops: list = dataclasses.field(default_factory=new_counters)
+    # The firewall's state (firewall.py). ``sg`` None: no policy at all (a static host config), open.
+    sg: SecurityGroupPolicy | None = None
+    sg_ids: tuple[str, ...] = ()
+    acl: NetworkAclPolicy | None = None  # the subnet's network ACL
+    ct: ConnTrack = dataclasses.field(default_factory=ConnTrack)
+    flow_logs: list = dataclasses.field(default_factory=list)  # FlowLogAggregator, one per flow log covering it
+    subnet_net: int = 0
+    subnet_mask: int = 0
 
     def __post_init__(self) -> None:
         self.number = addresses.eni_number(self.id)
         self.ipv4_key = addresses.key(self.ipv4.ip)
+        self.subnet_net = int(self.ipv4.network.network_address)
+        self.subnet_mask = int(self.ipv4.network.netmask)
 
 
 def reserved_keys(subnets) -> frozenset[int]:

@@ -13,10 +13,13 @@ Stages, each an early return with a reason (see ``Drop``):
                 are held (a few per source, for HOLD_TIME) while the cache asks the daemon, and checked
                 again by ``release`` when the answer arrives.
   5. dest       an ENI on this host owns the inner destination
-  6. deliver    the shell writes the inner packet (with its virtio header) to that ENI's TUN
+  6. firewall   entering its subnet, the network ACL; then the ENI's security groups (``firewall.py``)
+  7. deliver    the shell writes the inner packet (with its virtio header) to that ENI's TUN
 
 ``process`` returns the destination ``Eni`` or None for a drop (``last_drop`` says why). On success,
 ``inner_off`` and ``vnet_off`` (-1 if absent) locate the packet and its virtio header in the buffer.
+With a ``trace`` list it is a dry run (``vpc trace``): decisions are appended, nothing is counted,
+held, tracked or logged.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from . import geneve
 from .offload import wire_segments
 from .drops import Drop, new_counters
 from .eni import RX_BYTES, RX_PACKETS, Eni, VpcView
+from .firewall import Firewall
 from .headers import _V4_ADDRS
 from .mapping import MappingCache
 
@@ -45,8 +49,10 @@ class IngressPath:
     MAX_HELD_PER_SOURCE = 8
     MAX_HELD_SOURCES = 256
 
-    def __init__(self, cache: MappingCache, vpcs: dict[int, VpcView], edge_ip: str | None):
+    def __init__(self, cache: MappingCache, vpcs: dict[int, VpcView], edge_ip: str | None,
+                 firewall: Firewall | None = None):
         self.cache = cache
+        self.firewall = firewall or Firewall()
         self.vpcs = vpcs
         self.edge_ip = edge_ip
         self.drops = new_counters()
@@ -59,53 +65,69 @@ class IngressPath:
         self.held: dict[tuple[int, int], list[tuple[bytes, str, float]]] = {}
         self.held_total = 0  # packets ever held
 
-    def _drop(self, reason: Drop) -> None:
-        self.drops[reason] += 1
+    def _drop(self, reason: Drop, trace: list | None = None, eni: Eni | None = None) -> None:
         self.last_drop = reason
+        if trace is not None:
+            trace.append({"step": "drop", "result": "deny", "reason": reason.label})
+            return None
+        self.drops[reason] += 1
+        if eni is not None:
+            eni.drops[reason] += 1
         return None
 
-    def process(self, buf, n: int, outer_ip: str, now: float, hold: bool = True) -> Eni | None:
+    def process(self, buf, n: int, outer_ip: str, now: float, hold: bool = True,
+                trace: list | None = None) -> Eni | None:
         # 1. decap
         hdr = self._hdr
         inner = geneve.decode_into(buf, n, hdr)
         if inner < 0:
-            return self._drop(Drop(-1 - inner))
+            return self._drop(Drop(-1 - inner), trace)
         # 2. VNI
         vpc = self.vpcs.get(hdr[geneve.DECODE_VNI])
         if vpc is None:
-            return self._drop(Drop.UNKNOWN_VNI)
+            return self._drop(Drop.UNKNOWN_VNI, trace)
         # 3. inner packet
         addrs = inner_addresses(buf, inner, n, hdr[geneve.DECODE_PROTO])
         if addrs.__class__ is Drop:
-            return self._drop(addrs)
+            return self._drop(addrs, trace)
         src, dst = addrs
         # 4. source: the sender must own the inner source
         owner = vpc.mappings.get(src)
         relayed = outer_ip == self.edge_ip
         if relayed:
             if owner is not None and owner.eni != hdr[geneve.DECODE_ENI]:
-                return self._drop(Drop.SOURCE_ENI_MISMATCH)
+                return self._drop(Drop.SOURCE_ENI_MISMATCH, trace)
         elif owner is None:
-            if not hold:  # a held packet checked again: the daemon has answered, or time is up
-                return self._drop(Drop.UNKNOWN_SOURCE)
+            if not hold or trace is not None:  # a held packet checked again, or a dry run
+                return self._drop(Drop.UNKNOWN_SOURCE, trace)
             self.cache.note_miss(vpc.vni, src, now)
             if self._hold(vpc.vni, src, buf, n, outer_ip, now):
                 return None
             return self._drop(Drop.UNKNOWN_SOURCE)
         elif owner.host != outer_ip:
-            return self._drop(Drop.OUTER_SOURCE_MISMATCH)
+            return self._drop(Drop.OUTER_SOURCE_MISMATCH, trace)
         elif owner.eni != hdr[geneve.DECODE_ENI]:
-            return self._drop(Drop.SOURCE_ENI_MISMATCH)
+            return self._drop(Drop.SOURCE_ENI_MISMATCH, trace)
         # 5. destination ENI on this host
         eni = vpc.local.get(dst)
         if eni is None:
-            return self._drop(Drop.UNKNOWN_DESTINATION)
+            return self._drop(Drop.UNKNOWN_DESTINATION, trace)
+        if trace is not None:
+            trace.append({"step": "underlay", "result": "allow",
+                          "detail": f"from host {outer_ip}{' (the edge)' if relayed else ''}, to {eni.id}"})
+        vnet = hdr[geneve.DECODE_VNET]
+        # A super-packet counts as the packets it carries (gso_type is the virtio header's 2nd byte).
+        segments = wire_segments(buf, vnet, inner, n) if vnet >= 0 and buf[vnet + 1] else 1
+        # 6. the destination's network ACL and security groups
+        refused = self.firewall.admit(eni, buf, inner, n - inner, False, now, segments, trace)
+        if refused is not None:
+            return self._drop(refused, trace, eni)
+        if trace is not None:
+            return eni
         if relayed:
             self.from_edge += 1
         self.inner_off = inner
-        vnet = self.vnet_off = hdr[geneve.DECODE_VNET]
-        # A super-packet counts as the packets it carries (gso_type is the virtio header's 2nd byte).
-        segments = wire_segments(buf, vnet, inner, n) if vnet >= 0 and buf[vnet + 1] else 1
+        self.vnet_off = vnet
         stats = eni.stats
         stats[RX_PACKETS] += segments
         stats[RX_BYTES] += n - inner

@@ -1036,7 +1036,20 @@ def test_infra_desired_lists_hosts_vpcs_and_every_eni(api, alice, bob):
     assert e == {"id": moved["eni_id"], "vni": vpcs[b["vpcs"]]["vni"], "vpc_id": b["vpcs"], "private_ip": "10.0.2.10",
                  "prefixlen": 24, "host": "h2", "underlay_ip": HOSTS["h2"], "instance": "db",
                  "instance_id": moved["id"], "account": api.account_id(bob), "source_dest_check": False,
-                 "interface_type": "tap"}
+                 "interface_type": "tap", "subnet_id": moved["subnet_id"],
+                 "security_group_ids": moved["security_group_ids"],
+                 "connection_tracking": {"tcp_established_timeout": 432000, "udp_stream_timeout": 180,
+                                         "udp_timeout": 30, "max_tracked_flows": 65536}}
+    # Policy travels with the view: every group, ACL, subnet (with its ACL) and flow log.
+    groups = {g["id"]: g for g in view["security_groups"]}
+    assert set(moved["security_group_ids"]) <= set(groups)
+    assert all(set(g) == {"id", "account", "vpc_id", "ingress", "egress"} for g in groups.values())
+    subnets = {s["id"]: s for s in view["subnets"]}
+    acls = {a["id"]: a for a in view["network_acls"]}
+    assert subnets[moved["subnet_id"]]["network_acl_id"] in acls
+    default_acl = acls[subnets[moved["subnet_id"]]["network_acl_id"]]
+    assert sorted((x["rule_number"], x["egress"], x["cidr"]) for x in default_acl["entries"]) == [
+        (100, False, "0.0.0.0/0"), (100, True, "0.0.0.0/0"), (101, False, "::/0"), (101, True, "::/0")]
     assert (enis[a["network-interfaces"]]["host"], enis[a["network-interfaces"]]["underlay_ip"]) == ("h1", HOSTS["h1"])
     assert enis[a["network-interfaces"]]["account"] == api.account_id(alice)
 

@@ -5,7 +5,12 @@
     GET    /v1/<collection>/<id>     describe
     PATCH  /v1/<collection>/<id>     change
     DELETE /v1/<collection>/<id>     delete
-plus accounts, hosts, the audit log and /healthz. The OpenAPI document is at /openapi.json.
+plus accounts, hosts, the audit log, /healthz, and the records of flow logs:
+
+    POST   /v1/flow-logs/<id>/records   deliver one window's records (admin: the host agents)
+    GET    /v1/flow-logs/<id>/records   the delivered records (?start= &end= &limit=)
+
+The OpenAPI document is at /openapi.json.
 
 Every call carries ``Authorization: Bearer <token>``. Errors are ``{"error": {"status", "message",
 "field"}}``; every mutating call, refused or not, lands in the audit log with its request id
@@ -16,13 +21,13 @@ Every call carries ``Authorization: Bearer <token>``. Errors are ``{"error": {"s
 
 import re
 import secrets
-from typing import Optional
+from typing import Annotated, Optional
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..store import StoreError
 from . import resources as r
@@ -38,6 +43,26 @@ class AccountCreate(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+# Unix seconds up to 9999-12-31T23:59:59Z: beyond it a time has no date to name a file by.
+MAX_UNIX_TIME = 253402300799
+FlowLogLine = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[!-~]+( [!-~]+)*$")]
+
+
+class FlowLogRecordsPut(BaseModel):
+    """One capture window's records of a flow log, from one host (see ControlPlane.put_flow_log_records)."""
+    model_config = ConfigDict(extra="forbid")
+    records: list[FlowLogLine] = Field(min_length=1, max_length=100_000)
+    window_start: float = Field(ge=0, le=MAX_UNIX_TIME, allow_inf_nan=False)
+    window_end: float = Field(ge=0, le=MAX_UNIX_TIME, allow_inf_nan=False)
+    host: r.HostName
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.window_end < self.window_start:
+            raise ValueError("window_end is before window_start")
+        return self
+
+
 def action_for(method: str, path: str) -> tuple[str, Optional[str]]:
     """The audit action and resource of a call from its method and path (used when a request is
     refused before its route runs, e.g. by body validation)."""
@@ -47,6 +72,9 @@ def action_for(method: str, path: str) -> tuple[str, Optional[str]]:
     kind = r.KINDS.get(parts[0])
     noun = _action(kind) if kind else parts[0].rstrip("s").capitalize()
     verb = {"POST": "Create", "PATCH": "Modify", "DELETE": "Delete", "PUT": "Put"}.get(method, method)
+    if len(parts) > 2:  # a resource's sub-collection: POST /v1/flow-logs/<id>/records is PutFlowLogRecords
+        noun += "".join(p.capitalize() for p in parts[2].split("-"))
+        verb = "Put" if method == "POST" else verb
     return verb + noun, parts[1] if len(parts) > 1 else None
 
 
@@ -162,6 +190,23 @@ def build_app(cp: ControlPlane) -> FastAPI:
     async def audit(since: float = Query(0, ge=0), limit: int = Query(1000, ge=1, le=10000),
                     c: Caller = Depends(caller)):
         return await cp.audit_log(c, since, limit)
+
+    @app.post("/v1/flow-logs/{resource_id}/records", status_code=201, tags=["flow-logs"],
+              name="put-fl-records")
+    async def put_flow_log_records(resource_id: str, body: FlowLogRecordsPut, c: Caller = Depends(caller)):
+        """Deliver one capture window's records (admin: the host agents). Written as one gzip file in the
+        cloud's S3 layout; a repeated delivery rewrites the same file."""
+        return await cp.put_flow_log_records(c, resource_id, body.records, body.window_start, body.window_end,
+                                             body.host)
+
+    @app.get("/v1/flow-logs/{resource_id}/records", tags=["flow-logs"], name="get-fl-records")
+    async def flow_log_records(resource_id: str,
+                               start: Optional[float] = Query(None, ge=0, le=MAX_UNIX_TIME, allow_inf_nan=False),
+                               end: Optional[float] = Query(None, ge=0, le=MAX_UNIX_TIME, allow_inf_nan=False),
+                               limit: int = Query(10000, ge=1, le=100_000), c: Caller = Depends(caller)):
+        """The flow log's delivered records, oldest first (the newest ``limit``); with ``start``/``end``
+        (Unix seconds) those whose [start, end] overlaps them."""
+        return await cp.flow_log_records(c, resource_id, start, end, limit)
 
     for kind in r.KINDS.values():
         _routes(app, cp, kind, caller)

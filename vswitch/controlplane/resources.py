@@ -123,6 +123,15 @@ class HostCreate(Body):
     underlay_ip: IPv4
 
 
+class ConnectionTracking(Body):
+    """Per-ENI idle timeouts (the cloud's ranges) and the size of its flow table (ours: the cloud's
+    limit depends on the instance size; 65,536 flows cost about 25 MB here)."""
+    tcp_established_timeout: int = Field(432000, ge=60, le=432000)
+    udp_stream_timeout: int = Field(180, ge=60, le=180)
+    udp_timeout: int = Field(30, ge=30, le=60)
+    max_tracked_flows: int = Field(65536, ge=1, le=2_000_000)
+
+
 class InstanceCreate(Body):
     name: HostName
     subnet_id: SubnetId
@@ -131,6 +140,7 @@ class InstanceCreate(Body):
     security_group_ids: Optional[list[SgId]] = Field(None, max_length=5)  # default: the VPC's default
     source_dest_check: bool = True
     interface_type: Literal["tun", "tap"] = "tun"
+    connection_tracking: ConnectionTracking = Field(default_factory=ConnectionTracking)
 
 
 class InstanceUpdate(Body):
@@ -138,6 +148,7 @@ class InstanceUpdate(Body):
     host: Optional[HostName] = None  # moving an instance to another host
     security_group_ids: Optional[list[SgId]] = Field(None, min_length=1, max_length=5)
     source_dest_check: Optional[bool] = None
+    connection_tracking: Optional[ConnectionTracking] = None
 
 
 # --- security groups ---------------------------------------------------------------------------------
@@ -332,8 +343,13 @@ FLOW_LOG_FIELDS = (
     "flow-direction traffic-path").split()
 
 
+def log_format_fields(value: str) -> list[str]:
+    """The field names of a flow log format (``${name}`` tokens separated by spaces), unchecked."""
+    return value.replace("${", " ").replace("}", " ").split()
+
+
 def _log_format(value: str) -> str:
-    fields = value.replace("${", " ").replace("}", " ").split()
+    fields = log_format_fields(value)
     unknown = [f for f in fields if f not in FLOW_LOG_FIELDS]
     if not fields or unknown:
         raise ValueError(f"unknown flow log fields {unknown}; known: {' '.join(FLOW_LOG_FIELDS)}")

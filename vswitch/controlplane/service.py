@@ -16,26 +16,35 @@ Store layout (values are JSON)::
     /audit/<time-ns>-<request-id>  {time, account, action, resource, request_id, source, status, message}
     /meta/serial                   bumped by every write
 
+Flow log records are not in the store: each delivered window is a gzip file under ``flow_log_dir``, in
+the cloud's S3 layout (``put_flow_log_records``).
+
 Another account's resource answers 404, exactly like one that does not exist, so ids do not leak.
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import ipaddress
 import json
+import os
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
+from .. import flowlog
 from ..store import Conflict, Store, Txn
 from . import resources as r
 from .ids import kind_of, new_id
 
 RETRIES = 20
+DEFAULT_FLOW_LOG_DIR = "/var/lib/userspace-vpc/flow-logs"
 
 
 class ApiError(Exception):
@@ -87,9 +96,10 @@ class Snapshot:
 
 
 class ControlPlane:
-    def __init__(self, store: Store, region: str = "lab-1"):
+    def __init__(self, store: Store, region: str = "lab-1", flow_log_dir: str | None = None):
         self.store = store
         self.region = region
+        self._flow_log_dir = flow_log_dir  # None: see the flow_log_dir property
         # Writers in this process take turns; the serial compare then only arbitrates between processes.
         self._writing: asyncio.Lock | None = None
         self._writing_loop = None
@@ -234,9 +244,19 @@ class ControlPlane:
                          "underlay_ip": hosts.get(e["host"], {}).get("underlay_ip"),
                          "instance": inst.get("name", ""), "instance_id": e["instance_id"],
                          "account": e["account"], "source_dest_check": e["source_dest_check"],
-                         "interface_type": e["interface_type"]})
+                         "interface_type": e["interface_type"], "subnet_id": e["subnet_id"],
+                         "security_group_ids": e["security_group_ids"],
+                         "connection_tracking": e.get("connection_tracking")})
+
+        def of(prefix: str, *fields: str) -> list[dict]:
+            return [{f: x.get(f) for f in ("id", "account", *fields)} for x in recs if kind_of(x["id"]) == prefix]
+
         return {"revision": serial.mod_revision if serial else 0, "hosts": list(hosts.values()),
-                "vpcs": vpcs, "enis": enis}
+                "vpcs": vpcs, "enis": enis,
+                "subnets": of("subnet", "vpc_id", "cidr_block", "network_acl_id"),
+                "security_groups": of("sg", "vpc_id", "ingress", "egress"),
+                "network_acls": of("acl", "vpc_id", "entries"),
+                "flow_logs": of("fl", "resource_id", "traffic_type", "log_format", "max_aggregation_interval")}
 
     async def wait_for_change(self, after: int, timeout: float) -> None:
         """Return once a write newer than serial revision ``after`` exists, or after ``timeout``."""
@@ -277,6 +297,84 @@ class ControlPlane:
             if a["time"] >= since and (caller.admin or a["account"] == caller.account):
                 out.append(a)
         return out[-limit:]
+
+    # --- flow log records ----------------------------------------------------------------------------
+    @property
+    def flow_log_dir(self) -> str:
+        """Where delivered flow log files go: the configured directory, else ``flow-logs`` next to a
+        SQLite store's file, else DEFAULT_FLOW_LOG_DIR. Resolved on use: tests and the fuzz harness
+        give the control plane its store after constructing it."""
+        if self._flow_log_dir:
+            return self._flow_log_dir
+        from ..store.sqlite import SqliteStore
+        if isinstance(self.store, SqliteStore):
+            return str(Path(self.store.path).parent / "flow-logs")
+        return DEFAULT_FLOW_LOG_DIR
+
+    async def _flow_log_anywhere(self, fl_id: str) -> dict:
+        """A flow log of any account (the agents deliver for every account)."""
+        if kind_of(fl_id) == "fl":
+            suffix = "/" + fl_id
+            for x in await self.store.range("/res/"):
+                if x.key.endswith(suffix):
+                    return json.loads(x.value)
+        raise not_found(fl_id)
+
+    async def put_flow_log_records(self, caller: Caller, fl_id: str, records: list[str], window_start: float,
+                                   window_end: float, host: str) -> dict:
+        """Deliver one capture window's records of a flow log (admin: the host agents): one gzip file in
+        the cloud's S3 layout under ``flow_log_dir``, named after the window's end (UTC)::
+
+            AWSLogs/<account>/vpcflowlogs/<region>/YYYY/MM/DD/
+                <account>_vpcflowlogs_<region>_<fl-id>_<YYYYMMDDTHHmmZ>_<hash>.log.gz
+
+        holding the header line (the format's field names), then one record per line. ``hash`` is made
+        from the host, the window and the records, so a delivery repeated after a lost answer rewrites
+        the same file instead of duplicating its records. The file is written whole under a temporary
+        name, synced, then renamed: a reader never sees half of it. Only the audit record goes to the
+        store, and it does not bump ``/meta/serial``: deliveries change no resource, so agents' long
+        polls are not woken by them.
+        """
+        if not caller.admin:
+            raise ApiError(403, "delivering flow log records needs an admin (infrastructure) token")
+        rec = await self._flow_log_anywhere(fl_id)
+        spec = flowlog.FlowLogSpec.from_resource(rec)
+        if not records:
+            raise ApiError(422, "no records", "records")
+        for i, line in enumerate(records):
+            if not isinstance(line, str) or "\n" in line or "\r" in line \
+                    or len(line.split(" ")) != len(spec.fields):
+                raise ApiError(422, f"expected {len(spec.fields)} values separated by single spaces "
+                                    f"({flowlog.header(spec)}), got {str(line)[:200]!r}", f"records[{i}]")
+        if not 0 <= window_start <= window_end:
+            raise ApiError(422, f"window_start {window_start} must be >= 0 and <= window_end {window_end}",
+                           "window_start")
+        text = flowlog.header(spec) + "\n" + "\n".join(records) + "\n"
+        digest = hashlib.sha256(f"{host}\0{window_start!r}\0{window_end!r}\0".encode() + text.encode())
+        when = time.gmtime(int(window_end))
+        account, region = rec["account"], self.region
+        key = (f"AWSLogs/{account}/vpcflowlogs/{region}/{time.strftime('%Y/%m/%d', when)}/"
+               f"{account}_vpcflowlogs_{region}_{fl_id}_{time.strftime('%Y%m%dT%H%MZ', when)}_"
+               f"{digest.hexdigest()[:8]}.log.gz")
+        try:
+            await asyncio.to_thread(_write_gzip_atomically, Path(self.flow_log_dir) / key, text)
+        except OSError as e:
+            raise ApiError(503, f"cannot write flow log records under {self.flow_log_dir}: "
+                                f"{e.strerror or e}") from None
+        await self.store.commit(Txn(puts={self._audit_key(caller): _dumps(self._audit(
+            caller, "PutFlowLogRecords", fl_id, 201, f"ok: {len(records)} records from {host}"))}))
+        return {"flow_log_id": fl_id, "key": key, "records": len(records)}
+
+    async def flow_log_records(self, caller: Caller, fl_id: str, start: float | None = None,
+                               end: float | None = None, limit: int = 10000) -> dict:
+        """The delivered records of one of the caller's flow logs, oldest first, the newest ``limit``:
+        ``{"flow_log_id", "fields": [...], "records": [[value, ...], ...]}``. With ``start``/``end``
+        (Unix seconds), the records whose [start, end] overlaps [start, end]."""
+        rec = await self.get(caller, "flow-logs", fl_id)
+        fields = list(flowlog.FlowLogSpec.from_resource(rec).fields)
+        rows = await asyncio.to_thread(_read_flow_log_files, Path(self.flow_log_dir), rec["account"], fl_id,
+                                       fields, start, end, max(1, limit))
+        return {"flow_log_id": fl_id, "fields": fields, "records": rows}
 
     # --- resources: write --------------------------------------------------------------------------
     async def create(self, caller: Caller, collection: str, body: r.Body) -> dict:
@@ -342,8 +440,9 @@ class ControlPlane:
                 "vpc_id": rid, "name": "main", "main": True, "routes": []}),
             self._key(caller, acl): self._rec(caller, r.KINDS["network-acls"], acl, {
                 "vpc_id": rid, "name": "default", "default": True, "entries": [
-                    {"rule_number": 100, "egress": e, "protocol": "-1", "action": "allow", "cidr": "0.0.0.0/0",
-                     "from_port": -1, "to_port": -1} for e in (False, True)]}),
+                    {"rule_number": number, "egress": e, "protocol": "-1", "action": "allow", "cidr": cidr,
+                     "from_port": -1, "to_port": -1}
+                    for e in (False, True) for number, cidr in ((100, "0.0.0.0/0"), (101, "::/0"))]}),
             self._key(caller, sg): self._rec(caller, r.KINDS["security-groups"], sg, {
                 "vpc_id": rid, "name": "default", "default": True,
                 "description": "default VPC security group",
@@ -443,7 +542,7 @@ class ControlPlane:
         eni = new_id("eni")
         common = {"subnet_id": subnet["id"], "vpc_id": vpc["id"], "host": body.host, "private_ip": str(ip),
                   "security_group_ids": groups, "source_dest_check": body.source_dest_check,
-                  "interface_type": body.interface_type}
+                  "interface_type": body.interface_type, "connection_tracking": body.connection_tracking.model_dump()}
         puts = {self._key(caller, eni): self._rec(caller, r.KINDS["network-interfaces"], eni,
                                                    {**common, "instance_id": rid})}
         rec = self._rec(caller, r.KINDS["instances"], rid, {"name": body.name, **common, "eni_id": eni})
@@ -458,8 +557,9 @@ class ControlPlane:
             self._groups(snap, old["vpc_id"], changes["security_group_ids"])
         rec = {**old, **changes}
         eni = dict(snap.get(old["eni_id"], "eni"))
-        for k in ("host", "security_group_ids", "source_dest_check"):
-            eni[k] = rec[k]
+        for k in ("host", "security_group_ids", "source_dest_check", "connection_tracking"):
+            if k in rec:
+                eni[k] = rec[k]
         puts[self._key(caller, eni["id"])] = eni
         return rec
 
@@ -648,3 +748,84 @@ def _action(kind: r.Kind) -> str:
     """``network-acls`` → ``NetworkAcl`` (audit action names, as in the cloud's API)."""
     singular = kind.collection[:-1] if kind.collection.endswith("s") else kind.collection
     return "".join(p.capitalize() for p in singular.split("-"))
+
+
+# --- flow log files (blocking I/O: run in a thread) ----------------------------------------------------
+def _write_gzip_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # not *.log.gz: readers skip it
+    try:
+        with open(tmp, "wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+                gz.write(text.encode())
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)  # the rename is durable once the directory is
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_minute(name: str) -> int | None:
+    """The Unix time of the YYYYMMDDTHHmmZ part of a flow log file's name (its window's end, minute)."""
+    try:
+        return calendar.timegm(time.strptime(name.rsplit("_", 2)[1], "%Y%m%dT%H%MZ"))
+    except (IndexError, ValueError):
+        return None
+
+
+def _read_flow_log_files(base: Path, account: str, fl_id: str, fields: list[str], start: float | None,
+                         end: float | None, limit: int) -> list[list[str]]:
+    files = []
+    for path in (base / "AWSLogs" / account / "vpcflowlogs").glob(f"*/*/*/*/{account}_vpcflowlogs_*_{fl_id}_*.log.gz"):
+        minute = _file_minute(path.name)
+        # Records end before their window does, and the file's minute is the window end's: none can
+        # reach ``start`` when the minute is a full minute before it.
+        if minute is None or (start is not None and minute + 60 <= start):
+            continue
+        try:
+            files.append((minute, path.stat().st_mtime_ns, path.name, path))
+        except OSError:
+            continue  # removed meanwhile
+    files.sort()
+    at_start = fields.index("start") if "start" in fields else None
+    at_end = fields.index("end") if "end" in fields else None
+    chunks, total = [], 0
+    for minute, _, _, path in reversed(files):  # newest first, until ``limit`` records are found
+        try:
+            with gzip.open(path, "rt") as f:
+                lines = f.read().splitlines()
+        except (OSError, EOFError, UnicodeDecodeError):
+            continue  # unreadable: skipped rather than failing every read of the flow log
+        if not lines:
+            continue
+        names = lines[0].split(" ")
+        pick = None if names == fields else [names.index(x) if x in names else None for x in fields]
+        rows = []
+        for line in lines[1:]:
+            values = line.split(" ")
+            if len(values) != len(names):
+                continue
+            row = values if pick is None else [values[i] if i is not None else "-" for i in pick]
+            first = _int_or(row[at_start] if at_start is not None else "-", minute)
+            last = _int_or(row[at_end] if at_end is not None else "-", minute + 59)
+            if (start is None or last >= start) and (end is None or first <= end):
+                rows.append(row)
+        chunks.append(rows)
+        total += len(rows)
+        if total >= limit:
+            break
+    out = [row for rows in reversed(chunks) for row in rows]
+    return out[-limit:]
+
+
+def _int_or(text: str, default: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return default

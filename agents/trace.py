@@ -1,0 +1,85 @@
+"""``vpc trace``: follow one packet through the data path, decision by decision.
+
+The packet (a TCP SYN, a UDP datagram or an ICMP echo request from the source instance's address) is
+built here and handed to the agents that would carry it, which run their real egress and ingress code
+on it as a dry run (``EgressPath.process`` / ``IngressPath.process`` with a ``trace`` list): the same
+source/destination check, route, security group and network ACL evaluation, conntrack lookup and
+mapping lookup as live traffic — with nothing counted, tracked or logged.
+
+    source host agent:  trace      → steps, and either a local delivery or (underlay host, datagram)
+    destination agent:  trace_in   → the steps of that datagram arriving from the underlay
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import random
+
+from vswitch import control
+from vswitch.headers import ICMP, TCP, UDP, ipv4_packet
+
+PROTOCOLS = ("tcp", "udp", "icmp")
+
+
+def build_packet(src: str, dst: str, protocol: str, port: int | None, sport: int | None = None) -> bytes:
+    """The first packet of a flow: a TCP SYN, a UDP datagram, an ICMP echo request."""
+    sport = sport or random.randint(32768, 60999)  # Linux's ephemeral range
+    if protocol == "tcp":
+        return ipv4_packet(src, dst, TCP(sport, port or 80, seq=random.getrandbits(32), flags=TCP.SYN, window=64240))
+    if protocol == "udp":
+        return ipv4_packet(src, dst, UDP(sport, port or 53, b"trace"))
+    if protocol == "icmp":
+        return ipv4_packet(src, dst, ICMP(8, 0, bytes([0x7E, 0x57, 0, 1]) + b"trace"))
+    raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+
+
+def trace(state: dict, instances: dict, source: str, destination: str, protocol: str = "tcp",
+          port: int | None = None, sport: int | None = None) -> dict:
+    """``state``: the lab state (components and their control sockets); ``instances``: name → {ip,
+    host, ...}. ``destination``: an instance name or an address. Returns {packet, steps, verdict}."""
+    if source not in instances:
+        raise ValueError(f"no instance {source!r}; there are: {', '.join(sorted(instances))}")
+    dst = instances[destination]["ip"] if destination in instances else str(ipaddress.IPv4Address(destination))
+    src_inst = instances[source]
+    hosts = {c["underlay_ip"]: (name, c) for name, c in state["components"].items() if c["role"] == "host_agent"}
+    by_name = {name: c for _, (name, c) in hosts.items()}
+    packet = build_packet(src_inst["ip"], dst, protocol, port, sport)
+    first = by_name[src_inst["host"]]
+    out = control.request(first["socket"], {"op": "trace", "instance": source,
+                                            "packet": base64.b64encode(packet).decode()}, timeout=5)
+    if "error" in out:
+        raise RuntimeError(out["error"])
+    steps = [{"host": src_inst["host"], **s} for s in out["steps"]]
+    delivered = out.get("delivered", False)
+    if "underlay" in out:
+        peer = hosts.get(out["underlay"])
+        if peer is None:
+            steps.append({"host": "edge", "step": "edge", "result": "allow",
+                          "detail": f"sent to the edge at {out['underlay']}; the trace ends here"})
+        else:
+            back = control.request(peer[1]["socket"], {"op": "trace_in", "datagram": out["datagram"],
+                                                       "outer_ip": out["outer_ip"]}, timeout=5)
+            if "error" in back:
+                raise RuntimeError(back["error"])
+            steps += [{"host": peer[0], **s} for s in back["steps"]]
+            delivered = back.get("delivered", False)
+    denied = next((s for s in steps if s.get("result") == "deny" and s.get("rule")), None)
+    return {"packet": _summary(protocol, src_inst["ip"], dst, port), "steps": steps,
+            "verdict": "delivered" if delivered else "dropped",
+            "denied_by": denied["rule"] if denied else None}
+
+
+def _summary(protocol: str, src: str, dst: str, port: int | None) -> str:
+    return f"{protocol} {src} → {dst}" + (f":{port}" if port and protocol != "icmp" else "")
+
+
+def render(result: dict) -> str:
+    lines = [f"trace {result['packet']}"]
+    for s in result["steps"]:
+        what = s.get("rule") or s.get("reason") or ""
+        detail = s.get("detail")
+        lines.append(f"  [{s['host']}] {s['step']:<28} {s.get('result', ''):<6} {what}"
+                     + (f" ({detail})" if detail else ""))
+    lines.append(f"verdict: {result['verdict']}" + (f", denied by {result['denied_by']}" if result["denied_by"] else ""))
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""The firewall state of one host's ENIs, compiled from the control plane's desired view.
+
+For each ENI the agent serves: its security groups (``SecurityGroupPolicy``: the groups' rules, with
+group peers resolved to the private addresses of their members), its subnet's network ACL
+(``NetworkAclPolicy``) and its connection-tracking settings. Pure: the agent hands in the view and
+its ``Eni`` objects, nothing here does I/O.
+
+Compiled objects are reused while their inputs are unchanged, and only then. That matters beyond
+saving work: a flow remembers the ACL object that allowed it (``firewall.py``), so a new object makes
+every flow ask the ACL again — right when the ACL changed, wasted work when it did not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+
+from .conntrack import Timeouts
+from .policy import NetworkAclPolicy, SecurityGroupPolicy
+
+DEFAULT_MAX_FLOWS = 65536
+
+
+def timeouts_of(spec: dict | None) -> tuple[Timeouts, int]:
+    """The ENI's ``connection_tracking`` record → (Timeouts, flow table size)."""
+    spec = spec or {}
+    timeouts = Timeouts(tcp_established=spec.get("tcp_established_timeout", 432000),
+                        udp_stream=spec.get("udp_stream_timeout", 180),
+                        udp_single=spec.get("udp_timeout", 30))
+    return timeouts, spec.get("max_tracked_flows", DEFAULT_MAX_FLOWS)
+
+
+@dataclasses.dataclass
+class Applied:
+    """What ``apply`` changed, for the agent's log."""
+
+    groups_compiled: int = 0
+    acls_compiled: int = 0
+    enis_changed: list[str] = dataclasses.field(default_factory=list)
+
+
+class HostPolicy:
+    def __init__(self) -> None:
+        self._sg: dict[bytes, SecurityGroupPolicy] = {}  # inputs (groups + members) → compiled
+        self._acl: dict[str, tuple[bytes, NetworkAclPolicy]] = {}  # ACL id → (its entries, compiled)
+
+    def apply(self, view: dict, enis: dict[str, object], complete: bool = True) -> Applied:
+        """Give every ``Eni`` in ``enis`` (by id) the policy the view says. ENIs missing from the view
+        keep theirs (the agent detaches them separately). ``complete``: ``enis`` are all the host's
+        ENIs, so compiled objects nobody uses any more can go; else (one ENI being attached) keep them."""
+        done = Applied()
+        records = {e["id"]: e for e in view["enis"]}
+        groups = {g["id"]: g for g in view.get("security_groups", ())}
+        acls = {a["id"]: a for a in view.get("network_acls", ())}
+        subnets = {s["id"]: s for s in view.get("subnets", ())}
+        members: dict[str, list[str]] = {}
+        for e in view["enis"]:
+            for g in e.get("security_group_ids") or ():
+                members.setdefault(g, []).append(e["private_ip"])
+        sg_keep, acl_keep = {}, {}
+        for eni_id, eni in enis.items():
+            rec = records.get(eni_id)
+            if rec is None:
+                continue
+            ids = tuple(rec.get("security_group_ids") or ())
+            mine = [groups[g] for g in ids if g in groups]
+            peers = sorted({r["source_group_id"] for g in mine for r in g["ingress"] + g["egress"]
+                            if r.get("source_group_id")})
+            peer_members = {p: sorted(members.get(p, ())) for p in peers}
+            fingerprint = orjson.dumps([mine, peer_members], option=orjson.OPT_SORT_KEYS)
+            sg = sg_keep.get(fingerprint) or self._sg.get(fingerprint)
+            if sg is None:
+                sg = SecurityGroupPolicy.compile(mine, peer_members)
+                done.groups_compiled += 1
+            sg_keep[fingerprint] = sg
+
+            acl = None
+            subnet = subnets.get(rec.get("subnet_id"))
+            acl_rec = acls.get(subnet["network_acl_id"]) if subnet else None
+            if acl_rec is not None:
+                entries = orjson.dumps(acl_rec["entries"], option=orjson.OPT_SORT_KEYS)
+                cached = acl_keep.get(acl_rec["id"]) or self._acl.get(acl_rec["id"])
+                if cached is None or cached[0] != entries:
+                    cached = (entries, NetworkAclPolicy.compile(acl_rec))
+                    done.acls_compiled += 1
+                acl_keep[acl_rec["id"]] = cached
+                acl = cached[1]
+
+            timeouts, max_flows = timeouts_of(rec.get("connection_tracking"))
+            if eni.sg is not sg or eni.acl is not acl or eni.sg_ids != ids or \
+                    eni.ct.timeouts != timeouts or eni.ct.max_flows != max_flows:
+                eni.sg, eni.acl, eni.sg_ids = sg, acl, ids
+                eni.ct.configure(timeouts, max_flows)
+                done.enis_changed.append(eni_id)
+        if complete:
+            self._sg, self._acl = sg_keep, acl_keep
+        else:
+            self._sg.update(sg_keep)
+            self._acl.update(acl_keep)
+        return done
