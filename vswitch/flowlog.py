@@ -60,8 +60,8 @@ What is logged, and what is not (as in the cloud)
       directions.
     - Not logged: packets dropped for other reasons (a spoofed source, no route, no mapping, malformed,
       too big: see ``drops.py``, which counts them), and traffic to or from the VPC's reserved
-      addresses: the router (.1), the DNS resolver (.2, and 169.254.169.253), DHCP, and the instance
-      metadata service (169.254.169.254). The caller does not call ``add`` for them.
+      addresses: the router (.1), the DNS resolver (base + 2), DHCP, and the instance metadata service
+      (169.254.169.254). The caller does not call ``add`` for them.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ FIELD_VERSION = {f: 5 if f in _V5 else 3 if f in _V3 else 2 for f in FLOW_LOG_FI
 IDENTITY_FIELDS = ("version", "account-id", "interface-id", "vpc-id", "subnet-id", "instance-id")
 
 TCP_FLAG_MASK = 0x3F  # FIN, SYN, RST, PSH, ACK, URG: the flags the records report
-_TCP, _ICMP, _ICMPV6 = 6, 1, 58
+_TCP = 6
 ABSENT = "-"
 
 
@@ -183,7 +183,7 @@ class FlowLogAggregator:
         """
         if not (self._log_accepted if accepted else self._log_rejected):
             return
-        if proto == _ICMP or proto == _ICMPV6:
+        if proto == 1 or proto == 58:  # ICMP, ICMPv6 (literals: no global lookups per packet)
             sport = dport = 0
         key = (egress, accepted, proto, src, dst, sport, dport)
         flow = self._flows.get(key)
@@ -207,7 +207,8 @@ class FlowLogAggregator:
         offset = wall - now  # monotonic -> Unix
         start, end = int(self.window_start + offset), int(wall)
         fields = self.spec.fields
-        out = [_line(fields, self._flow_values(key, flow, offset))
+        names: dict[int, str] = {}  # address text, once per address: records of one ENI share addresses
+        out = [_line(fields, self._flow_values(key, flow, offset, names))
                for key, flow in sorted(self._flows.items(), key=lambda kv: (kv[1][3], kv[0]))]
         if self._skipped_packets or self._skipped_bytes:
             out.append(_line(fields, _marker(self._identity, start, end, "SKIPDATA")))
@@ -229,10 +230,11 @@ class FlowLogAggregator:
         return {"flows": len(self._flows), "skipped_packets": self._skipped_packets,
                 "skipped_bytes": self._skipped_bytes, "totals": dict(self.totals)}
 
-    def _flow_values(self, key: tuple, flow: list, offset: float) -> dict[str, str]:
+    def _flow_values(self, key: tuple, flow: list, offset: float, names: dict[int, str]) -> dict[str, str]:
         egress, accepted, proto, src, dst, sport, dport = key
         packets, nbytes, flags, first, last = flow
-        src_text, dst_text = addresses.text(src), addresses.text(dst)
+        src_text = names.get(src) or names.setdefault(src, addresses.text(src))
+        dst_text = names.get(dst) or names.setdefault(dst, addresses.text(dst))
         # The addresses in the packet; they differ from srcaddr/dstaddr only behind NAT, which the data
         # path does not do yet.
         pkt_src_text, pkt_dst_text = src_text, dst_text

@@ -918,3 +918,38 @@ def test_memory_per_flow():
     per_flow = flow_memory_bytes(20_000)
     print(f"\nconntrack: {per_flow:.0f} bytes per established TCP flow (20,000 flows, tracemalloc)")
     assert per_flow < 400
+
+
+# --- the wire fast path ----------------------------------------------------------------------------
+WIRE_PACKET = st.tuples(st.booleans(), st.sampled_from(["tcp", "udp", "icmp"]),
+                        st.sampled_from([SYN, SYN | ACK, ACK, ACK | PSH, FIN | ACK, RST, 0, SYN | FIN]),
+                        st.integers(0, 3000), st.integers(0, 3000), st.integers(0, 64), st.floats(0, 50))
+
+
+@FAST
+@given(st.lists(WIRE_PACKET, max_size=60))
+def test_lookup_wire_agrees_with_lookup(packets):
+    """Two trackers fed the same packets: one parses every packet (``lookup``), the other tries
+    ``lookup_wire`` first as the firewall does. Same verdicts, same table, same counters."""
+    parsed, wire = ConnTrack(), ConnTrack()
+    now = 0.0
+    for out, proto, flags, seq, ack, n, step in packets:
+        now += step
+        src, dst, sport, dport = (LOCAL, REMOTE, 40000, 443) if out else (REMOTE, LOCAL, 443, 40000)
+        if proto == "tcp":
+            raw = ipv4_packet(src, dst, TCP(sport, dport, seq=seq, ack=ack, flags=flags, payload=b"x" * n))
+        elif proto == "udp":
+            raw = ipv4_packet(src, dst, UDP(sport, dport, b"x" * n))
+        else:
+            raw = ipv4_packet(src, dst, ICMP(8 if out else 0, 0, b"\x00\x01\x00\x01"))
+        buf = bytearray(raw)
+        pkt = packet_info(buf, 0, len(buf))
+        v1 = parsed.lookup(pkt, out, now)
+        v2 = wire.lookup_wire(buf, 0, len(buf), out, now)
+        if v2 is None:
+            v2 = wire.lookup(packet_info(buf, 0, len(buf)), out, now)
+        assert v1 == v2
+        if v1 is NEW:
+            assert parsed.create(pkt, out, now) == wire.create(packet_info(buf, 0, len(buf)), out, now)
+        assert parsed.entries() == wire.entries()
+        assert parsed.stats() == wire.stats()
