@@ -19,6 +19,7 @@ import asyncio
 import base64
 import ipaddress
 import os
+import time
 
 from agents import daemon
 from vswitch import addresses, config, control, geneve, instance_ns, logs, offload, tun
@@ -27,6 +28,8 @@ from vswitch.drops import Drop, counters_as_dict
 from vswitch.egress import EgressPath
 from vswitch.eni import Eni, VpcView, reserved_keys
 from vswitch.firewall import Firewall
+from vswitch.flowlog import EniIdentity, FlowLogAggregator, FlowLogSpec
+from vswitch.flowlog_shipper import FlowLogShipper
 from vswitch.host_policy import HostPolicy
 from vswitch.ingress import IngressPath
 from vswitch.mapping import MappingCache
@@ -84,6 +87,8 @@ class HostAgent:
         self.ingress = IngressPath(self.cache, self.vpcs, cfg.edge, firewall)
         self.policy = HostPolicy()
         self._last_view: dict | None = None
+        self.flow_logs: dict[tuple[str, str], FlowLogAggregator] = {}  # (flow log id, ENI id) -> its window
+        self.shipper: FlowLogShipper | None = None
         self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, sorted(self.vpcs),
                                      on_change=self._release_held)
         self.ports: dict[int, EniPort] = {}  # ENI number -> port
@@ -113,6 +118,9 @@ class HostAgent:
             await self.attach(e)
         if self.cfg.control_plane:
             token = config.read_token(self.cfg.token_file) if self.cfg.token_file else ""
+            self.shipper = FlowLogShipper(self.cfg.control_plane, token, self.cfg.name)
+            self.shipper_task = asyncio.create_task(self.shipper.run())
+            self._flush_flow_logs()
             self.desired = DesiredStateWatcher(self.cfg.control_plane, token, self.converge)
             self.desired_task = asyncio.create_task(self.desired.run())
             try:
@@ -197,6 +205,7 @@ class HostAgent:
                 except Exception as exc:  # retried below; the rest of the host carries on
                     self.pending[e["id"]] = str(exc)
             applied = self.policy.apply(view, {p.eni.id: p.eni for p in self.ports.values()})
+            self._converge_flow_logs(view)
             if applied.enis_changed:
                 self.log.info("policy applied", enis=applied.enis_changed, groups_compiled=applied.groups_compiled,
                               acls_compiled=applied.acls_compiled, revision=view.get("revision"))
@@ -229,6 +238,47 @@ class HostAgent:
             asyncio.ensure_future(self.converge(self._last_view))
 
         self._retry = asyncio.get_running_loop().call_later(0.5, again)
+
+    # --- flow logs: one aggregator per (flow log, ENI), flushed per capture window, shipped to the API ---
+    def _converge_flow_logs(self, view: dict) -> None:
+        """The flow logs covering each local ENI: its own, its subnet's and its VPC's."""
+        records = {e["id"]: e for e in view["enis"]}
+        wanted: dict[tuple[str, str], dict] = {}
+        for port in self.ports.values():
+            rec = records.get(port.eni.id)
+            if rec is None:
+                continue
+            for fl in view.get("flow_logs", ()):
+                if fl["resource_id"] in (rec["id"], rec["subnet_id"], rec["vpc_id"]):
+                    wanted[(fl["id"], rec["id"])] = fl
+        now = asyncio.get_running_loop().time()
+        for key in list(self.flow_logs):
+            if key not in wanted:  # deleted, or the ENI left: deliver what it saw, then stop
+                self._ship(self.flow_logs.pop(key), now)
+        for key, fl in wanted.items():
+            spec = FlowLogSpec.from_resource(fl)
+            agg = self.flow_logs.get(key)
+            if agg is None or agg.spec != spec:
+                if agg is not None:
+                    self._ship(agg, now)
+                rec = records[key[1]]
+                self.flow_logs[key] = FlowLogAggregator(spec, EniIdentity(
+                    rec["id"], rec["account"], rec["vpc_id"], rec["subnet_id"], rec.get("instance_id") or ""), now)
+        for port in self.ports.values():
+            port.eni.flow_logs = [agg for (_, eni_id), agg in self.flow_logs.items() if eni_id == port.eni.id]
+
+    def _ship(self, agg: FlowLogAggregator, now: float) -> None:
+        lines = agg.flush(now, time.time())
+        if self.shipper is not None:
+            self.shipper.submit(agg.spec.id, lines, *agg.last_window, fields=agg.spec.fields)
+
+    def _flush_flow_logs(self) -> None:
+        """Every half second: close the capture windows that are due."""
+        now = asyncio.get_running_loop().time()
+        for agg in list(self.flow_logs.values()):
+            if agg.due(now):
+                self._ship(agg, now)
+        asyncio.get_running_loop().call_later(0.5, self._flush_flow_logs)
 
     # --- the way out of an ENI -------------------------------------------------------------------
     def _drain_eni(self, port: EniPort, now: float) -> None:
@@ -358,6 +408,8 @@ class HostAgent:
                 "ingress_drops": counters_as_dict(self.ingress.drops),
                 "to_edge": self.egress.to_edge, "from_edge": self.ingress.from_edge,
                 "held_for_mapping": self.ingress.held_total, "errors": self.errors,
+                "flow_logs": {f"{fl} {eni}": agg.stats() for (fl, eni), agg in self.flow_logs.items()},
+                "flow_log_delivery": self.shipper.status() if self.shipper else None,
                 "kernel_udp": self.underlay.kernel_counters()}
 
     # --- vpc trace: the data path's own code, as a dry run ----------------------------------------

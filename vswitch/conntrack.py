@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import random
 import struct
 import tracemalloc
@@ -758,29 +759,47 @@ def _wscale(buf, i: int, end: int) -> int:
 
 # --- memory ----------------------------------------------------------------------------------------
 
-def flow_memory_bytes(n: int = 100_000) -> float:
-    """Bytes per tracked flow, as tracemalloc sees the table grow while ``n`` TCP connections go
-    through their handshake into ESTABLISHED (a TCP flow is the largest record). Counts everything a
-    flow holds: its dict slot, key, record, ints and float. Distinct times and random ISNs, so nothing
-    is shared between flows that would not be in real traffic."""
+def _fill(ct: ConnTrack, n: int) -> None:
+    """Take ``n`` TCP connections through their handshake into ESTABLISHED (a TCP flow is the largest
+    record). Distinct times and random ISNs, so nothing is shared between flows that would not be in
+    real traffic."""
     rng = random.Random(1)
-    ct = ConnTrack(max_flows=n)
     local = 0x0A00010A
+    for i in range(n):
+        remote, port = 0x0A000200 + i // 28000, 32768 + i % 28000
+        isn_l, isn_r, now = rng.getrandbits(32), rng.getrandbits(32), i * 0.001
+        next_l, next_r = (isn_l + 1) & _M32, (isn_r + 1) & _M32
+        syn = PacketInfo(PROTO_TCP, local, remote, port, 443, _SYN, isn_l, 0, 64240, wscale=7)
+        ct.create(syn, True, now)
+        ct.lookup(PacketInfo(PROTO_TCP, remote, local, 443, port, _SYN | _ACK, isn_r, next_l, 65160,
+                             wscale=7), False, now)
+        ct.lookup(PacketInfo(PROTO_TCP, local, remote, port, 443, _ACK, next_l, next_r, 502), True, now)
+    if len(ct) != n or ct.invalid:
+        raise RuntimeError("the measurement's connections did not all get established")
+
+
+def flow_memory_bytes(n: int = 100_000) -> float:
+    """Bytes per tracked flow, as tracemalloc sees the table grow by ``n`` established TCP flows.
+    Counts everything a flow holds: its dict slot, key, record, ints and float."""
+    ct = ConnTrack(max_flows=n)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        for i in range(n):
-            remote, port = 0x0A000200 + i // 28000, 32768 + i % 28000
-            isn_l, isn_r, now = rng.getrandbits(32), rng.getrandbits(32), i * 0.001
-            next_l, next_r = (isn_l + 1) & _M32, (isn_r + 1) & _M32
-            syn = PacketInfo(PROTO_TCP, local, remote, port, 443, _SYN, isn_l, 0, 64240, wscale=7)
-            ct.create(syn, True, now)
-            ct.lookup(PacketInfo(PROTO_TCP, remote, local, 443, port, _SYN | _ACK, isn_r, next_l, 65160,
-                                 wscale=7), False, now)
-            ct.lookup(PacketInfo(PROTO_TCP, local, remote, port, 443, _ACK, next_l, next_r, 502), True, now)
+        _fill(ct, n)
         used = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    if len(ct) != n or ct.invalid:
-        raise RuntimeError("the measurement's connections did not all get established")
     return used / n
+
+
+def flow_table_rss(n: int = 1_000_000) -> int:
+    """Bytes of resident memory this process gains while ``n`` established TCP flows fill one table:
+    what the operating system charges, allocator overhead included (run it in a fresh process)."""
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    ct = ConnTrack(max_flows=n)
+    before = rss()
+    _fill(ct, n)
+    return rss() - before

@@ -154,3 +154,58 @@ def test_untracked_connection_is_cut_when_its_rule_goes(lab, restore):
     eni = next(e for e in lab.status("host-b")["enis"] if e["instance"] == "web")
     assert eni["drops"].get("not_a_flow_start", 0) >= 1
     assert lab.run("client", sys.executable, ECHO, "talk", "10.0.1.10", "7007", "0.3").returncode == 0
+
+
+def records(lab, fl_id: str) -> list[dict]:
+    out = vpc(lab, "flow-logs", fl_id, "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    return [dict(zip(result["fields"], row)) for row in result["records"]]
+
+
+def until(predicate, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while not (found := predicate()):
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.3)
+    return found
+
+
+def test_reject_shows_up_in_the_flow_log_with_its_fields(lab, restore):
+    web_eni = lab.instances["web"]["eni_id"]
+    fmt = ("${version} ${account-id} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} "
+           "${packets} ${bytes} ${start} ${end} ${action} ${log-status} ${vpc-id} ${subnet-id} ${instance-id} "
+           "${tcp-flags} ${type} ${pkt-srcaddr} ${pkt-dstaddr} ${flow-direction} ${traffic-path}")
+    rejects = lab.api.call("POST", "/v1/flow-logs", {"resource_id": web_eni, "traffic_type": "REJECT",
+                                                     "log_format": fmt, "max_aggregation_interval": 1})
+    everything = lab.api.call("POST", "/v1/flow-logs", {"resource_id": lab.vpc["id"], "max_aggregation_interval": 1})
+    web = group(lab, "web", [{"protocol": "tcp", "from_port": 8080, "to_port": 8080, "cidr": "10.0.1.0/24"}])
+    set_groups(lab, "web", [web["id"]])
+    t0 = time.time()
+    assert curl(lab, "client")
+    assert not curl(lab, "ops")
+
+    def reject():
+        return [r for r in records(lab, rejects["id"]) if r["action"] == "REJECT" and r["srcaddr"] == "10.0.2.4"]
+
+    r = until(reject)[0]
+    assert r["version"] == "5" and r["interface-id"] == web_eni and r["log-status"] == "OK"
+    assert (r["dstaddr"], r["dstport"], r["protocol"], r["flow-direction"], r["traffic-path"]) == (
+        "10.0.1.10", "8080", "6", "ingress", "-")
+    assert r["vpc-id"] == lab.vpc["id"] and r["subnet-id"] == lab.subnets["app"]["id"]
+    assert r["instance-id"] == lab.instances["web"]["id"] and r["type"] == "IPv4"
+    assert r["pkt-srcaddr"] == "10.0.2.4" and int(r["tcp-flags"]) & 2  # SYN (retransmitted: packets >= 1)
+    assert int(r["packets"]) >= 1 and int(r["bytes"]) >= 60 * int(r["packets"]) and int(r["start"]) >= int(t0) - 1
+    assert r["account-id"] == lab.instances["web"]["account"]
+    assert not [x for x in records(lab, rejects["id"]) if x["action"] == "ACCEPT"]  # REJECT only
+
+    # The VPC's log, version 2: the accepted curl from client, seen leaving client and entering web.
+    def accepted():
+        rows = records(lab, everything["id"])
+        return [x for x in rows if x["action"] == "ACCEPT" and x["dstport"] == "8080" and x["srcaddr"] == "10.0.1.4"]
+
+    rows = until(lambda: len({x["interface-id"] for x in accepted()}) == 2 and accepted())
+    assert {x["interface-id"] for x in rows} == {lab.instances["client"]["eni_id"], web_eni}
+    assert all(x["version"] == "2" and x["protocol"] == "6" for x in rows)
+    lab.api.call("DELETE", f"/v1/flow-logs/{rejects['id']}")
+    lab.api.call("DELETE", f"/v1/flow-logs/{everything['id']}")
