@@ -18,6 +18,10 @@ other run so a drift in machine load does not always favour one path), reported 
            gaps gives what actually arrived (equals bytes / 64). Sender-side figures are kept in the raw runs.
     rtt    ``ping -c 200 -i 0.002 -q``: the avg of the rtt summary line, in ms.
 
+Then, on the same lab, the policy figures (``agents/bench_policy.py``; ``--no-policy`` skips them): TCP
+of an established flow through a 1-rule vs a 1,000-rule security group, new flows admitted per second by
+the policy path, and the memory of 1,000,000 tracked flows.
+
 Each iperf3 test gets its own server (``iperf3 -s -1``, started in the server's namespace and killed by
 pid if it outlives the test). A short warm-up ping on each path first proves it works and fills caches
 (ARP, the host agents' mapping cache), so the first measured run is not a cold one; each measurement
@@ -49,6 +53,7 @@ import time
 import uuid
 from pathlib import Path
 
+from agents import bench_policy
 from agents.lab import Lab, terminate
 from vswitch.topology import load_topology
 
@@ -390,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="repetitions of each measurement (default 3)")
     ap.add_argument("--seconds", type=int, default=5, help="length of each iperf3 test (default 5)")
     ap.add_argument("--json", action="store_true", help="print one JSON object (with every raw run)")
+    ap.add_argument("--no-policy", action="store_true", help="skip the policy figures (agents/bench_policy.py)")
     args = ap.parse_args(argv)
     if args.runs < 1 or args.seconds < 1:
         ap.error("--runs and --seconds must be at least 1")
@@ -412,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     servers = Servers()
     raw: list[dict] = []
     errors: list[str] = []
+    policy: dict = {"errors": []}
     t0, load0 = time.monotonic(), os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     try:
@@ -436,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"bench: run {i + 1}/{args.runs} {fig:<3} {name:<8} FAILED: {e}")
                     raw.append(entry)
         described = {name: p.describe() for name, p in paths.items()}
+        if not args.no_policy:
+            measure_policy(paths["ours"], servers, args, policy)
     except MeasureError as e:
         errors.append(f"setup: {e}")
         log(f"bench: {e}")
@@ -466,16 +475,34 @@ def main(argv: list[str] | None = None) -> int:
                   "order": "per run and figure: baseline then ours; reversed on every other run",
                   "statistic": "median of the successful runs",
                   "settle_s": SETTLE},
-              "figures": summarise(raw), "raw": raw, "errors": errors, "ok": not errors}
+              "figures": summarise(raw), "raw": raw, "policy": policy,
+              "errors": errors + policy["errors"], "ok": not errors and not policy["errors"]}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         if raw:
             print_table(report)
+            if not args.no_policy:
+                print("\n".join(bench_policy.report_lines(policy)))
         else:
             for e in errors:
                 print(f"ERROR: {e}")
-    return 1 if errors else 0
+    return 1 if errors or policy["errors"] else 0
+
+
+def measure_policy(ours: LabPath, servers: Servers, args, policy: dict) -> None:
+    """The figures of ``agents/bench_policy.py``; each failure is recorded and the others still run."""
+    steps = (("tcp_rules", lambda: bench_policy.tcp_with_rules(ours.lab, measure_tcp, ours, servers, args.runs,
+                                                                 args.seconds, log)),
+             ("new_flows", lambda: {str(n): bench_policy.new_flows_per_second(n) for n in (1, 1000)}),
+             ("memory", bench_policy.memory))
+    for name, step in steps:
+        log(f"bench: policy figure {name}")
+        try:
+            policy[name] = step()
+        except (MeasureError, RuntimeError, subprocess.SubprocessError, OSError) as e:
+            policy["errors"].append(f"policy {name}: {e}")
+            log(f"bench: policy {name} FAILED: {e}")
 
 
 if __name__ == "__main__":

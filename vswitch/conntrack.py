@@ -437,7 +437,7 @@ class ConnTrack:
 
     def lookup_wire(self, buf, off: int, n: int, outbound: bool, now: float) -> Verdict | None:
         """``lookup`` for the IPv4 packet at ``buf[off:off + n]``, for the bulk of traffic — an
-        unfragmented UDP packet or a TCP ACK of a known, established flow — without building a
+        unfragmented UDP packet, ICMP echo or TCP ACK of a known, established flow — without building a
         ``PacketInfo`` (that costs more than the lookup). None: no fast answer (a new flow, a
         handshake, ICMP, options we do not read here...): parse with ``packet_info`` and call ``lookup``,
         which gives the same verdict for these packets."""
@@ -452,13 +452,24 @@ class ConnTrack:
             seq, ack, doff, flags, window = _TCP_AFTER_PORTS.unpack_from(buf, off + 24)
             if _TCP_KIND[flags] != _K_ACK:
                 return None
+        elif proto == PROTO_ICMP:
+            # An echo request or reply (ping): ``_key``'s (identifier, who asked), already local-oriented.
+            icmp_type = ports >> 24
+            if icmp_type == 8:
+                ports = _U16.unpack_from(buf, off + 24)[0] << 16 | (0 if outbound else 1)
+            elif icmp_type == 0:
+                ports = _U16.unpack_from(buf, off + 24)[0] << 16 | (1 if outbound else 0)
+            else:
+                return None
         elif proto != PROTO_UDP:
             return None
         # The key of ``_key`` from the wire's (src, dst) and (sport, dport) pairs: outbound they are
-        # already (local, remote); inbound each pair is swapped. Two wide fields instead of four
-        # narrow ones: this line is most of the cost of a lookup.
+        # already (local, remote); inbound each pair is swapped (ICMP's pair is local-oriented already).
+        # Two wide fields instead of four narrow ones: this line is most of the cost of a lookup.
         if outbound:
             key = proto << 96 | addrs << 32 | ports
+        elif proto == PROTO_ICMP:
+            key = proto << 96 | (addrs & _M32) << 64 | (addrs >> 32) << 32 | ports
         else:
             key = proto << 96 | (addrs & _M32) << 64 | (addrs >> 32) << 32 | (ports & 0xFFFF) << 16 | ports >> 16
         f = self._flows.get(key)

@@ -182,19 +182,24 @@ ALLOW_ALL_EGRESS = [{"protocol": "-1", "from_port": -1, "to_port": -1, "cidr": "
                      "source_group_id": None, "description": None}]
 
 
+# Rules per group and direction: the cloud's default quota is 60, raisable to 1,000 (rules per group ×
+# groups per ENI ≤ 1,000). We allow the raised figure: rules cost the first packet of a flow only.
+MAX_SG_RULES = 1000
+
+
 class SecurityGroupCreate(Body):
     vpc_id: VpcId
     name: Name
     description: Optional[str] = Field(None, max_length=255)
-    ingress: list[SgRule] = Field(default_factory=list, max_length=60)  # new group: no inbound
-    egress: Optional[list[SgRule]] = Field(None, max_length=60)  # new group: outbound allow-all
+    ingress: list[SgRule] = Field(default_factory=list, max_length=MAX_SG_RULES)  # new group: no inbound
+    egress: Optional[list[SgRule]] = Field(None, max_length=MAX_SG_RULES)  # new group: outbound allow-all
 
 
 class SecurityGroupUpdate(Body):
     name: Optional[Name] = None
     description: Optional[str] = Field(None, max_length=255)
-    ingress: Optional[list[SgRule]] = Field(None, max_length=60)
-    egress: Optional[list[SgRule]] = Field(None, max_length=60)
+    ingress: Optional[list[SgRule]] = Field(None, max_length=MAX_SG_RULES)
+    egress: Optional[list[SgRule]] = Field(None, max_length=MAX_SG_RULES)
 
 
 # --- network ACLs ------------------------------------------------------------------------------------
