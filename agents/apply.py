@@ -1,17 +1,35 @@
-"""``vpc apply FILE``: make an account's VPCs, subnets and instances what a topology file says.
+"""``vpc apply FILE``: make an account's VPCs, subnets, instances and their policy what a topology file says.
 
 Idempotent: what already is as the file says is left alone, so applying twice changes nothing. A
-changed file converges: resources it no longer names are deleted (instances first, then subnets, then
-VPCs), changed ones are modified in place when the API allows it (an instance's host, its
-source/destination check) and re-created when it does not (a subnet's CIDR, an instance's address or
-subnet), and new ones are created. Names are the identity: a VPC by its name, a subnet by (VPC name,
-subnet name), an instance by its name. Hosts must be registered (the lab does it for its hosts).
+changed file converges: resources it no longer names are deleted, changed ones are modified in place
+when the API allows it (an instance's host, source/destination check, groups and connection tracking;
+a group's rules and description; an ACL's entries; a subnet's ACL) and re-created when it does not (a
+subnet's CIDR, an instance's address or subnet; any change to a flow log, which has no update for its
+fields), and new ones are created. Rules, entries and an instance's groups are compared as the API
+records them, normalized (``tcp`` is ``6``, an empty description is none) and in any order.
+
+Names are the identity: a VPC by its name, a subnet, group, network ACL or flow log by (VPC name, its
+name), an instance by its name. A flow log belongs to the VPC of the resource it watches. The VPC's
+default group and default ACL are the file's ``default``: never created or deleted here, and their
+rules are changed only where the file names ``default`` with rules (or entries). Hosts must be
+registered (the lab does it for its hosts).
+
+Order, so that every reference exists when it is made and nothing is deleted while in use:
+
+1. flow logs the file does not name (or whose VPC goes), instances, subnets, then VPCs (with their
+   groups and ACLs);
+2. VPCs; groups, created without the rules that name groups; ACLs with their entries; subnets, with
+   their ACL; every group's rules, now that all groups exist; instances, with their groups;
+3. groups and ACLs the file no longer names (no instance or subnet uses them any more); flow logs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+from vswitch.controlplane import resources
 from vswitch.controlplane.client import ApiClient
-from vswitch.topology import Topology
+from vswitch.topology import DEFAULT, FlowLog, NetworkAclEntry, SecurityGroupRule, Topology, Vpc
 
 
 def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
@@ -35,6 +53,22 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
                 and str(want_subnets[key].cidr) == subnets_by_name[key]["cidr_block"])
 
     # 1. deletions, dependents first
+    # A flow log belongs to the VPC of what it watches, as that is now (its target may go below).
+    vpc_names = {v["id"]: name for name, v in vpcs.items()}
+    owner = {**vpc_names, **{s["id"]: vpc_names.get(s["vpc_id"]) for s in subnets.values()},
+             **{i["eni_id"]: vpc_names.get(i["vpc_id"]) for i in instances.values()}}
+    want_flow_logs = {(v.name, f.name) for v in topo.vpcs for f in v.flow_logs}
+    flow_log_keys: dict[str, tuple[str, str]] = {}
+    for fl in api.call("GET", "/v1/flow-logs"):
+        vpc_name = owner.get(fl["resource_id"])
+        key = (vpc_name, fl.get("name"))
+        if vpc_name is not None and key in want_flow_logs and keep_vpc(vpc_name):
+            flow_log_keys[fl["id"]] = key
+            continue
+        api.call("DELETE", f"/v1/flow-logs/{fl['id']}")
+        changes.append(f"deleted flow log {vpc_name}/{fl.get('name') or fl['id']}" if vpc_name is not None
+                       else f"deleted flow log {fl.get('name') or fl['id']} (what it watched is gone)")
+
     for name, inst in instances.items():
         where = subnet_names.get(inst["subnet_id"])
         want = want_instances.get(name)
@@ -50,9 +84,11 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
             changes.append(f"deleted subnet {key[0]}/{key[1]} ({s['cidr_block']})")
     for name, vpc in vpcs.items():
         if not keep_vpc(name):
-            for s in api.call("GET", "/v1/security-groups", params={"vpc_id": vpc["id"]}):
-                if not s.get("default"):
-                    api.call("DELETE", f"/v1/security-groups/{s['id']}")
+            groups = api.call("GET", "/v1/security-groups", params={"vpc_id": vpc["id"]})
+            _delete_groups(api, [g for g in groups if not g.get("default")], [g for g in groups if g.get("default")])
+            for acl in api.call("GET", "/v1/network-acls", params={"vpc_id": vpc["id"]}):
+                if not acl.get("default"):
+                    api.call("DELETE", f"/v1/network-acls/{acl['id']}")
             api.call("DELETE", f"/v1/vpcs/{vpc['id']}")
             changes.append(f"deleted VPC {name} ({vpc['cidr_block']})")
 
@@ -62,31 +98,214 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
         if name not in vpcs:
             vpcs[name] = api.call("POST", "/v1/vpcs", {"name": name, "cidr_block": str(v.cidr)})
             changes.append(f"created VPC {name} ({v.cidr}, VNI {vpcs[name]['vni']})")
+    policies = {name: _Policy(api, v, vpcs[name], changes) for name, v in want_vpcs.items()}
+    for p in policies.values():
+        p.create_groups()
+        p.converge_acls()
     have = {(s["vpc_id"], s.get("name")): s for s in api.call("GET", "/v1/subnets")}
     subnet_ids = {}
     for (vpc_name, name), s in want_subnets.items():
         vpc_id = vpcs[vpc_name]["id"]
+        acl_id = policies[vpc_name].acl_ids[s.network_acl]
         found = have.get((vpc_id, name))
         if found is None:
-            found = api.call("POST", "/v1/subnets", {"vpc_id": vpc_id, "name": name, "cidr_block": str(s.cidr)})
-            changes.append(f"created subnet {vpc_name}/{name} ({s.cidr})")
+            found = api.call("POST", "/v1/subnets", {"vpc_id": vpc_id, "name": name, "cidr_block": str(s.cidr),
+                                                     "network_acl_id": acl_id})
+            changes.append(f"created subnet {vpc_name}/{name} ({s.cidr}"
+                           + (f", network ACL {s.network_acl})" if s.network_acl != DEFAULT else ")"))
+        elif found["network_acl_id"] != acl_id:
+            api.call("PATCH", f"/v1/subnets/{found['id']}", {"network_acl_id": acl_id})
+            changes.append(f"changed subnet {vpc_name}/{name}: network_acl={s.network_acl}")
         subnet_ids[(vpc_name, name)] = found["id"]
+    for p in policies.values():
+        p.converge_rules()
     for name, (v, i) in want_instances.items():
+        group_ids = [policies[v.name].group_ids[g] for g in i.security_groups]
+        tracking = dataclasses.asdict(i.connection_tracking)
         found = instances.get(name)
         if found is None:
             body = {"name": name, "subnet_id": subnet_ids[(v.name, i.subnet)], "host": i.host,
-                    "source_dest_check": i.source_dest_check}
+                    "source_dest_check": i.source_dest_check, "security_group_ids": group_ids,
+                    "connection_tracking": tracking}
             if i.ip_given:
                 body["private_ip"] = str(i.ip)
             created = api.call("POST", "/v1/instances", body)
             changes.append(f"created instance {name} ({created['private_ip']} on {i.host})")
             continue
-        patch = {}
+        patch, shown = {}, []
         if found["host"] != i.host:
             patch["host"] = i.host
+            shown.append(f"host={i.host}")
         if found["source_dest_check"] != i.source_dest_check:
             patch["source_dest_check"] = i.source_dest_check
+            shown.append(f"source_dest_check={i.source_dest_check}")
+        if sorted(found["security_group_ids"]) != sorted(group_ids):
+            patch["security_group_ids"] = group_ids
+            shown.append(f"security_groups={','.join(i.security_groups)}")
+        if found.get("connection_tracking") != tracking:
+            patch["connection_tracking"] = tracking
+            old = found.get("connection_tracking") or {}
+            shown.append("connection_tracking(" + ", ".join(
+                f"{k}={x}" for k, x in tracking.items() if old.get(k) != x) + ")")
         if patch:
             api.call("PATCH", f"/v1/instances/{found['id']}", patch)
-            changes.append(f"changed instance {name}: " + ", ".join(f"{k}={v}" for k, v in patch.items()))
+            changes.append(f"changed instance {name}: " + ", ".join(shown))
+
+    # 3. what no longer has users, and flow logs (their targets exist now)
+    for p in policies.values():
+        p.delete_unnamed()
+    enis = {i["name"]: i["eni_id"] for i in api.call("GET", "/v1/instances")}
+    flow_logs = api.call("GET", "/v1/flow-logs")
+    for v in topo.vpcs:
+        for f in v.flow_logs:
+            kind, _, target = f.resource.partition("/")
+            resource_id = {"vpc": lambda: vpcs[v.name]["id"], "subnet": lambda: subnet_ids[(v.name, target)],
+                           "instance": lambda: enis[target]}[kind]()
+            want = {"resource_id": resource_id, "traffic_type": f.traffic_type, "log_format": f.log_format,
+                    "max_aggregation_interval": f.interval}
+            existing = [fl for fl in flow_logs if flow_log_keys.get(fl["id"]) == (v.name, f.name)]
+            for extra in existing[1:]:  # made by hand under the same name
+                api.call("DELETE", f"/v1/flow-logs/{extra['id']}")
+                changes.append(f"deleted flow log {v.name}/{f.name} ({extra['id']}, a second one of that name)")
+            if existing:
+                differ = [k for k, x in want.items() if existing[0].get(k) != x]
+                if not differ:
+                    continue
+                api.call("DELETE", f"/v1/flow-logs/{existing[0]['id']}")
+            api.call("POST", "/v1/flow-logs", {"name": f.name, **want})
+            if existing:
+                changes.append(f"re-created flow log {v.name}/{f.name}: " + ", ".join(
+                    _flow_log_field(f, k) for k in differ) + " (a flow log cannot be modified)")
+            else:
+                changes.append(f"created flow log {v.name}/{f.name} ({f.resource}, {f.traffic_type}, "
+                               f"every {f.interval} s)")
     return changes
+
+
+class _Policy:
+    """One VPC's security groups and network ACLs, converged in the steps ``apply_topology`` orders."""
+
+    def __init__(self, api: ApiClient, vpc: Vpc, record: dict, changes: list[str]):
+        self.api, self.vpc, self.changes = api, vpc, changes
+        self.groups = {g["id"]: g for g in api.call("GET", "/v1/security-groups", params={"vpc_id": record["id"]})}
+        self.acls = api.call("GET", "/v1/network-acls", params={"vpc_id": record["id"]})
+        self.record = record
+        default_sg = record["default_security_group_id"]
+        self.group_ids = {DEFAULT: default_sg}
+        self.group_ids.update({g["name"]: g["id"] for g in self.groups.values() if g["id"] != default_sg})
+        self.acl_ids = {DEFAULT: record["default_network_acl_id"]}
+        for acl in self.acls:  # the oldest of a name (the API lets names repeat); the others go
+            if acl["id"] != record["default_network_acl_id"]:
+                self.acl_ids.setdefault(acl.get("name"), acl["id"])
+
+    def create_groups(self) -> None:
+        """The groups the file names and the account lacks, without the rules that name groups (the
+        groups they name may not exist yet: ``converge_rules`` adds them)."""
+        for g in self.vpc.security_groups:
+            if g.name in self.group_ids:
+                continue
+            body = {"vpc_id": self.record["id"], "name": g.name, "description": g.description,
+                    **{d: [_rule_body(r, {}) for r in getattr(g, d) if r.source_group is None]
+                       for d in ("ingress", "egress")}}
+            rec = self.api.call("POST", "/v1/security-groups", body)
+            self.groups[rec["id"]] = rec
+            self.group_ids[g.name] = rec["id"]
+            self.changes.append(f"created security group {self.vpc.name}/{g.name} ({rec['id']})")
+
+    def converge_rules(self) -> None:
+        for g in self.vpc.security_groups:
+            rec = self.groups[self.group_ids[g.name]]
+            patch = {}
+            for d in ("ingress", "egress"):
+                rules = getattr(g, d)
+                if rules is None:  # the default group, this direction not named: left as it is
+                    continue
+                want = [_rule_body(r, self.group_ids) for r in rules]
+                if _rules_key(want) != _rules_key(rec[d]):
+                    patch[d] = want
+            if (g.name != DEFAULT or g.description is not None) and \
+                    (rec.get("description") or None) != (g.description or None):
+                patch["description"] = g.description or ""  # null would mean "no change"
+            if patch:
+                self.groups[rec["id"]] = self.api.call("PATCH", f"/v1/security-groups/{rec['id']}", patch)
+                self.changes.append(f"changed security group {self.vpc.name}/{g.name}: {', '.join(patch)}")
+
+    def converge_acls(self) -> None:
+        by_id = {a["id"]: a for a in self.acls}
+        for a in self.vpc.network_acls:
+            want = None if a.entries is None else [_entry_body(e) for e in a.entries]
+            acl_id = self.acl_ids.get(a.name)
+            if acl_id is None:
+                rec = self.api.call("POST", "/v1/network-acls", {"vpc_id": self.record["id"], "name": a.name,
+                                                                 "entries": want or []})
+                self.acl_ids[a.name] = rec["id"]
+                self.changes.append(f"created network ACL {self.vpc.name}/{a.name} ({rec['id']})")
+            elif want is not None and _entries_key(want) != _entries_key(by_id[acl_id]["entries"]):
+                self.api.call("PATCH", f"/v1/network-acls/{acl_id}", {"entries": want})
+                self.changes.append(f"changed network ACL {self.vpc.name}/{a.name}: entries")
+
+    def delete_unnamed(self) -> None:
+        """The groups and ACLs the file does not name: no instance or subnet of the VPC uses them now."""
+        named = {g.name for g in self.vpc.security_groups} | {DEFAULT}
+        default_sg = self.group_ids[DEFAULT]
+        doomed = [g for g in self.groups.values() if g["id"] != default_sg and g["name"] not in named]
+        _delete_groups(self.api, doomed, [])
+        for g in doomed:
+            self.changes.append(f"deleted security group {self.vpc.name}/{g['name']} ({g['id']})")
+        named = {a.name for a in self.vpc.network_acls}
+        kept = {self.acl_ids[n] for n in named | {DEFAULT} if n in self.acl_ids}
+        for acl in self.acls:
+            if acl["id"] not in kept:
+                self.api.call("DELETE", f"/v1/network-acls/{acl['id']}")
+                self.changes.append(f"deleted network ACL {self.vpc.name}/{acl.get('name')} ({acl['id']})")
+
+
+def _delete_groups(api: ApiClient, doomed: list[dict], others: list[dict]) -> None:
+    """Delete ``doomed`` groups. A group that another group's rule names cannot be deleted, so the rules
+    naming them go first from the doomed groups themselves and from ``others``."""
+    ids = {g["id"] for g in doomed}
+    for g in [*doomed, *others]:
+        patch = {}
+        for d in ("ingress", "egress"):
+            rules = [r for r in g[d] if r.get("source_group_id") not in ids - {g["id"]}]
+            if len(rules) != len(g[d]):
+                patch[d] = rules
+        if patch:
+            api.call("PATCH", f"/v1/security-groups/{g['id']}", patch)
+    for g in doomed:
+        api.call("DELETE", f"/v1/security-groups/{g['id']}")
+
+
+def _rule_body(rule: SecurityGroupRule, group_ids: dict[str, str]) -> dict:
+    return {"protocol": rule.protocol, "from_port": rule.from_port, "to_port": rule.to_port, "cidr": rule.cidr,
+            "source_group_id": None if rule.source_group is None else group_ids[rule.source_group],
+            "description": rule.description}
+
+
+def _entry_body(entry: NetworkAclEntry) -> dict:
+    return {"rule_number": entry.rule, "egress": entry.egress, "protocol": entry.protocol, "action": entry.action,
+            "cidr": entry.cidr, "from_port": entry.from_port, "to_port": entry.to_port}
+
+
+def _protocol(value: str) -> int:
+    return resources._protocol_number(str(value))
+
+
+def _rules_key(rules: list[dict]) -> list:
+    """Security group rules as a sorted list of normalized tuples: equal keys, same rules."""
+    return sorted((repr((_protocol(r.get("protocol", "-1")), r.get("from_port", -1), r.get("to_port", -1),
+                         r.get("cidr"), r.get("source_group_id"), r.get("description") or None))
+                   for r in rules))
+
+
+def _entries_key(entries: list[dict]) -> list:
+    return sorted((repr((e["rule_number"], bool(e.get("egress")), _protocol(e.get("protocol", "-1")), e["action"],
+                         e["cidr"], e.get("from_port", -1), e.get("to_port", -1)))
+                   for e in entries))
+
+
+def _flow_log_field(f: FlowLog, api_field: str) -> str:
+    """A flow log field that changed, in the file's words."""
+    return {"resource_id": f"resource={f.resource}", "traffic_type": f"traffic_type={f.traffic_type}",
+            "max_aggregation_interval": f"interval={f.interval}",
+            "log_format": f"log_format={f.log_format or '(default)'}"}[api_field]

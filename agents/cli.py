@@ -5,7 +5,7 @@
     vpc status [--json]         every component and its health
     vpc exec INSTANCE -- CMD…   run a command inside an instance (its exit code passes through)
     vpc demo                    up, a web server, curl across hosts, ping, iperf3, down
-    vpc apply FILE              make the account's VPCs, subnets and instances what FILE says
+    vpc apply FILE              make the account's VPCs, subnets, instances and policy what FILE says
     vpc get KIND [ID]           list or describe resources: vpcs, subnets, instances, security-groups…
     vpc create KIND key=value…  create (values are JSON when they parse: 5, true, ["sg-…"])
     vpc modify KIND ID key=value…

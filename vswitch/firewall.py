@@ -44,11 +44,8 @@ INSIDE = "inside the subnet"  # the mark of a flow direction that never crosses 
 
 
 class Firewall:
-    """Admits packets at ENIs. One per host; the state it consults lives on each ``Eni`` (its ``sg``,
-    ``acl``, ``ct`` and ``flow_logs``). ``last_drop`` says why the last refused packet was refused."""
-
-    def __init__(self) -> None:
-        self.last_drop: Drop | None = None
+    """Admits packets at ENIs. Holds no state: what it consults lives on each ``Eni`` (its ``sg``,
+    ``acl``, ``ct`` and ``flow_logs``), so one serves a whole host (the paths share it)."""
 
     def admit(self, eni, buf, off: int, n: int, outbound: bool, now: float, segments: int = 1,
               trace: list | None = None) -> Drop | None:

@@ -1,6 +1,7 @@
-"""The topology file: which hosts exist, and which VPCs, subnets and instances run on them.
+"""The topology file: which hosts exist, which VPCs, subnets and instances run on them, and each VPC's
+policy: security groups, network ACLs, connection tracking per instance, and flow logs.
 
-A YAML file such as ``configs/demo.yaml``::
+A YAML file such as ``configs/demo.yaml`` or ``configs/policy.yaml``::
 
     hosts: [{name: host-a}, {name: host-b, offload: false}]
     underlay_mtu: 9000                      # optional, 1280..65535
@@ -8,25 +9,86 @@ A YAML file such as ``configs/demo.yaml``::
       - name: demo
         cidr: 10.0.0.0/16                   # /16 .. /28
         vni: 7                              # optional: else the smallest free positive number
-        subnets: [{name: app, cidr: 10.0.1.0/24}]
+        subnets:
+          - {name: app, cidr: 10.0.1.0/24}
+          - {name: ops, cidr: 10.0.2.0/24, network_acl: strict}   # optional: else the default ACL
         instances:
-          - {name: web, subnet: app, host: host-b, ip: 10.0.1.10}
+          - {name: web, subnet: app, host: host-b, ip: 10.0.1.10, security_groups: [web, default]}
           - {name: client, subnet: app, host: host-a, source_dest_check: false}
+          - name: db
+            subnet: ops
+            host: host-b
+            connection_tracking: {tcp_established_timeout: 3600, max_tracked_flows: 10000}
+        security_groups:                    # optional
+          - name: web
+            description: web servers        # optional
+            ingress:                        # optional: else none (a new group admits nothing)
+              - {protocol: tcp, ports: 8080, cidr: 10.0.1.0/24}
+              - {protocol: tcp, ports: 8000-8100, source_group: admin}
+              - {protocol: icmp, icmp_type: 8, cidr: 0.0.0.0/0}
+            egress: [{cidr: 10.0.0.0/16}]   # optional: else all outbound (the API's default)
+          - {name: admin}
+        network_acls:                       # optional
+          - name: strict
+            entries:                        # optional: else none (a new ACL denies everything)
+              - {rule: 100, action: allow, protocol: tcp, ports: 80, cidr: 0.0.0.0/0}
+              - {rule: 100, egress: true, action: allow, cidr: 0.0.0.0/0}
+        flow_logs:                          # optional
+          - {name: all, resource: vpc, interval: 60}
+          - {name: rejects, resource: instance/web, traffic_type: REJECT, interval: 1,
+             log_format: "${version} ${srcaddr} ${dstaddr} ${dstport} ${action}"}
 
-Rules: names (hosts, VPCs, subnets, instances) are 1-20 characters of a-z, 0-9 and '-' starting with
-a letter; instance names are unique across the whole file, as instances are addressed by name alone.
-CIDRs are network addresses with a /16../28 prefix; subnets lie inside their VPC and do not overlap.
-Two VPCs may use the same CIDR: they are told apart by VNI, and addresses are unique only per VPC.
-An instance without ``ip`` gets the first free address from .4 up in its subnet, in file order, after
-the explicit ones are placed; the other four of the cloud's five reserved addresses are .0-.3 and the
-broadcast (``reserved_addresses``). ENI ids are derived from the VPC and instance names.
+Rules: names (hosts, VPCs, subnets, instances, groups, ACLs, flow logs) are 1-20 characters of a-z,
+0-9 and '-' starting with a letter; instance names are unique across the whole file, as instances are
+addressed by name alone; groups, ACLs and flow logs are named per VPC. CIDRs are network addresses
+with a /16../28 prefix; subnets lie inside their VPC and do not overlap. Two VPCs may use the same
+CIDR: they are told apart by VNI, and addresses are unique only per VPC. An instance without ``ip``
+gets the first free address from .4 up in its subnet, in file order, after the explicit ones are
+placed; the other four of the cloud's five reserved addresses are .0-.3 and the broadcast
+(``reserved_addresses``). ENI ids are derived from the VPC and instance names.
 
-Parsing is two passes. Pydantic checks the shape (known keys, types, each value on its own) and
-reports every problem it finds; only a well-shaped file reaches the second pass, which checks what
-spans several values (duplicates, references, containment) and fills in the defaults that depend on
-the rest of the file (VNIs, instance addresses, ENI ids). Nothing is half-accepted: any problem raises
-``TopologyError`` listing all problems found, one per line, each starting with the field's path
-(``vpcs[0].subnets[1].cidr: ...``) so the reader can find it in the file.
+Policy. Keys follow the API's field names, except where the file names things instead of ids
+(``source_group``, ``security_groups``, ``network_acl``, ``resource``) and a few short forms
+(``ports``, ``icmp_type``/``icmp_code``, ``rule``, ``interval``):
+
+- A security group rule has a ``protocol`` (``all``, the default, or -1; ``tcp``, ``udp``, ``icmp``,
+  ``icmpv6``; or a number 0-255), ports, exactly one peer — ``cidr`` (IPv4 or IPv6) or
+  ``source_group`` (a group of this VPC by name) — and an optional ``description``. Ports:
+  ``ports: 80`` or ``ports: 8000-8100`` for tcp and udp (absent: every port, 0-65535); ``icmp_type``
+  and ``icmp_code`` for icmp and icmpv6 (absent or -1: every type, every code); or the API's own
+  ``from_port``/``to_port``, taken as they are. A group's ``ingress`` absent is no inbound rule and its
+  ``egress`` absent is the API's default, all outbound.
+- ``default`` is reserved: it is the VPC's default group, which every VPC has and ``vpc apply`` never
+  creates or deletes. ``security_groups: [default]`` on an instance (the default) means that group; a
+  ``security_groups`` entry named ``default`` sets its ``ingress``, ``egress`` and ``description``,
+  each only when given. What no entry sets stays as it is (the API creates it with: all traffic in
+  from members of the group itself, all traffic out), also when a later file drops the entry.
+- A network ACL entry has ``rule`` (the API's ``rule_number``, 1-32766, unique per direction),
+  ``action`` (allow or deny), ``egress`` (false, the default: inbound), ``cidr``, and protocol and
+  ports as a rule's (absent ports: every port). ``default`` is the VPC's default ACL (allow all), as
+  for groups: an entry named ``default`` replaces its ``entries`` when it gives them. A subnet's
+  ``network_acl`` absent is ``default``.
+- An instance's ``security_groups`` are 1-5 group names (absent: ``[default]``); its
+  ``connection_tracking`` takes the API's keys and ranges — ``tcp_established_timeout`` (60-432000 s),
+  ``udp_stream_timeout`` (60-180 s), ``udp_timeout`` (30-60 s), ``max_tracked_flows`` — and the API's
+  defaults for those it leaves out.
+- A flow log watches a ``resource`` of its VPC — ``vpc``, ``subnet/NAME`` or ``instance/NAME`` — with
+  ``traffic_type`` (ACCEPT, REJECT or ALL, the default), ``interval`` (the API's
+  ``max_aggregation_interval``, 1-600 s, default 600) and ``log_format`` (``${field}`` names; absent:
+  the default, version 2).
+
+The order of rules, entries and an instance's groups carries no meaning.
+
+Parsing is two passes. Pydantic checks the shape (known keys, types, each value on its own; for
+``connection_tracking``, the API's own ``ConnectionTracking``) and reports every problem it finds; only
+a well-shaped file reaches the second pass, which checks what spans several values (duplicates,
+references, containment), fills in the defaults that depend on the rest of the file (VNIs, instance
+addresses, ENI ids), and validates the policy bodies ``vpc apply`` would send with the API's own models
+(``vswitch.controlplane.resources``: ``SecurityGroupUpdate`` with its ``SgRule``, ``NetworkAclUpdate``
+with its ``AclEntry``, ``InstanceUpdate``, ``FlowLogCreate``), naming each of the API's complaints by
+its place in the file, so that a file the API would refuse fails before any call. Nothing is
+half-accepted: any problem raises ``TopologyError`` listing all problems found, one per line, each
+starting with the field's path (``vpcs[0].subnets[1].cidr: ...``) so the reader can find it in the file.
 
 The result is plain frozen dataclasses; pydantic stays inside this module.
 """
@@ -44,6 +106,7 @@ import pydantic
 import yaml
 
 from . import addresses
+from .controlplane import resources as api
 from .geneve import MAX_VNI
 
 MIN_PREFIX, MAX_PREFIX = 16, 28  # the cloud's limits, for VPCs and subnets alike
@@ -60,10 +123,26 @@ class Host:
     offload: bool = True  # the host's agent uses TUN offloads (virtio header, TSO super-packets)
 
 
+DEFAULT = "default"  # the name of a VPC's default security group and default network ACL
+
+
 @dataclasses.dataclass(frozen=True)
 class Subnet:
     name: str
     cidr: ipaddress.IPv4Network
+    network_acl: str = DEFAULT  # a network ACL of the VPC by name
+
+
+_CT = api.ConnectionTracking()  # the API's defaults
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionTracking:
+    """An instance's conntrack settings: the API's ``ConnectionTracking``, every field filled in."""
+    tcp_established_timeout: int = _CT.tcp_established_timeout
+    udp_stream_timeout: int = _CT.udp_stream_timeout
+    udp_timeout: int = _CT.udp_timeout
+    max_tracked_flows: int = _CT.max_tracked_flows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +155,59 @@ class Instance:
     eni_id: str
     source_dest_check: bool = True
     ip_given: bool = True  # False: assigned here (first free); `vpc apply` then keeps what the API chose
+    security_groups: tuple[str, ...] = (DEFAULT,)  # groups of the VPC by name
+    connection_tracking: ConnectionTracking = ConnectionTracking()
+
+
+@dataclasses.dataclass(frozen=True)
+class SecurityGroupRule:
+    """A rule as the API records it (``SgRule``), with the peer group by name instead of by id."""
+    protocol: str = "-1"  # the API's spelling: "-1"/"all", "tcp", "udp", "icmp", "icmpv6" or a number
+    from_port: int = -1  # icmp: the type
+    to_port: int = -1  # icmp: the code
+    cidr: str | None = None
+    source_group: str | None = None  # a group of the VPC by name ("default": its default group)
+    description: str | None = None
+
+
+ALLOW_ALL_EGRESS = tuple(SecurityGroupRule(r["protocol"], r["from_port"], r["to_port"], r["cidr"])
+                         for r in api.ALLOW_ALL_EGRESS)  # a new group's egress when none is given
+
+
+@dataclasses.dataclass(frozen=True)
+class SecurityGroup:
+    name: str
+    description: str | None = None
+    # None only for the default group: that direction (or description) is left as it is.
+    ingress: tuple[SecurityGroupRule, ...] | None = ()
+    egress: tuple[SecurityGroupRule, ...] | None = ALLOW_ALL_EGRESS
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkAclEntry:
+    """An entry as the API records it (``AclEntry``; ``rule`` is its ``rule_number``)."""
+    rule: int
+    action: str  # "allow" or "deny"
+    cidr: str
+    egress: bool = False
+    protocol: str = "-1"
+    from_port: int = -1
+    to_port: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkAcl:
+    name: str
+    entries: tuple[NetworkAclEntry, ...] | None = ()  # None only for the default ACL: left as it is
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowLog:
+    name: str
+    resource: str  # "vpc", "subnet/NAME" or "instance/NAME", in the flow log's VPC
+    traffic_type: str = api.FlowLogCreate.model_fields["traffic_type"].default
+    interval: int = api.FlowLogCreate.model_fields["max_aggregation_interval"].default  # seconds
+    log_format: str | None = None  # None: the API's default (version 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +217,27 @@ class Vpc:
     vni: int
     subnets: tuple[Subnet, ...]
     instances: tuple[Instance, ...]
+    security_groups: tuple[SecurityGroup, ...] = ()  # the default group only if the file names it
+    network_acls: tuple[NetworkAcl, ...] = ()  # the default ACL only if the file names it
+    flow_logs: tuple[FlowLog, ...] = ()
 
     def subnet(self, name: str) -> Subnet:
         for s in self.subnets:
             if s.name == name:
                 return s
         raise KeyError(f"VPC {self.name!r} has no subnet {name!r}")
+
+    def security_group(self, name: str) -> SecurityGroup:
+        for g in self.security_groups:
+            if g.name == name:
+                return g
+        raise KeyError(f"VPC {self.name!r} names no security group {name!r}")
+
+    def network_acl(self, name: str) -> NetworkAcl:
+        for a in self.network_acls:
+            if a.name == name:
+                return a
+        raise KeyError(f"VPC {self.name!r} names no network ACL {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,9 +330,41 @@ def _address(value: Any) -> ipaddress.IPv4Address:
         raise ValueError(f"{value!r} is not an IPv4 address") from None
 
 
+_PROTOCOL = pydantic.TypeAdapter(api.Protocol)  # the API's spellings; its numbers go to 255
+
+
+def _protocol(value: Any) -> str:
+    """A protocol as YAML gives it (``tcp``, ``6``, ``-1``...) → the API's string for it."""
+    text = str(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+    try:
+        if text is not None and -1 <= api._protocol_number(_PROTOCOL.validate_python(text)) <= 255:
+            return text
+    except pydantic.ValidationError:
+        pass
+    raise ValueError(f"{reprlib.repr(value)} is not a protocol: all (or -1), tcp, udp, icmp, icmpv6 "
+                     "or a number 0-255")
+
+
+def _ports(value: Any) -> tuple[int, int]:
+    """``80`` or ``"8000-8100"`` → (first, last)."""
+    m = re.fullmatch(r"\s*([0-9]{1,5})\s*(?:-\s*([0-9]{1,5})\s*)?", value) if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        first = last = value
+    elif m:
+        first, last = int(m[1]), int(m[2] or m[1])
+    else:
+        raise ValueError(f"expected a port such as 80 or a range such as 8000-8100, got {reprlib.repr(value)}")
+    if not 0 <= first <= last <= 65535:
+        raise ValueError(f"{value}: ports are 0-65535, a range's first no higher than its last")
+    return first, last
+
+
 _Name = Annotated[str, pydantic.AfterValidator(_name)]
 _Network = Annotated[ipaddress.IPv4Network, pydantic.PlainValidator(_network)]
 _Address = Annotated[ipaddress.IPv4Address, pydantic.PlainValidator(_address)]
+_Protocol = Annotated[str, pydantic.PlainValidator(_protocol)]
+_Ports = Annotated[tuple[int, int], pydantic.PlainValidator(_ports)]
+_IcmpNumber = Annotated[int, pydantic.Field(ge=-1, le=255)]
 
 
 class _Model(pydantic.BaseModel):
@@ -200,6 +379,12 @@ class _HostFile(_Model):
 class _SubnetFile(_Model):
     name: _Name
     cidr: _Network
+    network_acl: str = DEFAULT
+
+
+class _ConnectionTrackingFile(api.ConnectionTracking):
+    """The API's model itself (its keys, ranges and defaults), read as strictly as the rest of the file."""
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
 
 
 class _InstanceFile(_Model):
@@ -208,6 +393,82 @@ class _InstanceFile(_Model):
     host: str
     ip: _Address | None = None
     source_dest_check: bool = True
+    security_groups: list[str] | None = None
+    connection_tracking: _ConnectionTrackingFile | None = None
+
+
+class _PortsFile(_Model):
+    """What a security group rule and a network ACL entry share: the protocol and its ports."""
+    protocol: _Protocol = "-1"
+    ports: _Ports | None = None
+    from_port: int | None = None
+    to_port: int | None = None
+    icmp_type: _IcmpNumber | None = None
+    icmp_code: _IcmpNumber | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_way_to_give_ports(self):
+        number = api._protocol_number(self.protocol)
+        raw = self.from_port is not None or self.to_port is not None
+        icmp = self.icmp_type is not None or self.icmp_code is not None
+        if self.ports is not None and raw:
+            raise ValueError("give ports or from_port/to_port, not both")
+        if icmp and (raw or self.ports is not None):
+            raise ValueError("give icmp_type/icmp_code or from_port/to_port, not both")
+        if self.ports is not None and number not in (6, 17):
+            raise ValueError(f"ports apply to tcp and udp only, not to protocol {self.protocol} "
+                             "(icmp: icmp_type/icmp_code)")
+        if icmp and number not in (1, 58):
+            raise ValueError(f"icmp_type/icmp_code apply to icmp and icmpv6 only, not to protocol {self.protocol}")
+        return self
+
+    def port_range(self, every_port: tuple[int, int]) -> tuple[int, int]:
+        """The API's (from_port, to_port); ``every_port`` when tcp/udp ports are not given."""
+        if self.ports is not None:
+            return self.ports
+        for first, last in ((self.icmp_type, self.icmp_code), (self.from_port, self.to_port)):
+            if first is not None or last is not None:
+                return (-1 if first is None else first), (-1 if last is None else last)
+        return every_port if api._protocol_number(self.protocol) in (6, 17) else (-1, -1)
+
+
+class _RuleFile(_PortsFile):
+    cidr: str | None = None
+    source_group: str | None = None
+    description: str | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_peer(self):
+        if (self.cidr is None) == (self.source_group is None):
+            raise ValueError("a rule names exactly one peer: cidr or source_group")
+        return self
+
+
+class _GroupFile(_Model):
+    name: _Name
+    description: str | None = None
+    ingress: list[_RuleFile] | None = None
+    egress: list[_RuleFile] | None = None
+
+
+class _AclEntryFile(_PortsFile):
+    rule: int
+    action: str
+    cidr: str
+    egress: bool = False
+
+
+class _AclFile(_Model):
+    name: _Name
+    entries: list[_AclEntryFile] | None = None
+
+
+class _FlowLogFile(_Model):
+    name: _Name
+    resource: str
+    traffic_type: str = FlowLog.traffic_type
+    interval: int = FlowLog.interval
+    log_format: str | None = None
 
 
 class _VpcFile(_Model):
@@ -216,6 +477,9 @@ class _VpcFile(_Model):
     vni: int | None = pydantic.Field(None, ge=1, le=MAX_VNI)
     subnets: list[_SubnetFile] = []
     instances: list[_InstanceFile] = []
+    security_groups: list[_GroupFile] = []
+    network_acls: list[_AclFile] = []
+    flow_logs: list[_FlowLogFile] = []
 
 
 class _TopologyFile(_Model):
@@ -225,7 +489,10 @@ class _TopologyFile(_Model):
 
 
 # Which model a list key holds, to name the allowed keys when an unknown one turns up.
-_ITEM_MODEL = {"hosts": _HostFile, "vpcs": _VpcFile, "subnets": _SubnetFile, "instances": _InstanceFile}
+_ITEM_MODEL = {"hosts": _HostFile, "vpcs": _VpcFile, "subnets": _SubnetFile, "instances": _InstanceFile,
+               "security_groups": _GroupFile, "ingress": _RuleFile, "egress": _RuleFile,
+               "network_acls": _AclFile, "entries": _AclEntryFile, "flow_logs": _FlowLogFile,
+               "connection_tracking": _ConnectionTrackingFile}
 
 
 def _path(loc) -> str:
@@ -300,6 +567,7 @@ class _Builder:
 
     def _vpc(self, path: str, vpc: _VpcFile, vni: int, hosts: set[str]) -> Vpc:
         self._unique(f"{path}.name", "VPC name", vpc.name, self.vpc_names)
+        group_names = list(dict.fromkeys([DEFAULT, *(g.name for g in vpc.security_groups)]))
         subnets = self._subnets(path, vpc)
         # Explicit addresses first, so automatic ones cannot take an address someone asked for.
         taken: dict[ipaddress.IPv4Address, str] = {}
@@ -314,13 +582,19 @@ class _Builder:
                                      f"(subnets: {', '.join(subnets) or 'none'})")
             elif inst.ip is not None:
                 self._check_ip(f"{ipath}.ip", inst.ip, subnet, taken)
+            self._instance_groups(ipath, vpc, inst, group_names)
         ips = self._assign(path, vpc, subnets, taken)
         # An instance left without an address always comes with a reported problem, so build() raises.
         instances = tuple(
             Instance(inst.name, vpc.name, inst.subnet, inst.host, ips[n], _eni_id(vpc.name, inst.name),
-                     inst.source_dest_check, ip_given=inst.ip is not None)
+                     inst.source_dest_check, ip_given=inst.ip is not None,
+                     security_groups=tuple(inst.security_groups or (DEFAULT,)),
+                     connection_tracking=ConnectionTracking(**(inst.connection_tracking or _CT).model_dump()))
             for n, inst in enumerate(vpc.instances) if n in ips)
-        return Vpc(vpc.name, vpc.cidr, vni, tuple(subnets.values()), instances)
+        groups = self._groups(path, vpc, group_names)
+        acls = self._acls(path, vpc)
+        flow_logs = self._flow_logs(path, vpc)
+        return Vpc(vpc.name, vpc.cidr, vni, tuple(subnets.values()), instances, groups, acls, flow_logs)
 
     def _subnets(self, path: str, vpc: _VpcFile) -> dict[str, Subnet]:
         subnets: dict[str, Subnet] = {}
@@ -334,8 +608,118 @@ class _Builder:
             for other in subnets.values():
                 if sub.cidr.overlaps(other.cidr):
                     self.problems.append(f"{spath}.cidr: {sub.cidr} overlaps subnet {other.name!r} ({other.cidr})")
-            subnets[sub.name] = Subnet(sub.name, sub.cidr)
+            acls = list(dict.fromkeys([DEFAULT, *(a.name for a in vpc.network_acls)]))
+            if sub.network_acl not in acls:
+                self.problems.append(f"{spath}.network_acl: unknown network ACL {sub.network_acl!r} in VPC "
+                                     f"{vpc.name!r} (network ACLs: {', '.join(acls)})")
+            subnets[sub.name] = Subnet(sub.name, sub.cidr, sub.network_acl)
         return subnets
+
+    # --- policy ------------------------------------------------------------------------------------
+
+    def _instance_groups(self, path: str, vpc: _VpcFile, inst: _InstanceFile, group_names: list[str]) -> None:
+        if inst.security_groups is None:
+            return
+        seen: dict[str, str] = {}
+        for k, name in enumerate(inst.security_groups):
+            gpath = f"{path}.security_groups[{k}]"
+            if name not in group_names:
+                self.problems.append(f"{gpath}: unknown group {name!r} in VPC {vpc.name!r} "
+                                     f"(groups: {', '.join(group_names)})")
+            else:
+                self._unique(gpath, "group", name, seen)
+        self._api_check(api.InstanceUpdate, {"security_group_ids": [_PLACEHOLDER["sg"]] * len(inst.security_groups)},
+                        lambda loc: f"{path}.security_groups")
+
+    def _groups(self, path: str, vpc: _VpcFile, group_names: list[str]) -> tuple[SecurityGroup, ...]:
+        out = []
+        where: dict[str, str] = {}
+        for g, group in enumerate(vpc.security_groups):
+            gpath = f"{path}.security_groups[{g}]"
+            fresh = self._unique(f"{gpath}.name", "group name", group.name, where)
+            given = {d: rules for d in ("ingress", "egress") if (rules := getattr(group, d)) is not None}
+            for d, rules in given.items():
+                for i, rule in enumerate(rules):
+                    if rule.source_group is not None and rule.source_group not in group_names:
+                        self.problems.append(f"{gpath}.{d}[{i}].source_group: unknown group {rule.source_group!r} "
+                                             f"in VPC {vpc.name!r} (groups: {', '.join(group_names)})")
+            # What `vpc apply` sends, a source group's id aside, checked by the API's model.
+            body: dict[str, Any] = {d: [_rule_body(rule) for rule in rules] for d, rules in given.items()}
+            if group.description is not None:
+                body["description"] = group.description
+            checked = self._api_check(api.SecurityGroupUpdate, body, lambda loc: _item_path(gpath, loc, given))
+            if not fresh or checked is None:
+                continue
+            made = {d: None if group.name == DEFAULT else default
+                    for d, default in (("ingress", ()), ("egress", ALLOW_ALL_EGRESS))}
+            for d, rules in given.items():
+                made[d] = tuple(SecurityGroupRule(r.protocol, r.from_port, r.to_port, r.cidr, f.source_group,
+                                                  r.description) for r, f in zip(getattr(checked, d), rules))
+            out.append(SecurityGroup(group.name, group.description, made["ingress"], made["egress"]))
+        return tuple(out)
+
+    def _acls(self, path: str, vpc: _VpcFile) -> tuple[NetworkAcl, ...]:
+        out = []
+        where: dict[str, str] = {}
+        for a, acl in enumerate(vpc.network_acls):
+            apath = f"{path}.network_acls[{a}]"
+            fresh = self._unique(f"{apath}.name", "network ACL name", acl.name, where)
+            if acl.entries is None:
+                if fresh:
+                    out.append(NetworkAcl(acl.name, None if acl.name == DEFAULT else ()))
+                continue
+            seen: dict[tuple[bool, int], str] = {}
+            for i, e in enumerate(acl.entries):
+                epath = f"{apath}.entries[{i}].rule"
+                if (e.egress, e.rule) in seen:
+                    self.problems.append(f"{epath}: duplicate {'egress' if e.egress else 'ingress'} rule number "
+                                         f"{e.rule} (first used at {seen[e.egress, e.rule]})")
+                seen.setdefault((e.egress, e.rule), epath)
+            # The API's own check for duplicates is the one above, made with the entries' paths.
+            checked = self._api_check(api.NetworkAclUpdate, {"entries": [_entry_body(e) for e in acl.entries]},
+                                      lambda loc: _item_path(apath, loc, {"entries": acl.entries}),
+                                      skip=lambda err: err["loc"] == ("entries",) and err["type"] == "value_error")
+            if fresh and checked is not None:
+                out.append(NetworkAcl(acl.name, tuple(
+                    NetworkAclEntry(e.rule_number, e.action, e.cidr, e.egress, e.protocol, e.from_port, e.to_port)
+                    for e in checked.entries)))
+        return tuple(out)
+
+    def _flow_logs(self, path: str, vpc: _VpcFile) -> tuple[FlowLog, ...]:
+        out = []
+        where: dict[str, str] = {}
+        subnets = [s.name for s in vpc.subnets]
+        instances = [i.name for i in vpc.instances]
+        for f, fl in enumerate(vpc.flow_logs):
+            fpath = f"{path}.flow_logs[{f}]"
+            fresh = self._unique(f"{fpath}.name", "flow log name", fl.name, where)
+            kind, _, name = fl.resource.partition("/")
+            if kind in ("subnet", "instance") and name:
+                names = subnets if kind == "subnet" else instances
+                if name not in names:
+                    self.problems.append(f"{fpath}.resource: unknown {kind} {name!r} in VPC {vpc.name!r} "
+                                         f"({kind}s: {', '.join(names) or 'none'})")
+            elif fl.resource != "vpc":
+                self.problems.append(f"{fpath}.resource: {fl.resource!r} is not vpc, subnet/NAME or instance/NAME")
+            checked = self._api_check(api.FlowLogCreate, {
+                "resource_id": _PLACEHOLDER["vpc"], "name": fl.name, "traffic_type": fl.traffic_type,
+                "max_aggregation_interval": fl.interval, "log_format": fl.log_format},
+                lambda loc: f"{fpath}.{_FLOW_LOG_KEYS.get(loc[0], loc[0])}")
+            if fresh and checked is not None:
+                out.append(FlowLog(fl.name, fl.resource, checked.traffic_type, checked.max_aggregation_interval,
+                                   checked.log_format))
+        return tuple(out)
+
+    def _api_check(self, model: type[pydantic.BaseModel], body: dict, where, skip=lambda err: False):
+        """Validate ``body`` with one of the API's models, as the API would; each complaint is reported
+        at the file path ``where(api_loc)``. Returns the validated model, or None when refused."""
+        try:
+            return model.model_validate(body, strict=True)
+        except pydantic.ValidationError as e:
+            for err in e.errors():
+                if not skip(err):
+                    self.problems.append(f"{where(err['loc'])}: {_api_problem(err)}")
+            return None
 
     def _check_ip(self, path: str, ip: ipaddress.IPv4Address, subnet: Subnet, taken: dict) -> None:
         if ip not in subnet.cidr:
@@ -375,6 +759,54 @@ class _Builder:
             return False
         seen[value] = path
         return True
+
+
+# Ids standing for the resources a file names, so that bodies can be checked before they exist.
+_PLACEHOLDER = {"sg": "sg-" + "0" * 17, "vpc": "vpc-" + "0" * 17}
+_FLOW_LOG_KEYS = {"max_aggregation_interval": "interval", "resource_id": "resource"}
+# The file keys that can give an API body field of a rule or an entry, in the order they are looked for.
+_FILE_KEYS = {"from_port": ("ports", "icmp_type", "from_port"), "to_port": ("ports", "icmp_code", "to_port"),
+              "source_group_id": ("source_group",), "rule_number": ("rule",)}
+
+
+def _rule_body(rule: _RuleFile) -> dict:
+    """A security group rule as the API's ``SgRule`` takes it."""
+    first, last = rule.port_range(every_port=(0, 65535))
+    return {"protocol": rule.protocol, "from_port": first, "to_port": last, "cidr": rule.cidr,
+            "source_group_id": None if rule.source_group is None else _PLACEHOLDER["sg"],
+            "description": rule.description}
+
+
+def _entry_body(entry: _AclEntryFile) -> dict:
+    """A network ACL entry as the API's ``AclEntry`` takes it (no ports given: -1, every port)."""
+    first, last = entry.port_range(every_port=(-1, -1))
+    return {"rule_number": entry.rule, "egress": entry.egress, "protocol": entry.protocol,
+            "action": entry.action, "cidr": entry.cidr, "from_port": first, "to_port": last}
+
+
+def _item_path(base: str, loc: tuple, lists: dict[str, list]) -> str:
+    """The file path of an API complaint about a body of rule or entry lists: ``("ingress", 2,
+    "from_port")`` → ``<base>.ingress[2].ports`` when the file gave ``ports``."""
+    path = f"{base}.{loc[0]}"
+    if len(loc) > 1 and isinstance(loc[1], int):
+        path += f"[{loc[1]}]"
+        if len(loc) > 2:
+            item = lists[loc[0]][loc[1]]
+            keys = _FILE_KEYS.get(loc[2], (loc[2],))
+            key = next((k for k in keys if getattr(item, k, None) is not None), None)
+            if key is not None:
+                path += f".{key}"
+    return path
+
+
+def _api_problem(err) -> str:
+    """One of the API model's complaints, worded as ``_describe`` words the file's."""
+    if err["type"] == "value_error":
+        return str(err["ctx"]["error"])
+    shown = err["input"]
+    if isinstance(shown, (list, dict)) or shown in _PLACEHOLDER.values():
+        return err["msg"]  # a list (its length is the problem) or an id standing for a name
+    return f"{err['msg']}, got {reprlib.repr(shown)}"
 
 
 def _eni_id(vpc: str, instance: str) -> str:

@@ -1124,3 +1124,11 @@ def test_patching_listeners_without_a_protocol_is_not_a_server_error(api, alice)
     r = api.call("PATCH", f"/v1/load-balancers/{w['load-balancers']}", alice, {"listeners": listeners})
     assert r.status_code == 200, r.text
     assert r.json()["listeners"][0]["protocol"] == "tcp"
+
+
+def test_acl_entry_protocol_above_255_is_refused():
+    from pydantic import ValidationError
+    from vswitch.controlplane.resources import AclEntry
+    with pytest.raises(ValidationError, match="out of range 0..255"):
+        AclEntry(rule_number=1, action="allow", cidr="0.0.0.0/0", protocol="300")
+    assert AclEntry(rule_number=1, action="allow", cidr="0.0.0.0/0", protocol="255").protocol == "255"

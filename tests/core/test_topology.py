@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from vswitch.topology import (
-    Host, Subnet, Topology, TopologyError, load_topology, parse_topology, reserved_addresses,
+    ALLOW_ALL_EGRESS, ConnectionTracking, FlowLog, Host, NetworkAcl, NetworkAclEntry, SecurityGroup,
+    SecurityGroupRule, Subnet, Topology, TopologyError, load_topology, parse_topology, reserved_addresses,
 )
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -326,10 +327,375 @@ def test_result_is_plain_and_frozen():
         t.vpcs[0].instances[0].ip = IP("10.0.1.99")
 
 
+# --- policy: security groups, network ACLs, connection tracking, flow logs ------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_file_parses(path):
+    assert load_topology(path).vpcs
+
+
+def test_the_policy_example():
+    (vpc,) = load_topology(CONFIGS / "policy.yaml").vpcs
+    assert [g.name for g in vpc.security_groups] == ["web", "ops"]
+    assert SecurityGroupRule("tcp", 8080, 8080, "10.0.1.0/24", description="the app subnet") in \
+        vpc.security_group("web").ingress
+    assert vpc.subnet("ops").network_acl == "ops" and vpc.subnet("app").network_acl == "default"
+    assert [(f.resource, f.traffic_type) for f in vpc.flow_logs] == [("instance/web", "REJECT")]
+
+
+def policy() -> dict:
+    """demo() with policy of every kind."""
+    data = demo()
+    vpc = data["vpcs"][0]
+    vpc["subnets"].append({"name": "ops", "cidr": "10.0.2.0/24", "network_acl": "strict"})
+    vpc["instances"][0]["security_groups"] = ["web", "default"]
+    vpc["instances"][1]["connection_tracking"] = {"tcp_established_timeout": 3600, "max_tracked_flows": 10000}
+    vpc["security_groups"] = [
+        {"name": "web", "description": "web servers", "ingress": [
+            {"protocol": "tcp", "ports": 8080, "cidr": "10.0.0.0/16"},
+            {"protocol": "tcp", "ports": 22, "source_group": "admin"},
+            {"protocol": "icmp", "icmp_type": 8, "cidr": "0.0.0.0/0"}]},
+        {"name": "admin"},
+    ]
+    vpc["network_acls"] = [{"name": "strict", "entries": [
+        {"rule": 100, "action": "allow", "protocol": "tcp", "ports": 80, "cidr": "0.0.0.0/0"},
+        {"rule": 100, "egress": True, "action": "allow", "cidr": "0.0.0.0/0"}]}]
+    vpc["flow_logs"] = [
+        {"name": "all", "resource": "vpc", "traffic_type": "ALL", "interval": 60},
+        {"name": "rejects", "resource": "instance/web", "traffic_type": "REJECT", "interval": 1,
+         "log_format": "${version} ${srcaddr} ${action}"},
+        {"name": "ops", "resource": "subnet/ops"},
+    ]
+    return data
+
+
+def test_policy_defaults():
+    (vpc,) = parse_topology(demo()).vpcs
+    assert (vpc.security_groups, vpc.network_acls, vpc.flow_logs) == ((), (), ())
+    assert vpc.subnet("app").network_acl == "default"
+    for inst in vpc.instances:
+        assert inst.security_groups == ("default",)
+        assert inst.connection_tracking == ConnectionTracking(432000, 180, 30, 65536)  # the API's defaults
+
+
+def test_every_policy_key():
+    t = parse_topology(policy())
+    (vpc,) = t.vpcs
+    assert vpc.security_groups == (
+        SecurityGroup("web", "web servers", ingress=(
+            SecurityGroupRule("tcp", 8080, 8080, "10.0.0.0/16"),
+            SecurityGroupRule("tcp", 22, 22, source_group="admin"),
+            SecurityGroupRule("icmp", 8, -1, "0.0.0.0/0"),
+        ), egress=ALLOW_ALL_EGRESS),
+        SecurityGroup("admin", None, (), ALLOW_ALL_EGRESS),
+    )
+    assert ALLOW_ALL_EGRESS == (SecurityGroupRule("-1", -1, -1, "0.0.0.0/0"),)
+    assert vpc.network_acls == (NetworkAcl("strict", (
+        NetworkAclEntry(100, "allow", "0.0.0.0/0", False, "tcp", 80, 80),
+        NetworkAclEntry(100, "allow", "0.0.0.0/0", True, "-1", -1, -1))),)
+    assert vpc.subnet("ops") == Subnet("ops", ipaddress.IPv4Network("10.0.2.0/24"), "strict")
+    assert t.instance("web").security_groups == ("web", "default")
+    assert t.instance("client").connection_tracking == ConnectionTracking(3600, 180, 30, 10000)
+    assert vpc.flow_logs == (FlowLog("all", "vpc", "ALL", 60), FlowLog("rejects", "instance/web", "REJECT", 1,
+                                                                        "${version} ${srcaddr} ${action}"),
+                             FlowLog("ops", "subnet/ops", "ALL", 600, None))
+    assert vpc.security_group("admin").ingress == () and vpc.network_acl("strict").entries[0].rule == 100
+    with pytest.raises(KeyError):
+        vpc.security_group("nope")
+    with pytest.raises(KeyError):
+        vpc.network_acl("nope")
+
+
+RULE_FORMS = [  # (the rule as written, less its peer) -> (protocol, from_port, to_port) as the API records it
+    ({}, ("-1", -1, -1)),
+    ({"protocol": "all"}, ("all", -1, -1)),
+    ({"protocol": -1}, ("-1", -1, -1)),
+    ({"protocol": "tcp"}, ("tcp", 0, 65535)),  # a group rule for tcp without ports: every port
+    ({"protocol": "udp", "ports": 53}, ("udp", 53, 53)),
+    ({"protocol": "tcp", "ports": "8000-8100"}, ("tcp", 8000, 8100)),
+    ({"protocol": 6, "ports": " 80 - 81 "}, ("6", 80, 81)),
+    ({"protocol": "17", "ports": "0-65535"}, ("17", 0, 65535)),
+    ({"protocol": "tcp", "from_port": 10, "to_port": 20}, ("tcp", 10, 20)),
+    ({"protocol": "icmp"}, ("icmp", -1, -1)),
+    ({"protocol": "icmp", "icmp_type": 3, "icmp_code": 4}, ("icmp", 3, 4)),
+    ({"protocol": "icmpv6", "icmp_code": 0}, ("icmpv6", -1, 0)),
+    ({"protocol": "icmp", "from_port": 8, "to_port": -1}, ("icmp", 8, -1)),
+    ({"protocol": 47}, ("47", -1, -1)),
+    ({"protocol": 0}, ("0", -1, -1)),
+]
+
+
+@pytest.mark.parametrize("rule,expected", RULE_FORMS, ids=[str(r) for r, _ in RULE_FORMS])
+def test_rule_and_entry_forms(rule, expected):
+    data = policy()
+    vpc = data["vpcs"][0]
+    vpc["security_groups"][1]["ingress"] = [{**rule, "cidr": "10.0.0.0/16", "description": "x"}]
+    vpc["network_acls"][0]["entries"] = [{**rule, "rule": 1, "action": "deny", "cidr": "10.0.0.0/16"}]
+    (parsed,) = parse_topology(data).vpcs
+    assert parsed.security_group("admin").ingress == (SecurityGroupRule(*expected, "10.0.0.0/16", None, "x"),)
+    protocol, first, last = expected
+    if (protocol, first, last) == ("tcp", 0, 65535) and "from_port" not in rule:
+        first = last = -1  # an ACL entry without ports: the API's default, -1, every port
+    assert parsed.network_acl("strict").entries == (NetworkAclEntry(1, "deny", "10.0.0.0/16", False, protocol,
+                                                                    first, last),)
+
+
+def test_cidrs_are_normalized_as_the_api_records_them():
+    data = policy()
+    data["vpcs"][0]["security_groups"][1]["ingress"] = [{"cidr": "FD00::/8"}, {"cidr": "::/0"}]
+    assert [r.cidr for r in parse_topology(data).vpcs[0].security_group("admin").ingress] == ["fd00::/8", "::/0"]
+
+
+def test_egress_given_empty_is_none_and_absent_is_the_api_default():
+    data = policy()
+    data["vpcs"][0]["security_groups"][1]["egress"] = []
+    (vpc,) = parse_topology(data).vpcs
+    assert vpc.security_group("admin").egress == () and vpc.security_group("web").egress == ALLOW_ALL_EGRESS
+
+
+def test_default_names_the_vpcs_default_group_and_acl():
+    data = policy()
+    vpc = data["vpcs"][0]
+    vpc["security_groups"].append({"name": "default"})
+    vpc["network_acls"].append({"name": "default"})
+    vpc["network_acls"].append({"name": "empty"})
+    vpc["instances"][1]["security_groups"] = ["default"]
+    vpc["subnets"][0]["network_acl"] = "default"
+    (parsed,) = parse_topology(data).vpcs
+    # Named without rules: left as it is (None), unlike a group or ACL of the file's own (none, deny all).
+    assert parsed.security_group("default") == SecurityGroup("default", None, None, None)
+    assert parsed.network_acl("default") == NetworkAcl("default", None)
+    assert parsed.network_acl("empty") == NetworkAcl("empty", ())
+    vpc["security_groups"][-1] = {"name": "default", "ingress": [{"source_group": "web"}]}
+    vpc["network_acls"][-2] = {"name": "default", "entries": [{"rule": 1, "action": "deny", "cidr": "0.0.0.0/0"}]}
+    (parsed,) = parse_topology(data).vpcs
+    assert parsed.security_group("default") == SecurityGroup("default", None, (
+        SecurityGroupRule(source_group="web"),), None)
+    assert parsed.network_acl("default").entries == (NetworkAclEntry(1, "deny", "0.0.0.0/0"),)
+    # Groups of one VPC are not those of another.
+    data["vpcs"].append({"name": "other", "cidr": "10.0.0.0/16", "subnets": [{"name": "app", "cidr": "10.0.1.0/24"}],
+                         "instances": [{"name": "x", "subnet": "app", "host": "host-a", "security_groups": ["web"]}]})
+    with pytest.raises(TopologyError, match=r"^vpcs\[1\]\.instances\[0\]\.security_groups\[0\]: unknown group 'web' "
+                                            r"in VPC 'other' \(groups: default\)$"):
+        parse_topology(data)
+
+
+def _rule(**rule):
+    """Replace the first ingress rule of group web."""
+    return _set("vpcs.0.security_groups.0.ingress.0", rule)
+
+
+def _entry(**entry):
+    """Replace the first entry of ACL strict."""
+    return _set("vpcs.0.network_acls.0.entries.0", {"rule": 1, "action": "allow", "cidr": "0.0.0.0/0", **entry})
+
+
+def _flow_log(**fl):
+    return _set("vpcs.0.flow_logs.0", {"name": "all", "resource": "vpc", **fl})
+
+
+def _append(path: str, value):
+    def change(data):
+        for p in [int(p) if p.isdigit() else p for p in path.split(".")]:
+            data = data[p]
+        data.append(value)
+    return change
+
+
+G, E, I, F = "vpcs[0].security_groups[0]", "vpcs[0].network_acls[0]", "vpcs[0].instances", "vpcs[0].flow_logs[0]"
+NET = "10.0.0.0/16"
+POLICY_ERRORS = {
+    # shape (first pass)
+    "unknown group key": (_set("vpcs.0.security_groups.0.colour", "red"),
+                          [f"{G}: unknown key 'colour' (allowed: name, description, ingress, egress)"]),
+    "unknown rule key": (_rule(protocol="tcp", port=80, cidr=NET), [f"{G}.ingress[0]: unknown key 'port'", "ports"]),
+    "unknown egress rule key": (_set("vpcs.0.security_groups.1.egress", [{"cidr": NET, "peer": "x"}]),
+                                ["vpcs[0].security_groups[1].egress[0]: unknown key 'peer'", "source_group"]),
+    "unknown acl key": (_set("vpcs.0.network_acls.0.rules", []), [f"{E}: unknown key 'rules'", "entries"]),
+    "api spelling of rule number": (_entry(rule_number=5), [f"{E}.entries[0]: unknown key 'rule_number'", "rule"]),
+    "unknown flow log key": (_flow_log(format="x"), [f"{F}: unknown key 'format'", "log_format"]),
+    "unknown conntrack key": (_set("vpcs.0.instances.1.connection_tracking.tcp_timeout", 60),
+                              [f"{I}[1].connection_tracking: unknown key 'tcp_timeout'", "udp_timeout"]),
+    "group name bad": (_set("vpcs.0.security_groups.0.name", "Web"), [f"{G}.name: 'Web'"]),
+    "group name missing": (_delete("vpcs.0.security_groups.1.name"), ["vpcs[0].security_groups[1].name: required"]),
+    "acl name bad": (_set("vpcs.0.network_acls.0.name", "a b"), [f"{E}.name: 'a b'"]),
+    "flow log name bad": (_flow_log(name="x" * 21), [f"{F}.name: '{'x' * 21}'"]),
+    "rules not a list": (_set("vpcs.0.security_groups.0.ingress", {"cidr": NET}), [f"{G}.ingress: ", "valid list"]),
+    "rule not a mapping": (_set("vpcs.0.security_groups.0.ingress.0", "tcp 80"),
+                           [f"{G}.ingress[0]: expected a mapping"]),
+    "two peers": (_rule(cidr=NET, source_group="admin"),
+                  [f"{G}.ingress[0]: a rule names exactly one peer: cidr or source_group"]),
+    "no peer": (_rule(protocol="tcp", ports=80), [f"{G}.ingress[0]: a rule names exactly one peer"]),
+    "ports and from_port": (_rule(protocol="tcp", ports=80, from_port=80, cidr=NET),
+                            [f"{G}.ingress[0]: give ports or from_port/to_port, not both"]),
+    "icmp_type and to_port": (_rule(protocol="icmp", icmp_type=8, to_port=0, cidr=NET),
+                              [f"{G}.ingress[0]: give icmp_type/icmp_code or from_port/to_port, not both"]),
+    "icmp_type on tcp": (_rule(protocol="tcp", icmp_type=8, cidr=NET),
+                         [f"{G}.ingress[0]: icmp_type/icmp_code apply to icmp and icmpv6 only, not to protocol tcp"]),
+    "ports on icmp": (_rule(protocol="icmp", ports=8, cidr=NET), [f"{G}.ingress[0]: ports apply to tcp and udp only"]),
+    "ports on all in an entry": (_entry(ports=80),
+                                 [f"{E}.entries[0]: ports apply to tcp and udp only, not to protocol -1"]),
+    "ports a word": (_rule(protocol="tcp", ports="http", cidr=NET), [f"{G}.ingress[0].ports: ", "'http'"]),
+    "ports reversed": (_rule(protocol="tcp", ports="90-80", cidr=NET), [f"{G}.ingress[0].ports: 90-80"]),
+    "ports too high": (_rule(protocol="tcp", ports=65536, cidr=NET), [f"{G}.ingress[0].ports: 65536"]),
+    "ports negative": (_rule(protocol="tcp", ports=-1, cidr=NET), [f"{G}.ingress[0].ports: -1"]),
+    "ports a bool": (_rule(protocol="tcp", ports=True, cidr=NET), [f"{G}.ingress[0].ports: ", "True"]),
+    "ports a list": (_rule(protocol="tcp", ports=[80, 81], cidr=NET), [f"{G}.ingress[0].ports: ", "[80, 81]"]),
+    "protocol unknown": (_rule(protocol="sctp", cidr=NET), [f"{G}.ingress[0].protocol: 'sctp' is not a protocol"]),
+    "protocol upper case": (_rule(protocol="TCP", cidr=NET), [f"{G}.ingress[0].protocol: 'TCP'"]),
+    "protocol too large": (_rule(protocol=256, cidr=NET), [f"{G}.ingress[0].protocol: 256"]),
+    "protocol string too large": (_entry(protocol="300"), [f"{E}.entries[0].protocol: '300'"]),
+    "protocol below -1": (_rule(protocol=-2, cidr=NET), [f"{G}.ingress[0].protocol: -2"]),
+    "protocol a bool": (_rule(protocol=True, cidr=NET), [f"{G}.ingress[0].protocol: True"]),
+    "icmp type too large": (_rule(protocol="icmp", icmp_type=256, cidr=NET), [f"{G}.ingress[0].icmp_type: ", "256"]),
+    "icmp code below -1": (_rule(protocol="icmp", icmp_code=-2, cidr=NET), [f"{G}.ingress[0].icmp_code: ", "-2"]),
+    "from_port a string": (_rule(protocol="tcp", from_port="80", to_port=80, cidr=NET),
+                           [f"{G}.ingress[0].from_port: ", "'80'"]),
+    "cidr not a string": (_rule(cidr=10), [f"{G}.ingress[0].cidr: ", "got 10"]),
+    "description not a string": (_set("vpcs.0.security_groups.0.description", 5), [f"{G}.description: ", "got 5"]),
+    "rule number missing": (_set("vpcs.0.network_acls.0.entries.0", {"action": "allow", "cidr": NET}),
+                            [f"{E}.entries[0].rule: required"]),
+    "rule number a string": (_entry(rule="100"), [f"{E}.entries[0].rule: ", "'100'"]),
+    "action missing": (_set("vpcs.0.network_acls.0.entries.0", {"rule": 1, "cidr": NET}),
+                       [f"{E}.entries[0].action: required"]),
+    "entry cidr missing": (_set("vpcs.0.network_acls.0.entries.0", {"rule": 1, "action": "allow"}),
+                           [f"{E}.entries[0].cidr: required"]),
+    "egress not a bool": (_entry(egress="yes"), [f"{E}.entries[0].egress: ", "'yes'"]),
+    "groups not a list": (_set("vpcs.0.instances.0.security_groups", "web"), [f"{I}[0].security_groups: ", "'web'"]),
+    "conntrack not a mapping": (_set("vpcs.0.instances.1.connection_tracking", 3600),
+                                [f"{I}[1].connection_tracking: expected a mapping"]),
+    "conntrack value a string": (_set("vpcs.0.instances.1.connection_tracking.udp_timeout", "40"),
+                                 [f"{I}[1].connection_tracking.udp_timeout: ", "'40'"]),
+    "udp timeout too long": (_set("vpcs.0.instances.1.connection_tracking.udp_timeout", 61),
+                             [f"{I}[1].connection_tracking.udp_timeout: ", "60", "got 61"]),
+    "udp stream timeout too short": (_set("vpcs.0.instances.1.connection_tracking.udp_stream_timeout", 59),
+                                     [f"{I}[1].connection_tracking.udp_stream_timeout: ", "got 59"]),
+    "tcp timeout too long": (_set("vpcs.0.instances.1.connection_tracking.tcp_established_timeout", 432001),
+                             [f"{I}[1].connection_tracking.tcp_established_timeout: ", "got 432001"]),
+    "no flows tracked": (_set("vpcs.0.instances.1.connection_tracking.max_tracked_flows", 0),
+                         [f"{I}[1].connection_tracking.max_tracked_flows: ", "got 0"]),
+    "network_acl not a string": (_set("vpcs.0.subnets.1.network_acl", None), ["vpcs[0].subnets[1].network_acl: "]),
+    "flow log resource missing": (_delete("vpcs.0.flow_logs.0.resource"), [f"{F}.resource: required"]),
+    "interval a string": (_flow_log(interval="60"), [f"{F}.interval: ", "'60'"]),
+    # the file as a whole (second pass)
+    "duplicate group": (_append("vpcs.0.security_groups", {"name": "web"}),
+                        ["vpcs[0].security_groups[2].name: duplicate group name 'web'", f"{G}.name"]),
+    "duplicate default group": (lambda d: _append("vpcs.0.security_groups", {"name": "default"})(d) or
+                                _append("vpcs.0.security_groups", {"name": "default"})(d),
+                                ["vpcs[0].security_groups[3].name: duplicate group name 'default'"]),
+    "duplicate acl": (_append("vpcs.0.network_acls", {"name": "strict"}),
+                      ["vpcs[0].network_acls[1].name: duplicate network ACL name 'strict'"]),
+    "duplicate flow log": (_append("vpcs.0.flow_logs", {"name": "rejects", "resource": "vpc"}),
+                           ["vpcs[0].flow_logs[3].name: duplicate flow log name 'rejects'",
+                            "vpcs[0].flow_logs[1].name"]),
+    "unknown source group": (_set("vpcs.0.security_groups.0.ingress.1.source_group", "adm"),
+                             [f"{G}.ingress[1].source_group: unknown group 'adm' in VPC 'demo' "
+                              "(groups: default, web, admin)"]),
+    "unknown egress source group": (_set("vpcs.0.security_groups.1.egress", [{"source_group": "nope"}]),
+                                    ["vpcs[0].security_groups[1].egress[0].source_group: unknown group 'nope'"]),
+    "tcp ports reversed (the API's rule)": (_rule(protocol="tcp", from_port=90, to_port=80, cidr=NET),
+                                            [f"{G}.ingress[0]: tcp/udp rules need 0 <= from_port <= to_port"]),
+    "ports on all (the API's rule)": (_rule(from_port=80, to_port=80, cidr=NET),
+                                      [f"{G}.ingress[0]: ports apply to tcp, udp and icmp only"]),
+    "icmp type above 255 by from_port (the API's rule)": (
+        _rule(protocol="icmp", from_port=300, to_port=-1, cidr=NET), [f"{G}.ingress[0]: icmp rules carry the type"]),
+    "to_port too large (the API's range)": (_rule(protocol="tcp", from_port=0, to_port=70000, cidr=NET),
+                                            [f"{G}.ingress[0].to_port: ", "65535", "got 70000"]),
+    "entry from_port too small (the API's range)": (_entry(protocol="tcp", from_port=-2, to_port=80),
+                                                    [f"{E}.entries[0].from_port: ", "got -2"]),
+    "cidr host bits": (_rule(cidr="10.0.0.1/16"), [f"{G}.ingress[0].cidr: '10.0.0.1/16' is not a CIDR block"]),
+    "cidr not a cidr": (_entry(cidr="everywhere"), [f"{E}.entries[0].cidr: 'everywhere'"]),
+    "rule description too long": (_rule(cidr=NET, description="d" * 256),
+                                  [f"{G}.ingress[0].description: ", "255 characters"]),
+    "group description too long": (_set("vpcs.0.security_groups.0.description", "d" * 256),
+                                   [f"{G}.description: ", "255 characters"]),
+    "too many rules": (_set("vpcs.0.security_groups.0.ingress", [{"cidr": NET}] * 1001),
+                       [f"{G}.ingress: List should have at most"]),
+    "duplicate rule number": (_append("vpcs.0.network_acls.0.entries",
+                                      {"rule": 100, "action": "deny", "cidr": NET}),
+                              [f"{E}.entries[2].rule: duplicate ingress rule number 100 (first used at "
+                               f"{E}.entries[0].rule)"]),
+    "duplicate egress rule number": (_append("vpcs.0.network_acls.0.entries",
+                                             {"rule": 100, "egress": True, "action": "deny", "cidr": NET}),
+                                     [f"{E}.entries[2].rule: duplicate egress rule number 100"]),
+    "rule number zero": (_entry(rule=0), [f"{E}.entries[0].rule: ", "greater than or equal to 1", "got 0"]),
+    "rule number too large": (_entry(rule=32767), [f"{E}.entries[0].rule: ", "32766", "got 32767"]),
+    "action unknown": (_entry(action="permit"), [f"{E}.entries[0].action: ", "'allow' or 'deny'", "'permit'"]),
+    "too many entries": (_set("vpcs.0.network_acls.0.entries",
+                              [{"rule": n, "action": "allow", "cidr": NET} for n in range(1, 1002)]),
+                         [f"{E}.entries: ", "should have at most"]),
+    "unknown network acl": (_set("vpcs.0.subnets.1.network_acl", "stric"),
+                            ["vpcs[0].subnets[1].network_acl: unknown network ACL 'stric' in VPC 'demo' "
+                             "(network ACLs: default, strict)"]),
+    "unknown instance group": (_set("vpcs.0.instances.0.security_groups", ["web", "db"]),
+                               [f"{I}[0].security_groups[1]: unknown group 'db' in VPC 'demo'"]),
+    "duplicate instance group": (_set("vpcs.0.instances.0.security_groups", ["web", "default", "web"]),
+                                 [f"{I}[0].security_groups[2]: duplicate group 'web' (first used at "
+                                  f"{I}[0].security_groups[0])"]),
+    "no instance group": (_set("vpcs.0.instances.0.security_groups", []),
+                          [f"{I}[0].security_groups: List should have at least 1 item"]),
+    "six instance groups": (lambda d: [_append("vpcs.0.security_groups", {"name": f"g{n}"})(d) for n in range(5)]
+                            and _set("vpcs.0.instances.0.security_groups", ["web", "g0", "g1", "g2", "g3", "g4"])(d),
+                            [f"{I}[0].security_groups: List should have at most 5 items"]),
+    "flow log resource unknown kind": (_flow_log(resource="eni/web"),
+                                       [f"{F}.resource: 'eni/web' is not vpc, subnet/NAME or instance/NAME"]),
+    "flow log resource without name": (_flow_log(resource="subnet/"), [f"{F}.resource: 'subnet/' is not"]),
+    "flow log unknown subnet": (_flow_log(resource="subnet/db"),
+                                [f"{F}.resource: unknown subnet 'db' in VPC 'demo' (subnets: app, ops)"]),
+    "flow log unknown instance": (_flow_log(resource="instance/nope"),
+                                  [f"{F}.resource: unknown instance 'nope' in VPC 'demo' (instances: web, client)"]),
+    "flow log instance of another vpc": (
+        lambda d: _add_vpc(name="other", subnets=[{"name": "app", "cidr": "10.0.1.0/24"}],
+                           instances=[{"name": "x", "subnet": "app", "host": "host-a"}],
+                           flow_logs=[{"name": "x", "resource": "instance/web"}])(d),
+        ["vpcs[1].flow_logs[0].resource: unknown instance 'web' in VPC 'other' (instances: x)"]),
+    "traffic type unknown": (_flow_log(traffic_type="all"), [f"{F}.traffic_type: ", "'ALL'", "got 'all'"]),
+    "interval zero": (_flow_log(interval=0), [f"{F}.interval: ", "got 0"]),
+    "interval too long": (_flow_log(interval=601), [f"{F}.interval: ", "600", "got 601"]),
+    "log format unknown field": (_flow_log(log_format="${version} ${colour}"),
+                                 [f"{F}.log_format: unknown flow log fields ['colour']"]),
+    "log format empty": (_flow_log(log_format=""), [f"{F}.log_format: unknown flow log fields []"]),
+}
+
+
+@pytest.mark.parametrize("change,expected", POLICY_ERRORS.values(), ids=POLICY_ERRORS.keys())
+def test_invalid_policy_names_the_field_and_value(change, expected):
+    data = policy()
+    change(data)
+    with pytest.raises(TopologyError) as e:
+        parse_topology(data)
+    message = str(e.value)
+    for part in expected:
+        assert part in message, message
+    assert all(re.match(r"[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: ", line) for line in message.splitlines()), message
+
+
+def test_every_policy_problem_is_reported_with_its_path():
+    data = policy()
+    vpc = data["vpcs"][0]
+    vpc["subnets"][1]["network_acl"] = "nope"
+    vpc["instances"][0]["security_groups"] = ["adm"]
+    vpc["security_groups"][0]["ingress"][1]["source_group"] = "adm"
+    vpc["security_groups"][0]["ingress"][2]["icmp_type"] = 8
+    vpc["security_groups"][0]["ingress"][0]["cidr"] = "10.0.0.1/16"
+    vpc["network_acls"][0]["entries"][1]["egress"] = False
+    vpc["network_acls"][0]["entries"][1]["action"] = "permit"
+    vpc["flow_logs"][1]["interval"] = 0
+    lines = str(pytest.raises(TopologyError, parse_topology, data).value).splitlines()
+    assert [line.split(": ")[0] for line in lines] == [
+        "vpcs[0].subnets[1].network_acl", "vpcs[0].instances[0].security_groups[0]",
+        "vpcs[0].security_groups[0].ingress[1].source_group", "vpcs[0].security_groups[0].ingress[0].cidr",
+        "vpcs[0].network_acls[0].entries[1].rule", "vpcs[0].network_acls[0].entries[1].action",
+        "vpcs[0].flow_logs[1].interval"]
+
+
 # --- fuzzing: whatever the YAML holds, the only failure is TopologyError --------------------------------
 
 KEYS = ["hosts", "vpcs", "underlay_mtu", "name", "offload", "cidr", "vni", "subnets", "instances",
-        "subnet", "host", "ip", "source_dest_check"]
+        "subnet", "host", "ip", "source_dest_check", "security_groups", "network_acls", "flow_logs",
+        "network_acl", "connection_tracking", "ingress", "egress", "entries", "protocol", "ports",
+        "source_group", "rule", "action", "resource", "interval"]
 ANY_YAML = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
     lambda children: st.lists(children, max_size=4)
@@ -365,9 +731,49 @@ WELL_SHAPED = st.fixed_dictionaries(
     optional={"underlay_mtu": st.integers(1200, 70000)},
 )
 
+# Policy from a few plausible values each, valid or not: every mix must parse or be refused by name.
+PORTISH = st.sampled_from([-1, 0, 80, 255, 256, 65535, 70000, "80", "80-90", "90-80", "x", True, None])
+RULES = st.lists(st.fixed_dictionaries({}, optional={
+    "protocol": st.sampled_from(["tcp", "udp", "icmp", "icmpv6", "all", "-1", -1, 6, 47, 256, "300", "TCP", 1.5]),
+    "ports": PORTISH, "from_port": PORTISH, "to_port": PORTISH, "icmp_type": PORTISH, "icmp_code": PORTISH,
+    "cidr": st.sampled_from(["10.0.0.0/16", "0.0.0.0/0", "::/0", "10.0.0.1/16", "x", 5]),
+    "source_group": st.sampled_from(["a", "b", "default", "zz"]),
+    "description": st.sampled_from(["", "d", "d" * 256]),
+}), max_size=3)
+ENTRIES = st.lists(st.fixed_dictionaries({}, optional={
+    "rule": st.sampled_from([0, 1, 100, 32766, 32767, "1"]), "action": st.sampled_from(["allow", "deny", "x"]),
+    "egress": st.booleans(), "protocol": st.sampled_from(["tcp", "icmp", "all", 17]), "ports": PORTISH,
+    "icmp_type": PORTISH, "cidr": st.sampled_from(["0.0.0.0/0", "10.0.0.1/16"]),
+}), max_size=4)
+POLICY_SHAPED = st.fixed_dictionaries({
+    "hosts": st.just([{"name": "a"}]),
+    "vpcs": st.lists(st.fixed_dictionaries({
+        "name": NAMES,
+        "cidr": st.just("10.0.0.0/16"),
+        "subnets": st.lists(st.fixed_dictionaries(
+            {"name": NAMES, "cidr": st.sampled_from(["10.0.1.0/24", "10.0.2.0/24"])},
+            optional={"network_acl": st.sampled_from(["a", "default", "zz"])}), max_size=2),
+        "instances": st.lists(st.fixed_dictionaries(
+            {"name": st.from_regex(r"[a-z][0-9]", fullmatch=True), "subnet": NAMES, "host": st.just("a")},
+            optional={"security_groups": st.lists(st.sampled_from(["a", "b", "default", "zz"]), max_size=6),
+                      "connection_tracking": st.dictionaries(
+                          st.sampled_from(["udp_timeout", "tcp_established_timeout", "max_tracked_flows", "x"]),
+                          st.sampled_from([0, 30, 60, 61, 3600, "60"]), max_size=3)}), max_size=3),
+        "security_groups": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["a", "b", "default"])},
+                                                          optional={"ingress": RULES, "egress": RULES,
+                                                                    "description": st.just("d")}), max_size=3),
+        "network_acls": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["a", "default"])},
+                                                       optional={"entries": ENTRIES}), max_size=2),
+        "flow_logs": st.lists(st.fixed_dictionaries(
+            {"name": NAMES, "resource": st.sampled_from(["vpc", "subnet/a", "instance/a1", "x/y", "subnet/"])},
+            optional={"traffic_type": st.sampled_from(["ALL", "REJECT", "x"]), "interval": st.sampled_from([0, 1, 601]),
+                      "log_format": st.sampled_from(["${version}", "${x}", ""])}), max_size=2),
+    }), max_size=2),
+})
+
 
 @settings(max_examples=300, deadline=None)
-@given(ANY_YAML | WELL_SHAPED)
+@given(ANY_YAML | WELL_SHAPED | POLICY_SHAPED)
 def test_any_input_either_parses_or_raises_topology_error(data):
     try:
         parse_topology(data)

@@ -209,3 +209,18 @@ def test_reject_shows_up_in_the_flow_log_with_its_fields(lab, restore):
     assert all(x["version"] == "2" and x["protocol"] == "6" for x in rows)
     lab.api.call("DELETE", f"/v1/flow-logs/{rejects['id']}")
     lab.api.call("DELETE", f"/v1/flow-logs/{everything['id']}")
+
+
+def test_a_rule_change_reaches_the_data_path_in_under_a_second(lab, restore):
+    from agents.trace import trace
+
+    web = group(lab, "web", [{"protocol": "tcp", "from_port": 9000, "to_port": 9000, "cidr": "10.0.1.0/24"}])
+    set_groups(lab, "web", [web["id"]])
+    state, instances = lab.lab.state(), lab.lab.instances()
+    assert trace(state, instances, "client", "web", "tcp", 9001)["verdict"] == "dropped"
+    t0 = time.monotonic()
+    lab.api.call("PATCH", f"/v1/security-groups/{web['id']}",
+                 {"ingress": [{"protocol": "tcp", "from_port": 9000, "to_port": 9001, "cidr": "10.0.1.0/24"}]})
+    while trace(state, instances, "client", "web", "tcp", 9001)["verdict"] != "delivered":
+        assert time.monotonic() - t0 < 1.0, "the change took longer than a second to reach host-b"
+        time.sleep(0.01)

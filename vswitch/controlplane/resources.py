@@ -212,6 +212,12 @@ class AclEntry(Body):
     from_port: int = Field(-1, ge=-1, le=65535)
     to_port: int = Field(-1, ge=-1, le=65535)
 
+    @model_validator(mode="after")
+    def _check(self):
+        if not -1 <= _protocol_number(self.protocol) <= 255:
+            raise ValueError(f"protocol {self.protocol} out of range 0..255")
+        return self
+
 
 def _unique_entries(entries: list[AclEntry]) -> list[AclEntry]:
     seen = set()

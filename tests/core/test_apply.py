@@ -1,0 +1,445 @@
+"""``vpc apply`` (agents/apply.py) against the real API in-process: policy from the topology file.
+
+The app is the real one, ``build_app(ControlPlane(store))`` on a SQLite store in a temporary directory,
+driven through Starlette's ``TestClient`` — an ``httpx.Client`` — set as the ``http`` of a real
+``ApiClient``, so apply_topology makes the same calls as ``vpc apply`` does. Each test starts from a
+fresh store with two registered hosts and one account.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import pathlib
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from agents.apply import apply_topology
+from vswitch.controlplane.api import build_app
+from vswitch.controlplane.client import ApiClient, ApiRequestError
+from vswitch.controlplane.service import ControlPlane
+from vswitch.store import open_store
+from vswitch.topology import load_topology, parse_topology
+
+ADMIN = "admin-token"
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture
+def api(tmp_path):
+    cp = ControlPlane(None)
+    app = build_app(cp)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):  # in the TestClient's event loop: where the store is used
+        async with open_store(f"sqlite://{tmp_path}/control-plane.db") as store:
+            cp.store = store
+            await cp.ensure_admin_token(ADMIN)
+            try:
+                yield
+            finally:
+                cp.store = None
+
+    app.router.lifespan_context = lifespan
+    with TestClient(app, raise_server_exceptions=True) as http:
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        for name, ip in (("host-a", "192.168.50.1"), ("host-b", "192.168.50.2")):
+            assert http.post("/v1/hosts", json={"name": name, "underlay_ip": ip}, headers=admin).status_code == 201
+        token = http.post("/v1/accounts", json={"name": "alice"}, headers=admin).json()["token"]
+        http.headers["Authorization"] = f"Bearer {token}"
+        client = ApiClient("http://testserver", token)
+        client.http.close()
+        client.http = http
+        yield client
+
+
+def base() -> dict:
+    """A file with every kind of policy: groups naming each other, an ACL, conntrack, flow logs."""
+    return {
+        "hosts": [{"name": "host-a"}, {"name": "host-b"}],
+        "vpcs": [{
+            "name": "demo",
+            "cidr": "10.0.0.0/16",
+            "subnets": [{"name": "app", "cidr": "10.0.1.0/24"},
+                        {"name": "ops", "cidr": "10.0.2.0/24", "network_acl": "strict"}],
+            "instances": [
+                {"name": "web", "subnet": "app", "host": "host-b", "ip": "10.0.1.10",
+                 "security_groups": ["web", "default"]},
+                {"name": "db", "subnet": "app", "host": "host-b",
+                 "connection_tracking": {"tcp_established_timeout": 3600, "max_tracked_flows": 10000}},
+                {"name": "admin", "subnet": "ops", "host": "host-a", "security_groups": ["admin"]},
+            ],
+            "security_groups": [
+                {"name": "web", "description": "web servers", "ingress": [
+                    {"protocol": "tcp", "ports": 8080, "cidr": "10.0.1.0/24"},
+                    {"protocol": "tcp", "ports": 22, "source_group": "admin"},
+                    {"protocol": "icmp", "icmp_type": 8, "cidr": "0.0.0.0/0"}]},
+                {"name": "admin", "ingress": [{"protocol": "tcp", "ports": "1024-65535", "source_group": "web"}],
+                 "egress": [{"protocol": "tcp", "ports": 22, "source_group": "web"}]},
+            ],
+            "network_acls": [{"name": "strict", "entries": [
+                {"rule": 100, "action": "allow", "protocol": "tcp", "ports": 22, "cidr": "10.0.0.0/16"},
+                {"rule": 100, "egress": True, "action": "allow", "cidr": "0.0.0.0/0"}]}],
+            "flow_logs": [
+                {"name": "all", "resource": "vpc", "interval": 60},
+                {"name": "rejects", "resource": "instance/web", "traffic_type": "REJECT", "interval": 1,
+                 "log_format": "${version} ${srcaddr} ${dstaddr} ${action}"},
+                {"name": "ops", "resource": "subnet/ops", "traffic_type": "ACCEPT"},
+            ],
+        }],
+    }
+
+
+def apply(api, data: dict) -> list[str]:
+    return apply_topology(api, parse_topology(copy.deepcopy(data)))
+
+
+def applied(api, data: dict) -> list[str]:
+    """Apply, then check that applying again changes nothing."""
+    changes = apply(api, data)
+    assert apply(api, data) == []
+    return changes
+
+
+class World:
+    """The account's resources by name, read back through the API."""
+
+    def __init__(self, api):
+        (self.vpc,) = api.call("GET", "/v1/vpcs")
+        self.groups = {g["name"]: g for g in api.call("GET", "/v1/security-groups")}
+        self.acls = {a["name"]: a for a in api.call("GET", "/v1/network-acls")}
+        self.subnets = {s["name"]: s for s in api.call("GET", "/v1/subnets")}
+        self.instances = {i["name"]: i for i in api.call("GET", "/v1/instances")}
+        self.flow_logs = {f["name"]: f for f in api.call("GET", "/v1/flow-logs")}
+        self.group_names = {g["id"]: name for name, g in self.groups.items()}
+        self.acl_names = {a["id"]: name for name, a in self.acls.items()}
+
+    def rules(self, group: str, direction: str = "ingress") -> list[tuple]:
+        return [(r["protocol"], r["from_port"], r["to_port"], r["cidr"],
+                 self.group_names.get(r["source_group_id"])) for r in self.groups[group][direction]]
+
+    def groups_of(self, instance: str) -> list[str]:
+        return [self.group_names[g] for g in self.instances[instance]["security_group_ids"]]
+
+    def acl_of(self, subnet: str) -> str:
+        return self.acl_names[self.subnets[subnet]["network_acl_id"]]
+
+
+def test_policy_applies_then_a_second_apply_changes_nothing(api):
+    changes = applied(api, base())
+    for line in ("created VPC demo", "created security group demo/web", "created security group demo/admin",
+                 "changed security group demo/web: ingress", "changed security group demo/admin: ingress, egress",
+                 "created network ACL demo/strict", "created subnet demo/ops (10.0.2.0/24, network ACL strict)",
+                 "created instance web (10.0.1.10 on host-b)", "created flow log demo/all (vpc, ALL, every 60 s)",
+                 "created flow log demo/rejects (instance/web, REJECT, every 1 s)"):
+        assert any(c.startswith(line) for c in changes), (line, changes)
+    w = World(api)
+    assert set(w.groups) == {"default", "web", "admin"}
+    assert w.groups["web"]["description"] == "web servers"
+    assert w.rules("web") == [("tcp", 8080, 8080, "10.0.1.0/24", None), ("tcp", 22, 22, None, "admin"),
+                              ("icmp", 8, -1, "0.0.0.0/0", None)]
+    assert w.rules("web", "egress") == [("-1", -1, -1, "0.0.0.0/0", None)]  # the API's default
+    assert w.rules("admin") == [("tcp", 1024, 65535, None, "web")]
+    assert w.rules("admin", "egress") == [("tcp", 22, 22, None, "web")]
+    # The default group is the API's: all from its own members in, all out.
+    assert w.rules("default") == [("-1", -1, -1, None, "default")]
+    assert w.groups_of("web") == ["web", "default"] and w.groups_of("db") == ["default"]
+    assert w.groups_of("admin") == ["admin"]
+    assert w.instances["db"]["connection_tracking"] == {
+        "tcp_established_timeout": 3600, "udp_stream_timeout": 180, "udp_timeout": 30, "max_tracked_flows": 10000}
+    assert w.acl_of("ops") == "strict" and w.acl_of("app") == "default"
+    assert [(e["rule_number"], e["egress"], e["protocol"], e["from_port"], e["to_port"], e["cidr"])
+            for e in w.acls["strict"]["entries"]] == [(100, False, "tcp", 22, 22, "10.0.0.0/16"),
+                                                      (100, True, "-1", -1, -1, "0.0.0.0/0")]
+    fl = w.flow_logs
+    assert (fl["all"]["resource_id"], fl["all"]["traffic_type"], fl["all"]["max_aggregation_interval"],
+            fl["all"]["log_format"]) == (w.vpc["id"], "ALL", 60, None)
+    assert (fl["rejects"]["resource_id"], fl["rejects"]["traffic_type"], fl["rejects"]["log_format"]) == (
+        w.instances["web"]["eni_id"], "REJECT", "${version} ${srcaddr} ${dstaddr} ${action}")
+    assert (fl["ops"]["resource_id"], fl["ops"]["max_aggregation_interval"]) == (w.subnets["ops"]["id"], 600)
+
+
+def test_the_policy_example_applies(api):
+    topo = load_topology(CONFIGS / "policy.yaml")
+    changes = apply_topology(api, topo)
+    assert apply_topology(api, topo) == []
+    assert "created flow log demo/web-rejects (instance/web, REJECT, every 60 s)" in changes
+    w = World(api)
+    assert w.acl_of("ops") == "ops" and w.acl_of("app") == "default"
+    assert ("tcp", 8080, 8080, "10.0.1.0/24", None) in w.rules("web")
+    assert w.groups_of("web") == ["web"] and w.groups_of("client") == ["default"]
+
+
+def test_a_changed_rule_is_modified_in_place(api):
+    applied(api, base())
+    before = World(api)
+    data = base()
+    data["vpcs"][0]["security_groups"][0]["ingress"][0]["ports"] = "8080-8081"
+    data["vpcs"][0]["security_groups"][0]["description"] = "web and more"
+    assert applied(api, data) == ["changed security group demo/web: ingress, description"]
+    after = World(api)
+    assert after.groups["web"]["id"] == before.groups["web"]["id"]
+    assert after.rules("web")[0] == ("tcp", 8080, 8081, "10.0.1.0/24", None)
+    assert after.groups["web"]["description"] == "web and more"
+    # A description taken out is cleared; rules given in another order or spelling are the same rules.
+    del data["vpcs"][0]["security_groups"][0]["description"]
+    data["vpcs"][0]["security_groups"][0]["ingress"].reverse()
+    data["vpcs"][0]["security_groups"][0]["ingress"][0]["protocol"] = 1  # icmp by number
+    assert applied(api, data) == ["changed security group demo/web: description"]
+    assert not World(api).groups["web"]["description"]
+
+
+def test_removing_a_group_moves_its_instances_and_deletes_it(api):
+    applied(api, base())
+    before = World(api)
+    data = base()
+    vpc = data["vpcs"][0]
+    vpc["security_groups"] = [g for g in vpc["security_groups"] if g["name"] != "admin"]
+    vpc["security_groups"][0]["ingress"][1]["source_group"] = "default"
+    vpc["security_groups"].append({"name": "ops", "ingress": [{"protocol": "tcp", "ports": 22, "source_group": "web"}]})
+    vpc["instances"][2]["security_groups"] = ["ops", "default"]
+    changes = applied(api, data)
+    assert changes[0] == "created security group demo/ops (%s)" % World(api).groups["ops"]["id"]
+    assert "changed instance admin: security_groups=ops,default" in changes
+    assert changes[-1] == f"deleted security group demo/admin ({before.groups['admin']['id']})"
+    w = World(api)
+    assert set(w.groups) == {"default", "web", "ops"}
+    assert w.groups_of("admin") == ["ops", "default"]
+    assert w.rules("web")[1] == ("tcp", 22, 22, None, "default")
+    assert w.instances["admin"]["id"] == before.instances["admin"]["id"]  # modified, not re-created
+
+
+def test_groups_that_name_each_other_are_deleted_together(api):
+    applied(api, base())
+    data = base()
+    vpc = data["vpcs"][0]
+    vpc["security_groups"] = []
+    for inst in vpc["instances"]:
+        inst.pop("security_groups", None)
+    changes = applied(api, data)
+    assert {c.split(" (")[0] for c in changes if c.startswith("deleted")} == {
+        "deleted security group demo/web", "deleted security group demo/admin"}
+    w = World(api)
+    assert set(w.groups) == {"default"} and all(w.groups_of(i) == ["default"] for i in w.instances)
+
+
+def test_the_default_group_changes_only_where_the_file_names_it(api):
+    applied(api, base())
+    default = World(api).groups["default"]
+    data = base()
+    data["vpcs"][0]["security_groups"].append({"name": "default", "ingress": [
+        {"protocol": "tcp", "ports": 443, "source_group": "web"}]})
+    assert applied(api, data) == ["changed security group demo/default: ingress"]
+    w = World(api)
+    assert w.groups["default"]["id"] == default["id"]
+    assert w.rules("default") == [("tcp", 443, 443, None, "web")]
+    assert w.groups["default"]["egress"] == default["egress"]  # not named: left as it is
+    assert w.groups["default"]["description"] == default["description"]
+    # Dropping the entry leaves the default group as it is now; naming it without rules changes nothing.
+    data["vpcs"][0]["security_groups"][-1] = {"name": "default"}
+    assert apply(api, data) == []
+    assert apply(api, base()) == []
+    assert World(api).rules("default") == [("tcp", 443, 443, None, "web")]
+    # But a rule of the default group that names a group the file drops stops the deletion.
+    data = base()
+    data["vpcs"][0]["security_groups"] = []
+    for inst in data["vpcs"][0]["instances"]:
+        inst.pop("security_groups", None)
+    with pytest.raises(ApiRequestError, match="still used"):
+        apply(api, data)
+
+
+def test_the_default_acl_changes_only_where_the_file_names_it(api):
+    applied(api, base())
+    default = World(api).acls["default"]
+    data = base()
+    data["vpcs"][0]["network_acls"].append({"name": "default", "entries": [
+        {"rule": 10, "action": "deny", "protocol": "udp", "cidr": "0.0.0.0/0"},
+        {"rule": 100, "action": "allow", "cidr": "0.0.0.0/0"},
+        {"rule": 100, "egress": True, "action": "allow", "cidr": "0.0.0.0/0"}]})
+    assert applied(api, data) == ["changed network ACL demo/default: entries"]
+    acl = World(api).acls["default"]
+    assert acl["id"] == default["id"] and [e["rule_number"] for e in acl["entries"]] == [10, 100, 100]
+    assert apply(api, base()) == []
+
+
+def test_a_subnet_moves_to_another_acl_and_the_unnamed_acl_goes(api):
+    applied(api, base())
+    before = World(api)
+    data = base()
+    vpc = data["vpcs"][0]
+    vpc["network_acls"] = [{"name": "open", "entries": [{"rule": 1, "action": "allow", "cidr": "0.0.0.0/0"},
+                                                        {"rule": 1, "egress": True, "action": "allow",
+                                                         "cidr": "0.0.0.0/0"}]}]
+    vpc["subnets"][0]["network_acl"] = "open"
+    vpc["subnets"][1]["network_acl"] = "open"
+    changes = applied(api, data)
+    assert changes == [f"created network ACL demo/open ({World(api).acls['open']['id']})",
+                       "changed subnet demo/app: network_acl=open", "changed subnet demo/ops: network_acl=open",
+                       f"deleted network ACL demo/strict ({before.acls['strict']['id']})"]
+    del vpc["subnets"][1]["network_acl"]
+    assert applied(api, data) == ["changed subnet demo/ops: network_acl=default"]
+    w = World(api)
+    assert w.acl_of("app") == "open" and w.acl_of("ops") == "default"
+    assert w.subnets["ops"]["id"] == before.subnets["ops"]["id"]
+
+
+def test_a_changed_acl_entry_is_modified_in_place(api):
+    applied(api, base())
+    acl_id = World(api).acls["strict"]["id"]
+    data = base()
+    data["vpcs"][0]["network_acls"][0]["entries"][0]["action"] = "deny"
+    assert applied(api, data) == ["changed network ACL demo/strict: entries"]
+    acl = World(api).acls["strict"]
+    assert acl["id"] == acl_id and acl["entries"][0]["action"] == "deny"
+
+
+def test_a_changed_flow_log_is_re_created_and_an_unnamed_one_deleted(api):
+    applied(api, base())
+    before = World(api).flow_logs
+    data = base()
+    logs = data["vpcs"][0]["flow_logs"]
+    logs[1]["traffic_type"] = "ALL"
+    logs[1]["interval"] = 5
+    del logs[2]
+    changes = applied(api, data)
+    assert changes == ["deleted flow log demo/ops",
+                       "re-created flow log demo/rejects: traffic_type=ALL, interval=5 (a flow log cannot be modified)"]
+    after = World(api).flow_logs
+    assert set(after) == {"all", "rejects"}
+    assert after["all"]["id"] == before["all"]["id"]
+    assert after["rejects"]["id"] != before["rejects"]["id"]
+    assert (after["rejects"]["traffic_type"], after["rejects"]["max_aggregation_interval"]) == ("ALL", 5)
+
+
+def test_a_flow_log_follows_its_instance_when_that_is_re_created(api):
+    applied(api, base())
+    data = base()
+    data["vpcs"][0]["instances"][0]["ip"] = "10.0.1.11"  # a new address: the instance is re-created
+    changes = applied(api, data)
+    assert changes[0] == "deleted instance web (10.0.1.10)"
+    assert "re-created flow log demo/rejects: resource=instance/web (a flow log cannot be modified)" in changes
+    w = World(api)
+    assert w.flow_logs["rejects"]["resource_id"] == w.instances["web"]["eni_id"]
+    assert w.groups_of("web") == ["web", "default"]
+
+
+def test_connection_tracking_and_groups_are_modified_in_place(api):
+    applied(api, base())
+    before = World(api).instances["db"]
+    data = base()
+    data["vpcs"][0]["instances"][1]["connection_tracking"] = {"udp_timeout": 60}
+    data["vpcs"][0]["instances"][1]["security_groups"] = ["default", "web"]
+    assert applied(api, data) == ["changed instance db: security_groups=default,web, connection_tracking("
+                                  "tcp_established_timeout=432000, udp_timeout=60, max_tracked_flows=65536)"]
+    db = World(api).instances["db"]
+    assert db["id"] == before["id"] and db["connection_tracking"]["udp_timeout"] == 60
+    # The order of an instance's groups carries no meaning.
+    data["vpcs"][0]["instances"][1]["security_groups"] = ["web", "default"]
+    assert apply(api, data) == []
+
+
+def test_a_vpc_with_policy_is_deleted_whole(api):
+    applied(api, base())
+    changes = applied(api, {"hosts": [{"name": "host-a"}], "vpcs": []})
+    assert changes[-1].startswith("deleted VPC demo")
+    for collection in ("vpcs", "security-groups", "network-acls", "subnets", "instances", "flow-logs"):
+        assert api.call("GET", f"/v1/{collection}") == [], collection
+
+
+def test_a_vpc_whose_cidr_changes_is_re_created_with_its_policy(api):
+    applied(api, base())
+    data = base()
+    data["vpcs"][0]["cidr"] = "10.0.0.0/17"
+    changes = applied(api, data)
+    assert changes[:3] == ["deleted flow log demo/all", "deleted flow log demo/rejects", "deleted flow log demo/ops"]
+    w = World(api)
+    assert set(w.groups) == {"default", "web", "admin"} and len(w.flow_logs) == 3
+    assert w.flow_logs["all"]["resource_id"] == w.vpc["id"]
+
+
+def test_resources_made_by_hand_are_converged_too(api):
+    applied(api, base())
+    w = World(api)
+    vpc_id = w.vpc["id"]
+    api.call("POST", "/v1/security-groups", {"vpc_id": vpc_id, "name": "stray"})
+    api.call("POST", "/v1/network-acls", {"vpc_id": vpc_id, "name": "strict"})  # a second one of that name
+    api.call("POST", "/v1/flow-logs", {"resource_id": vpc_id, "name": "all"})  # likewise
+    api.call("POST", "/v1/flow-logs", {"resource_id": vpc_id})  # no name
+    api.call("PATCH", f"/v1/security-groups/{w.groups['web']['id']}", {"ingress": []})
+    api.call("PATCH", f"/v1/instances/{w.instances['web']['id']}", {"security_group_ids": [w.groups['admin']['id']]})
+    changes = applied(api, base())
+    assert len(changes) == 6, changes
+    assert sorted(re.sub(r"-[0-9a-f]{17}", "-ID", c.split(" (")[0].split(":")[0]) for c in changes) == [
+        "changed instance web", "changed security group demo/web", "deleted flow log demo/all",
+        "deleted flow log demo/fl-ID", "deleted network ACL demo/strict", "deleted security group demo/stray"]
+    after = World(api)
+    assert after.acls["strict"]["id"] == w.acls["strict"]["id"]  # the older one of the name stays
+    assert after.flow_logs["all"]["id"] == w.flow_logs["all"]["id"]
+
+
+# --- any sequence of files converges -------------------------------------------------------------------
+GROUPS, ACLS = ["g1", "g2", "g3"], ["a1", "a2"]
+
+
+@st.composite
+def policy_files(draw) -> dict:
+    """A valid file of random policy over a fixed VPC: which groups, ACLs and flow logs exist, their rules,
+    who uses them. The default group is always named with rules, so no dropped group stays named by it."""
+    groups = draw(st.lists(st.sampled_from(GROUPS), unique=True, max_size=3))
+    peers = st.sampled_from(groups + ["default"])
+
+    def rules(draw_):
+        return draw_(st.lists(st.one_of(
+            st.builds(lambda p: {"protocol": "tcp", "ports": p, "cidr": "10.0.0.0/16"},
+                      st.sampled_from([22, 80, "8000-8100"])),
+            st.builds(lambda g: {"protocol": "udp", "ports": 53, "source_group": g}, peers),
+            st.just({"protocol": "icmp", "icmp_type": 8, "cidr": "0.0.0.0/0"})), max_size=3))
+
+    security_groups = [{"name": g, **({"description": draw(st.sampled_from(["", "d1", "d2"]))}
+                                      if draw(st.booleans()) else {}),
+                        "ingress": rules(draw), **({"egress": rules(draw)} if draw(st.booleans()) else {})}
+                       for g in groups]
+    security_groups.append({"name": "default", "ingress": rules(draw), "egress": rules(draw)})
+    acls = draw(st.lists(st.sampled_from(ACLS), unique=True, max_size=2))
+    network_acls = [{"name": a, "entries": [
+        {"rule": n, "action": draw(st.sampled_from(["allow", "deny"])), "egress": e, "cidr": "0.0.0.0/0"}
+        for n in draw(st.lists(st.sampled_from([1, 100, 200]), unique=True, max_size=2)) for e in (False, True)]}
+        for a in acls]
+    instances = [{"name": name, "subnet": draw(st.sampled_from(["app", "ops"])), "host": "host-a",
+                  "security_groups": draw(st.lists(st.sampled_from(groups + ["default"]), unique=True,
+                                                   min_size=1, max_size=3)),
+                  "connection_tracking": {"udp_timeout": draw(st.sampled_from([30, 45]))}}
+                 for name in draw(st.lists(st.sampled_from(["i1", "i2", "i3"]), unique=True, max_size=3))]
+    resources = ["vpc", "subnet/app", "subnet/ops"] + [f"instance/{i['name']}" for i in instances]
+    flow_logs = [{"name": n, "resource": draw(st.sampled_from(resources)),
+                  "traffic_type": draw(st.sampled_from(["ALL", "REJECT"])), "interval": draw(st.sampled_from([1, 60]))}
+                 for n in draw(st.lists(st.sampled_from(["f1", "f2"]), unique=True, max_size=2))]
+    return {"hosts": [{"name": "host-a"}], "vpcs": [{
+        "name": "demo", "cidr": "10.0.0.0/16",
+        "subnets": [{"name": s, "network_acl": draw(st.sampled_from(acls + ["default"])), "cidr": cidr}
+                    for s, cidr in (("app", "10.0.1.0/24"), ("ops", "10.0.2.0/24"))],
+        "instances": instances, "security_groups": security_groups, "network_acls": network_acls,
+        "flow_logs": flow_logs}]}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(policy_files(), min_size=2, max_size=3))
+def test_any_sequence_of_files_converges(api, files):
+    """Whatever the account holds (the previous example's files included), each file converges in one apply."""
+    for data in files:
+        apply(api, data)
+        assert apply(api, data) == []
+        w, (vpc,) = World(api), data["vpcs"]
+        assert set(w.groups) == {g["name"] for g in vpc["security_groups"]}
+        assert set(w.acls) == {a["name"] for a in vpc["network_acls"]} | {"default"}
+        assert {n: w.groups_of(n) for n in w.instances} == {i["name"]: i["security_groups"] for i in vpc["instances"]}
+        assert {s["name"]: w.acl_of(s["name"]) for s in vpc["subnets"]} == {
+            s["name"]: s["network_acl"] for s in vpc["subnets"]}
+        assert {n: (f["traffic_type"], f["max_aggregation_interval"]) for n, f in w.flow_logs.items()} == {
+            f["name"]: (f["traffic_type"], f["interval"]) for f in vpc["flow_logs"]}
+        for g in vpc["security_groups"]:
+            assert len(w.groups[g["name"]]["ingress"]) == len(g["ingress"])
