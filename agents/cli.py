@@ -16,6 +16,7 @@
     vpc trace SRC DST [tcp|udp|icmp] [PORT] [--json]
                                 every decision on a packet's way (checks, rules, route, mapping),
                                 made by the data path's own code as a dry run; exit 1 if dropped
+    vpc flows [INSTANCE]        the tracked flows of each ENI (conntrack): state, packets, time left
     vpc account create NAME     (admin) a new account and its token
 Every command takes ``--lab NAME`` (default $VPC_LAB or "vpc") so several labs can coexist. API
 commands use the lab's default account (``--admin`` for the admin token), or $VPC_API_URL with
@@ -237,6 +238,26 @@ def cmd_trace(args) -> int:
     return 0 if result["verdict"] == "delivered" else 1
 
 
+def cmd_flows(args) -> int:
+    from vswitch import control
+    rows = [("INSTANCE", "PROTO", "LOCAL", "REMOTE", "STATE", "DIR", "PACKETS", "EXPIRES_IN")]
+    everything = {}
+    for name, c in Lab(args.lab).state()["components"].items():
+        if c["role"] != "host_agent":
+            continue
+        answer = control.request(c["socket"], {"op": "flows", "instance": args.instance, "limit": args.limit})
+        for inst, flows in answer.get("flows", {}).items():
+            everything[inst] = flows
+            rows += [(inst, f["protocol"], f"{f['local']}:{f['local_port']}", f"{f['remote']}:{f['remote_port']}",
+                      f["state"], "out" if f["outbound"] else "in", f["packets"], f"{f['expires_in']} s")
+                     for f in flows]
+    if args.json:
+        print(json.dumps(everything, indent=2))
+    else:
+        _table(rows)
+    return 0
+
+
 def cmd_account(args) -> int:
     args.admin = True
     _output(args, _api(args).call("POST", "/v1/accounts", {"name": args.name}))
@@ -301,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--sport", type=int, default=None, help="source port (default: a random ephemeral one)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_trace)
+    s = sub.add_parser("flows", help="tracked flows (connection tracking) of every ENI, or one instance's")
+    s.add_argument("instance", nargs="?")
+    s.add_argument("--limit", type=int, default=1000)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_flows)
     s = sub.add_parser("account", help="accounts (admin)")
     s.add_argument("action", choices=["create"])
     s.add_argument("name")

@@ -384,6 +384,8 @@ class HostAgent:
             except (KeyError, TypeError, ValueError) as e:
                 return {"error": f"evict needs vni and addr: {e}"}
             return {"evicted": self.cache.tables.get(vni, {}).pop(key, None) is not None}
+        if request.get("op") == "flows":
+            return self.flows(request)
         if request.get("op") == "trace":
             return self.trace_out(request)
         if request.get("op") == "trace_in":
@@ -411,6 +413,25 @@ class HostAgent:
                 "flow_logs": {f"{fl} {eni}": agg.stats() for (fl, eni), agg in self.flow_logs.items()},
                 "flow_log_delivery": self.shipper.status() if self.shipper else None,
                 "kernel_udp": self.underlay.kernel_counters()}
+
+    def flows(self, request: dict) -> dict:
+        """``flows`` {instance?, limit?}: the tracked flows of this host's ENIs (expired ones not yet swept
+        included, with the seconds they have left), newest deadline first."""
+        limit = request.get("limit", 1000)
+        if not isinstance(limit, int) or limit < 1:
+            return {"error": "limit must be a positive integer"}
+        now = asyncio.get_running_loop().time()
+        out = {}
+        for p in list(self.ports.values()):
+            if request.get("instance") not in (None, p.eni.instance):
+                continue
+            entries = sorted(p.eni.ct.entries(), key=lambda f: -f.expires)[:limit]
+            out[p.eni.instance] = [{"protocol": f.key.proto, "local": addresses.text(f.key.local),
+                                    "remote": addresses.text(f.key.remote), "local_port": f.key.local_port,
+                                    "remote_port": f.key.remote_port, "state": f.state.name.lower(),
+                                    "outbound": f.outbound, "packets": f.packets,
+                                    "expires_in": round(f.expires - now, 1)} for f in entries]
+        return {"flows": out}
 
     # --- vpc trace: the data path's own code, as a dry run ----------------------------------------
     def trace_out(self, request: dict) -> dict:

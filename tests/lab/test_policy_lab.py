@@ -224,3 +224,13 @@ def test_a_rule_change_reaches_the_data_path_in_under_a_second(lab, restore):
     while trace(state, instances, "client", "web", "tcp", 9001)["verdict"] != "delivered":
         assert time.monotonic() - t0 < 1.0, "the change took longer than a second to reach host-b"
         time.sleep(0.01)
+
+
+def test_vpc_flows_lists_the_tracked_connection(lab, restore):
+    p = talk(lab, 2)
+    out = vpc(lab, "flows", "web", "--json")
+    assert out.returncode == 0, out.stderr
+    flows = json.loads(out.stdout)["web"]
+    mine = [f for f in flows if f["local_port"] == 7007 and f["remote"] == "10.0.1.4" and f["protocol"] == 6]
+    assert mine and mine[0]["state"] == "tcp_established" and not mine[0]["outbound"]
+    p.communicate(timeout=10)
