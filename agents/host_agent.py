@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import ipaddress
 import os
 import time
@@ -25,6 +26,7 @@ from agents import daemon
 from vswitch import addresses, config, control, geneve, instance_ns, logs, offload, tun
 from vswitch.controlplane.client import DesiredStateWatcher
 from vswitch.drops import Drop, counters_as_dict
+from vswitch.coalesce import UdpCoalescer
 from vswitch.egress import EgressPath
 from vswitch.eni import Eni, VpcView, reserved_keys
 from vswitch.firewall import Firewall
@@ -54,6 +56,7 @@ class EniPort:
         self.view = memoryview(self.buf)
         self.inner = geneve.INNER_OFFSET_OFFLOAD if self.vnet else geneve.INNER_OFFSET_PLAIN
         self.iov = [self.view[geneve.VNET_OFFSET if self.vnet else self.inner:]]
+        self.uso = bool(self.vnet)  # small UDP packets to it may be coalesced (coalesce.py) until refused
 
     def write(self, view: memoryview, vnet: int, inner: int, end: int) -> None:
         """Deliver the packet at ``view[inner:end]`` (its virtio header at ``vnet``, or -1) to the instance."""
@@ -89,6 +92,7 @@ class HostAgent:
         self._last_view: dict | None = None
         self.flow_logs: dict[tuple[str, str], FlowLogAggregator] = {}  # (flow log id, ENI id) -> its window
         self.shipper: FlowLogShipper | None = None
+        self.coalescer = UdpCoalescer()
         self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, sorted(self.vpcs),
                                      on_change=self._release_held)
         self.ports: dict[int, EniPort] = {}  # ENI number -> port
@@ -307,6 +311,7 @@ class HostAgent:
                     self._hand_over(target, view, geneve.VNET_OFFSET if vnet else -1, inner, inner + n)
             except Exception:  # a bug must not take the switch down; it is counted and logged
                 self._error("egress")
+        self._write_staged()
         self.underlay.flush()
         if self.cache.queries:
             self.mapping.flush_queries()
@@ -322,6 +327,7 @@ class HostAgent:
         self._now = now
         self._delivered_to = None
         self.underlay.receive(self._deliver, BATCH)
+        self._write_staged()
         if self._delivered_to is not None:
             self._drain_eni(self._delivered_to, now)
         if self.cache.queries:
@@ -341,6 +347,14 @@ class HostAgent:
         failure is a counted drop on the way in, never an exception."""
         try:
             port = self._delivered_to = self.ports[eni.number]
+            staging = self.coalescer
+            if port.uso and staging.fits(view, vnet, inner, end):
+                if not staging.add(port, view, inner, end):
+                    self._write_staged()
+                    staging.add(port, view, inner, end)
+                return
+            if staging.target is not None:  # what is staged goes first: order is kept
+                self._write_staged()
             port.write(view, vnet, inner, end)
         except OSError:
             self.ingress.drops[Drop.DELIVERY_FAILED] += 1
@@ -361,6 +375,27 @@ class HostAgent:
             return
         for eni, datagram, inner, vnet in self.ingress.release(asyncio.get_running_loop().time()):
             self._hand_over(eni, memoryview(datagram), vnet, inner, len(datagram))
+        self._write_staged()
+
+    def _write_staged(self) -> None:
+        """Write the run of small UDP packets the coalescer holds (one USO write), if any."""
+        staged = self.coalescer.take()
+        if staged is None:
+            return
+        port, data, count = staged
+        try:
+            os.write(port.fd, data)
+        except OSError as e:
+            if e.errno == errno.EINVAL and count > 1:  # a kernel without USO on TUN writes: stop asking it
+                port.uso = False
+                self.log.warning("eni refuses USO writes; small UDP packets go one by one", eni=port.eni.id)
+                for packet in UdpCoalescer.split(data):
+                    try:
+                        os.write(port.fd, packet)
+                    except OSError:
+                        self.ingress.drops[Drop.DELIVERY_FAILED] += 1
+            else:
+                self.ingress.drops[Drop.DELIVERY_FAILED] += count
 
     def _expire_held(self) -> None:
         """Every quarter second: release held packets, and sweep a slice of each ENI's flow table."""
@@ -410,6 +445,7 @@ class HostAgent:
                 "ingress_drops": counters_as_dict(self.ingress.drops),
                 "to_edge": self.egress.to_edge, "from_edge": self.ingress.from_edge,
                 "held_for_mapping": self.ingress.held_total, "errors": self.errors,
+                "udp_coalesced": {"packets": self.coalescer.coalesced, "writes_saved": self.coalescer.writes_saved},
                 "flow_logs": {f"{fl} {eni}": agg.stats() for (fl, eni), agg in self.flow_logs.items()},
                 "flow_log_delivery": self.shipper.status() if self.shipper else None,
                 "kernel_udp": self.underlay.kernel_counters()}
