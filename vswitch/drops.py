@@ -39,6 +39,10 @@ class Drop(enum.IntEnum):
     CONNTRACK_INVALID = 22  # a tracked TCP flow's packet out of window or with invalid flags
     CONNTRACK_FULL = 23  # the ENI's flow table is full: new flows refused (conntrack_allowance_exceeded)
     NOT_A_FLOW_START = 24  # no tracked flow, and the packet cannot start one (a stray ACK or reply)
+    # --- routes and the internet gateway ---
+    BLACKHOLE_ROUTE = 25  # the matching route's target was deleted
+    NO_INTERNET_GATEWAY = 26  # routed to the internet, but the VPC has no attached internet gateway
+    NO_PUBLIC_ADDRESS = 27  # to or from the internet without a public (elastic) address
 
     @property
     def label(self) -> str:

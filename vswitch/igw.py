@@ -1,0 +1,182 @@
+"""The internet gateway on the Blackfoot edge: stateless 1:1 NAT between private and public addresses.
+
+The edge holds, for every VPC with an internet gateway attached, each ENI's public (elastic) address.
+Nothing per flow: a packet's translation depends only on its addresses, so any edge node can
+translate any packet (the cloud's design: Blackfoot is stateless, Hyperplane holds flows).
+
+    VPC → internet   a host's route sent the packet to the edge (Geneve, the VPC's VNI). The inner
+                     source must have a public address in a VPC with an attached gateway; it becomes
+                     that address. A packet longer than the internet MTU (1500) with DF set is not
+                     forwarded: the edge answers with ICMP "fragmentation needed" (type 3 code 4, next-hop
+                     MTU 1500) from the VPC router (the subnet's .1), so Path MTU Discovery works.
+    internet → VPC   a packet to a public address: the destination becomes the private address and the
+                     packet is encapsulated to the host that holds the ENI. An ICMP error about one of
+                     our packets quotes it with the public source: that quoted source is translated back
+                     too, so the instance's kernel matches the error to its socket.
+
+The instance only ever sees its private address. Checksums are adjusted incrementally (RFC 1624): the
+IPv4 header's, TCP's and UDP's (pseudo-header; a zero UDP checksum stays zero), and for ICMP errors
+the quoted header's and the ICMP checksum over the quote. Packets arrive here complete (the edge agent
+finishes offloaded super-packets first): no partial checksums to keep.
+
+IPv4 only; IPv6 has no NAT in the cloud (the egress-only gateway arrives with IPv6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import struct
+
+from .drops import Drop
+from .headers import PROTO_ICMP, PROTO_TCP, PROTO_UDP, checksum
+
+INTERNET_MTU = 1500
+_H = struct.Struct("!H")
+_I = struct.Struct("!I")
+_ICMP_ERRORS = (3, 4, 5, 11, 12)
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    """One public address: where its private twin lives."""
+
+    public: int
+    private: int
+    vni: int
+    host: str  # underlay IP of the host holding the ENI
+    eni: int  # ENI number
+    router: int  # the ENI's subnet router (.1): the source of the edge's ICMP errors
+
+
+def _adjust(csum: int, old: int, new: int) -> int:
+    """RFC 1624 eqn. 3: the checksum after a 32-bit field changed from ``old`` to ``new``."""
+    s = (~csum & 0xFFFF) + (~old >> 16 & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+class InternetGateway:
+    def __init__(self) -> None:
+        self.by_public: dict[int, Binding] = {}
+        self.by_private: dict[tuple[int, int], Binding] = {}
+        self.vpcs: dict[int, tuple[int, int]] = {}  # VNI of a VPC with an attached gateway → (net, mask)
+        self.counters = {"out": 0, "in": 0, "too_big": 0}
+
+    def update(self, view: dict) -> None:
+        """Bindings from the control plane's desired view (``public_ips``, ``internet_gateways``)."""
+        vpc_by_id = {v["id"]: v for v in view.get("vpcs", ())}
+        attached = {g["vpc_id"] for g in view.get("internet_gateways", ()) if g.get("vpc_id")}
+        self.vpcs = {}
+        for vpc_id in attached:
+            v = vpc_by_id.get(vpc_id)
+            if v is not None:
+                net = ipaddress.IPv4Network(v["cidr_block"])
+                self.vpcs[v["vni"]] = (int(net.network_address), int(net.netmask))
+        enis = {e["id"]: e for e in view.get("enis", ())}
+        by_public, by_private = {}, {}
+        for p in view.get("public_ips", ()):
+            e = enis.get(p["eni_id"])
+            if e is None or not e.get("underlay_ip"):
+                continue
+            iface = ipaddress.IPv4Interface(f"{e['private_ip']}/{e['prefixlen']}")
+            b = Binding(int(ipaddress.IPv4Address(p["public_ip"])), int(iface.ip), e["vni"], e["underlay_ip"],
+                        int(e["id"][4:], 16), int(iface.network.network_address) + 1)
+            by_public[b.public] = b
+            by_private[(b.vni, b.private)] = b
+        self.by_public, self.by_private = by_public, by_private
+
+    def serves(self, vni: int, dst: int) -> bool:
+        """Whether a packet of VPC ``vni`` to ``dst`` is for the internet: the VPC has a gateway and
+        ``dst`` lies outside the VPC."""
+        vpc = self.vpcs.get(vni)
+        return vpc is not None and dst & vpc[1] != vpc[0]
+
+    # --- VPC → internet --------------------------------------------------------------------------
+    def outbound(self, vni: int, pkt: bytearray):
+        """Translate a complete IPv4 packet leaving VPC ``vni`` in place. Returns None (forward it),
+        a Drop, or ``bytes``: an ICMP error to send back to the instance instead (too big)."""
+        if len(pkt) < 20 or pkt[0] >> 4 != 4:
+            return Drop.MALFORMED_PACKET
+        if vni not in self.vpcs:
+            return Drop.NO_INTERNET_GATEWAY
+        src = _I.unpack_from(pkt, 12)[0]
+        b = self.by_private.get((vni, src))
+        if b is None:
+            return Drop.NO_PUBLIC_ADDRESS
+        if len(pkt) > INTERNET_MTU:
+            if pkt[6] & 0x40:  # DF
+                self.counters["too_big"] += 1
+                return frag_needed(pkt, b.router, INTERNET_MTU)
+            return Drop.TOO_BIG  # no fragmentation here (the cloud's gateway does not either for TCP)
+        self._rewrite(pkt, 12, b.public, inner=False)
+        self.counters["out"] += 1
+        return None
+
+    # --- internet → VPC --------------------------------------------------------------------------
+    def inbound(self, pkt: bytearray):
+        """Translate a complete IPv4 packet from the internet in place. Returns its Binding (where to
+        send it), or a Drop."""
+        if len(pkt) < 20 or pkt[0] >> 4 != 4 or (pkt[0] & 0xF) < 5:
+            return Drop.MALFORMED_PACKET
+        dst = _I.unpack_from(pkt, 16)[0]
+        b = self.by_public.get(dst)
+        if b is None or b.vni not in self.vpcs:
+            return Drop.NO_PUBLIC_ADDRESS
+        self._rewrite(pkt, 16, b.private, inner=False)
+        ihl = (pkt[0] & 0xF) * 4
+        if pkt[9] == PROTO_ICMP and len(pkt) >= ihl + 8 + 20 and pkt[ihl] in _ICMP_ERRORS:
+            self._rewrite_quoted(pkt, ihl, b)
+        self.counters["in"] += 1
+        return b
+
+    # --- checksums -------------------------------------------------------------------------------
+    @staticmethod
+    def _rewrite(pkt: bytearray, at: int, new: int, inner: bool) -> None:
+        """Replace the address at ``at`` (12: source, 16: destination) of the IPv4 header at 0."""
+        old = _I.unpack_from(pkt, at)[0]
+        if old == new:
+            return
+        _I.pack_into(pkt, at, new)
+        _H.pack_into(pkt, 10, _adjust(_H.unpack_from(pkt, 10)[0], old, new))
+        ihl = (pkt[0] & 0xF) * 4
+        if _H.unpack_from(pkt, 6)[0] & 0x1FFF:
+            return  # a non-first fragment: no transport header
+        proto = pkt[9]
+        if proto == PROTO_TCP and len(pkt) >= ihl + 18:
+            _H.pack_into(pkt, ihl + 16, _adjust(_H.unpack_from(pkt, ihl + 16)[0], old, new))
+        elif proto == PROTO_UDP and len(pkt) >= ihl + 8:
+            c = _H.unpack_from(pkt, ihl + 6)[0]
+            if c:  # zero: no checksum (RFC 768); a computed 0 is sent as 0xFFFF
+                _H.pack_into(pkt, ihl + 6, _adjust(c, old, new) or 0xFFFF)
+
+    def _rewrite_quoted(self, pkt: bytearray, ihl: int, b: Binding) -> None:
+        """An ICMP error quoting a packet we translated: its source is the public address; make it
+        private, with the quoted header's checksum and the ICMP checksum over the quote adjusted."""
+        q = ihl + 8
+        if pkt[q] >> 4 != 4 or _I.unpack_from(pkt, q + 12)[0] != b.public:
+            return
+        old_hcsum = _H.unpack_from(pkt, q + 10)[0]
+        new_hcsum = _adjust(old_hcsum, b.public, b.private)
+        _I.pack_into(pkt, q + 12, b.private)
+        _H.pack_into(pkt, q + 10, new_hcsum)
+        icmp = _H.unpack_from(pkt, ihl + 2)[0]
+        icmp = _adjust(icmp, b.public, b.private)
+        icmp = _adjust(icmp, old_hcsum, new_hcsum)
+        _H.pack_into(pkt, ihl + 2, icmp)
+
+
+def frag_needed(pkt: bytes, router: int, mtu: int) -> bytes:
+    """ICMP destination unreachable, fragmentation needed (RFC 1191) for ``pkt``, from ``router`` to its
+    sender, quoting its header and the first 8 bytes beyond as RFC 792 requires (Linux quotes more; the
+    header and 8 bytes are all a sender needs to find the socket)."""
+    ihl = (pkt[0] & 0xF) * 4
+    quote = bytes(pkt[:ihl + 8])
+    icmp = bytearray(struct.pack("!BBHHH", 3, 4, 0, 0, mtu) + quote)
+    _H.pack_into(icmp, 2, checksum(icmp))
+    total = 20 + len(icmp)
+    head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, total, 0, 0, 64, PROTO_ICMP, 0,
+                                 _I.pack(router), bytes(pkt[12:16])))
+    _H.pack_into(head, 10, checksum(head))
+    return bytes(head + icmp)
