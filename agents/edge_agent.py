@@ -1,8 +1,11 @@
-"""Blackfoot edge agent: relays what hosts could not map. ``python -m agents.edge_agent --config edge.toml``.
+"""Blackfoot edge agent: relays what hosts could not map, and is the VPCs' internet gateway.
+``python -m agents.edge_agent --config edge.toml``.
 
 Knows every mapping (subscribes to all VPCs) and forwards each relayed Geneve datagram unchanged to the
-host that owns the inner destination; see ``vswitch.edge`` for the checks. The internet side (internet
-gateway, public addresses) arrives with route tables.
+host that owns the inner destination; see ``vswitch.edge`` for the checks. With ``internet_device`` it
+also owns a TUN on the internet side: packets routed to the internet are finished (offloaded
+super-packets cut into segments), translated to their public source (``vswitch.igw``) and written to
+it; packets for public addresses read from it are translated back and encapsulated to their host.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import os
 
 from agents import daemon
 from agents.host_agent import BATCH
-from vswitch import config, control, logs
-from vswitch.drops import counters_as_dict
-from vswitch.edge import EdgeRelay
+from vswitch import config, control, geneve, logs, offload, tun
+from vswitch.controlplane.client import DesiredStateWatcher
+from vswitch.drops import Drop, counters_as_dict, new_counters
+from vswitch.edge import INTERNET, EdgeRelay
+from vswitch.igw import INTERNET_MTU, InternetGateway
 from vswitch.mapping import MappingCache
 from vswitch.mapping_client import MappingClient
 from vswitch.underlay import UnderlaySocket
@@ -25,19 +30,38 @@ class EdgeAgent:
         self.cfg = cfg
         self.log = logs.get("edge").bind(name=cfg.name)
         self.cache = MappingCache(port=cfg.underlay_port)
-        self.relay = EdgeRelay(self.cache)
+        self.igw = InternetGateway()
+        self.relay = EdgeRelay(self.cache, self.igw if cfg.internet_device else None)
         self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, None)
+        self.internet = None
+        self.internet_drops = new_counters()
+        self.desired = None
+        self._ibuf = bytearray(65536)
+        self._iview = memoryview(self._ibuf)
 
     async def start(self) -> None:
         self.underlay = UnderlaySocket(self.cfg.underlay_ip, self.cfg.underlay_port, self.relay.drops)
         asyncio.get_running_loop().add_reader(self.underlay.fileno, self._on_underlay)
         self.control = await control.serve(self.cfg.control_socket, self.handle_control)  # keep a reference
         self.mapping_task = asyncio.create_task(self.mapping.run())
+        if self.cfg.internet_device:
+            self.internet = tun.open_tun(self.cfg.internet_device, offload=False)
+            await asyncio.to_thread(tun.configure_here, self.cfg.internet_device, INTERNET_MTU, [self.cfg.public_pool])
+            asyncio.get_running_loop().add_reader(self.internet.fd, self._on_internet)
+        if self.cfg.control_plane:
+            token = config.read_token(self.cfg.token_file) if self.cfg.token_file else ""
+            self.desired = DesiredStateWatcher(self.cfg.control_plane, token, self._on_view)
+            self.desired_task = asyncio.create_task(self.desired.run())
         try:
             await asyncio.wait_for(self.mapping.synced.wait(), 5)
+            if self.desired is not None:
+                await asyncio.wait_for(self.desired.synced.wait(), 5)
         except asyncio.TimeoutError:
-            self.log.warning("mapping preload timed out")
-        self.log.info("ready", mappings=self.cache.size())
+            self.log.warning("mapping or desired state preload timed out")
+        self.log.info("ready", mappings=self.cache.size(), internet=self.cfg.internet_device)
+
+    async def _on_view(self, view: dict) -> None:
+        self.igw.update(view)
 
     def _on_underlay(self) -> None:
         self.underlay.receive(self._relay, BATCH)
@@ -45,14 +69,62 @@ class EdgeAgent:
 
     def _relay(self, buf, n: int, outer_ip: str) -> None:
         target = self.relay.process(buf, n, outer_ip)
-        if target is not None:
+        if target is INTERNET:
+            self._to_internet(buf, n, outer_ip)
+        elif target is not None:
             self.underlay.send(buf[:n], target)
+
+    # --- the internet gateway --------------------------------------------------------------------
+    def _to_internet(self, buf, n: int, outer_ip: str) -> None:
+        relay, vni = self.relay, self.relay.vni
+        inner, vnet = relay.inner_off, relay.vnet_off
+        try:
+            if vnet >= 0 and offload.needs_work(buf[vnet:vnet + geneve.VNET_HDR_LEN]):
+                packets = offload.finish(buf[vnet:vnet + geneve.VNET_HDR_LEN], buf[inner:n])
+            else:
+                packets = (buf[inner:n],)
+        except offload.OffloadError:
+            self.internet_drops[Drop.MALFORMED_PACKET] += 1
+            return
+        for p in packets:
+            pkt = bytearray(p)
+            verdict = self.igw.outbound(vni, pkt)
+            if verdict is None:
+                try:
+                    os.write(self.internet.fd, pkt)
+                except OSError:
+                    self.internet_drops[Drop.DELIVERY_FAILED] += 1
+            elif verdict.__class__ is bytes:  # too big: PMTU's answer goes back to the sender's host
+                self.underlay.send(geneve.prefix(vni, 0, False) + verdict, (outer_ip, self.cfg.underlay_port))
+                return  # one answer per super-packet is enough
+            else:
+                self.internet_drops[verdict] += 1
+
+    def _on_internet(self) -> None:
+        """Packets for public addresses, from the internet side."""
+        fd, view = self.internet.fd, self._iview
+        for _ in range(BATCH):
+            try:
+                n = os.readv(fd, (view,))
+            except OSError:
+                break
+            pkt = bytearray(view[:n])
+            b = self.igw.inbound(pkt)
+            if b.__class__ is Drop:
+                self.internet_drops[b] += 1
+                continue
+            self.underlay.send(geneve.prefix(b.vni, 0, False) + pkt, (b.host, self.cfg.underlay_port))
+        self.underlay.flush()
 
     def handle_control(self, request: dict) -> dict:
         return {"role": "edge", "name": self.cfg.name, "ready": self.mapping.synced.is_set(),
                 "pid": os.getpid(), "underlay": f"{self.cfg.underlay_ip}:{self.cfg.underlay_port}",
                 "relayed": self.relay.relayed, "drops": counters_as_dict(self.relay.drops),
-                "mapping": self.mapping.status()}
+                "mapping": self.mapping.status(),
+                "internet": {"device": self.cfg.internet_device, **self.igw.counters,
+                             "public_addresses": len(self.igw.by_public),
+                             "drops": counters_as_dict(self.internet_drops)},
+                "desired_state": self.desired.status() if self.desired else None}
 
 
 async def run(cfg: config.EdgeConfig) -> None:

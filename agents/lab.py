@@ -40,6 +40,12 @@ MAPPING_IP, EDGE_IP, FIRST_HOST = UNDERLAY[2], UNDERLAY[3], 11
 MAPPING_PORT = 6080
 LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 REGION = "lab-1"  # private hostnames are ip-10-0-1-5.lab-1.compute.internal
+# The "internet": a namespace on the far side of the edge, documentation ranges only (RFC 5737).
+INTERNET = ipaddress.ip_network("203.0.113.0/24")
+INTERNET_ROUTER, INTERNET_EDGE = INTERNET[1], INTERNET[254]  # its side of the link, and the edge's
+INTERNET_WEB = INTERNET[10]  # a web server (port 80) in the internet namespace
+PUBLIC_POOL = "198.51.100.0/24"  # elastic IPs (the control plane's pool)
+INTERNET_MTU = 1500
 READY_TIMEOUT = 30.0
 
 
@@ -170,7 +176,9 @@ class Lab:
         self._write_config(mapping, {"listen": endpoint, "state_file": str(self.dir / "mappings.json"), **infra})
         self._start(mapping, state)
         self._wait_ready([mapping])
-        self._write_config(edge, {"underlay_ip": edge.underlay_ip, "mapping": endpoint})
+        self._internet(edge.netns, state)
+        self._write_config(edge, {"underlay_ip": edge.underlay_ip, "mapping": endpoint, "internet_device": "igw0",
+                                  "public_pool": PUBLIC_POOL, **infra})
         self._start(edge, state)
         for h in topo.hosts:
             c = hosts[h.name]
@@ -238,6 +246,37 @@ class Lab:
                 raise LabError(f"instances not attached after {timeout:.0f} s: missing {sorted(want - have)}, "
                                f"extra {sorted(have - want)}; {problems}")
             time.sleep(0.05)
+
+    def _internet(self, edge_ns: str, state: dict) -> None:
+        """The internet namespace, linked to the edge's (MTU 1500), with a web server on INTERNET_WEB.
+
+            internet ns  eth0 203.0.113.1/24 (+ .10)  ── veth ──  wan0 203.0.113.254/24  edge ns
+                         route 198.51.100.0/24 via .254            default via .1; 198.51.100.0/24 → igw0
+        The edge namespace's kernel forwards between wan0 and the edge agent's TUN igw0.
+        """
+        inet = self.ns("internet")
+        self._netns_add(inet)
+        mtu = str(INTERNET_MTU)
+        run("ip", "-n", edge_ns, "link", "add", "wan0", "mtu", mtu, "type", "veth", "peer", "name", "eth0",
+            "netns", inet, "mtu", mtu)
+        for a in (INTERNET_ROUTER, INTERNET_WEB):
+            run("ip", "-n", inet, "addr", "add", f"{a}/{INTERNET.prefixlen}", "dev", "eth0")
+        run("ip", "-n", inet, "link", "set", "eth0", "up")
+        run("ip", "-n", inet, "link", "set", "lo", "up")
+        run("ip", "-n", inet, "route", "add", PUBLIC_POOL, "via", str(INTERNET_EDGE))
+        run("ip", "-n", edge_ns, "addr", "add", f"{INTERNET_EDGE}/{INTERNET.prefixlen}", "dev", "wan0")
+        run("ip", "-n", edge_ns, "link", "set", "wan0", "up")
+        run("ip", "-n", edge_ns, "route", "add", "default", "via", str(INTERNET_ROUTER))
+        run("ip", "netns", "exec", edge_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        www = self.dir / "internet-www"
+        www.mkdir()
+        (www / "index.html").write_text("hello from the internet\n")
+        with open(self.dir / "internet-web.out", "ab") as out:
+            p = subprocess.Popen(["ip", "netns", "exec", inet, sys.executable, "-m", "http.server", "80", "--bind",
+                                  str(INTERNET_WEB), "--directory", str(www)], stdin=subprocess.DEVNULL,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        state["extra_pids"].append([p.pid, _starttime(p.pid)])
+        self._save(state)
 
     def _netns_add(self, name: str) -> None:
         try:

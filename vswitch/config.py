@@ -91,6 +91,13 @@ class EdgeConfig(DaemonConfig):
     underlay_ip: IPv4
     underlay_port: int = Field(6081, gt=0, lt=65536)
     mapping: Endpoint
+    # The internet side (the internet gateway): a TUN in the edge's namespace, routed for the public
+    # pool; the namespace's kernel forwards between it and the internet. Absent: relay only.
+    internet_device: str | None = None
+    public_pool: str = "198.51.100.0/24"
+    # Where the public addresses come from (the desired state); optional, like the host agent's.
+    control_plane: str | None = None
+    token_file: str | None = None
 
 
 class ControlPlaneConfig(_Strict):

@@ -6,8 +6,9 @@ used to launder spoofed packets — receivers trust its outer address), then for
 datagram to the host that owns the inner destination. The sender learns the mapping from the daemon
 meanwhile, so later packets go direct.
 
-``process`` returns the underlay address to forward to, or None (``last_drop`` says why).
-(The internet side of the edge arrives with route tables and the internet gateway.)
+``process`` returns the underlay address to forward to, ``INTERNET`` for a packet of a VPC with an
+internet gateway to an address outside it (the caller hands it to ``igw.InternetGateway``; ``vni``,
+``inner_off`` and ``vnet_off`` locate it), or None (``last_drop`` says why).
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from .ingress import inner_addresses
 from .mapping import MappingCache
 
 
+INTERNET = "internet"
+
+
 class EdgeRelay:
-    def __init__(self, cache: MappingCache):
+    def __init__(self, cache: MappingCache, igw=None):
         self.cache = cache
+        self.igw = igw
+        self.vni = 0
+        self.inner_off = 0
+        self.vnet_off = -1
         self.drops = new_counters()
         self.last_drop: Drop | None = None
         self.relayed = 0
@@ -52,6 +60,10 @@ class EdgeRelay:
             return self._drop(Drop.SOURCE_ENI_MISMATCH)
         target = table.get(dst)
         if target is None:
+            vni = hdr[geneve.DECODE_VNI]
+            if self.igw is not None and self.igw.serves(vni, dst):
+                self.vni, self.inner_off, self.vnet_off = vni, inner, hdr[geneve.DECODE_VNET]
+                return INTERNET
             return self._drop(Drop.EDGE_NO_MAPPING)
         self.relayed += 1
         return target.underlay

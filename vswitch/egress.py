@@ -4,8 +4,11 @@ Stages, each an early return with a reason (see ``Drop``):
 
   1. parse      IPv4 or IPv6 header present and long enough
   2. src/dst    source/destination check: the source must be the ENI's own address
-  3. route      the destination must be inside the VPC (route tables arrive later): no broadcast,
-                no multicast, not a reserved subnet address
+  3. route      inside the VPC: the ``local`` route (no broadcast, no multicast, not a reserved subnet
+                address); outside it: the subnet's route table (``eni.routes``), longest prefix first —
+                an internet gateway target goes to the edge (which translates, ``igw.py``), a
+                blackhole route drops, other targets (NAT gateway, ENI) are not served yet: no route.
+                An ENI without a route table (a static host config) reaches its VPC only.
   4. firewall   the ENI's security groups and, leaving the subnet, its network ACL (``firewall.py``)
   5. local      an ENI of the same VPC on this host → its own firewall inbound, then deliver without
                 encapsulation
@@ -74,12 +77,12 @@ class EgressPath:
                           "detail": f"{text(src)} is {eni.id}'s own address" if src == eni.ipv4_key
                           else f"disabled on {eni.id}"})
 
-        # 3. route within the VPC
+        # 3. route: the VPC itself, or the subnet's route table for what lies outside it
         vpc = eni.vpc
         if dst & vpc.mask != vpc.net:
             if dst == _BCAST or dst & _MCAST_MASK == _MCAST_NET:
                 return self._drop(eni, Drop.BROADCAST_MULTICAST, trace)
-            return self._drop(eni, Drop.NO_ROUTE, trace)
+            return self._route_out(eni, buf, off, n, now, segments, dst, trace)
         if dst in vpc.reserved:
             return self._drop(eni, Drop.RESERVED_ADDRESS, trace)
         if trace is not None:
@@ -122,3 +125,26 @@ class EgressPath:
             stats[TX_PACKETS] += segments
             stats[TX_BYTES] += n
         return target
+
+    def _route_out(self, eni: Eni, buf, off: int, n: int, now: float, segments: int, dst: int, trace):
+        """A destination outside the VPC: the subnet's route table decides."""
+        route = eni.routes.lookup(dst) if eni.routes is not None else None
+        if route is None:
+            return self._drop(eni, Drop.NO_ROUTE, trace)
+        if trace is not None:
+            trace.append({"step": "route", "result": "allow" if route.active else "deny", "rule": str(route)})
+        if not route.active:
+            return self._drop(eni, Drop.BLACKHOLE_ROUTE, trace)
+        if route.target_type != "igw" or self.edge is None:
+            return self._drop(eni, Drop.NO_ROUTE, trace)  # NAT gateway and ENI targets: not served yet
+        refused = self.firewall.admit(eni, buf, off, n, True, now, segments, trace)
+        if refused is not None:
+            return self._drop(eni, refused, trace)
+        if trace is not None:
+            trace.append({"step": "internet gateway", "result": "allow",
+                          "detail": f"to the edge, which translates to the public address ({route.target_id})"})
+        else:
+            stats = eni.stats
+            stats[TX_PACKETS] += segments
+            stats[TX_BYTES] += n
+        return self.edge

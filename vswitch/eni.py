@@ -13,6 +13,7 @@ from . import addresses
 from .conntrack import ConnTrack
 from .drops import new_counters
 from .policy import NetworkAclPolicy, SecurityGroupPolicy
+from .routes import RouteTable
 from .topology import reserved_addresses
 
 # Per-ENI traffic counters, by index into Eni.stats.
@@ -55,6 +56,7 @@ class Eni:
     acl: NetworkAclPolicy | None = None  # the subnet's network ACL
     ct: ConnTrack = dataclasses.field(default_factory=ConnTrack)
     flow_logs: list = dataclasses.field(default_factory=list)  # FlowLogAggregator, one per flow log covering it
+    routes: RouteTable | None = None  # its subnet's route table, for destinations outside the VPC
     subnet_net: int = 0
     subnet_mask: int = 0
 

@@ -1,9 +1,9 @@
-"""The firewall state of one host's ENIs, compiled from the control plane's desired view.
+"""The firewall state and route tables of one host's ENIs, compiled from the control plane's desired view.
 
 For each ENI the agent serves: its security groups (``SecurityGroupPolicy``: the groups' rules, with
 group peers resolved to the private addresses of their members), its subnet's network ACL
-(``NetworkAclPolicy``) and its connection-tracking settings. Pure: the agent hands in the view and
-its ``Eni`` objects, nothing here does I/O.
+(``NetworkAclPolicy``), its subnet's route table (``RouteTable``) and its connection-tracking
+settings. Pure: the agent hands in the view and its ``Eni`` objects, nothing here does I/O.
 
 Compiled objects are reused while their inputs are unchanged, and only then. That matters beyond
 saving work: a flow remembers the ACL object that allowed it (``firewall.py``), so a new object makes
@@ -18,6 +18,7 @@ import orjson
 
 from .conntrack import Timeouts
 from .policy import NetworkAclPolicy, SecurityGroupPolicy
+from .routes import RouteTable
 
 DEFAULT_MAX_FLOWS = 65536
 
@@ -44,6 +45,7 @@ class HostPolicy:
     def __init__(self) -> None:
         self._sg: dict[bytes, SecurityGroupPolicy] = {}  # inputs (groups + members) → compiled
         self._acl: dict[str, tuple[bytes, NetworkAclPolicy]] = {}  # ACL id → (its entries, compiled)
+        self._rtb: dict[str, tuple[bytes, RouteTable]] = {}  # route table id → (its routes, compiled)
 
     def apply(self, view: dict, enis: dict[str, object], complete: bool = True) -> Applied:
         """Give every ``Eni`` in ``enis`` (by id) the policy the view says. ENIs missing from the view
@@ -58,7 +60,8 @@ class HostPolicy:
         for e in view["enis"]:
             for g in e.get("security_group_ids") or ():
                 members.setdefault(g, []).append(e["private_ip"])
-        sg_keep, acl_keep = {}, {}
+        tables = {t["id"]: t for t in view.get("route_tables", ())}
+        sg_keep, acl_keep, rtb_keep = {}, {}, {}
         for eni_id, eni in enis.items():
             rec = records.get(eni_id)
             if rec is None:
@@ -87,6 +90,17 @@ class HostPolicy:
                 acl_keep[acl_rec["id"]] = cached
                 acl = cached[1]
 
+            routes = None
+            table = tables.get(subnet.get("route_table_id")) if subnet else None
+            if table is not None:
+                fingerprint = orjson.dumps(table["routes"], option=orjson.OPT_SORT_KEYS)
+                cached = rtb_keep.get(table["id"]) or self._rtb.get(table["id"])
+                if cached is None or cached[0] != fingerprint:
+                    cached = (fingerprint, RouteTable.compile(table["routes"]))
+                rtb_keep[table["id"]] = cached
+                routes = cached[1]
+            eni.routes = routes
+
             timeouts, max_flows = timeouts_of(rec.get("connection_tracking"))
             if eni.sg is not sg or eni.acl is not acl or eni.sg_ids != ids or \
                     eni.ct.timeouts != timeouts or eni.ct.max_flows != max_flows:
@@ -94,8 +108,9 @@ class HostPolicy:
                 eni.ct.configure(timeouts, max_flows)
                 done.enis_changed.append(eni_id)
         if complete:
-            self._sg, self._acl = sg_keep, acl_keep
+            self._sg, self._acl, self._rtb = sg_keep, acl_keep, rtb_keep
         else:
             self._sg.update(sg_keep)
             self._acl.update(acl_keep)
+            self._rtb.update(rtb_keep)
         return done

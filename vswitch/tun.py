@@ -102,6 +102,17 @@ def move_and_configure(name: str, netns: str, address: str, prefixlen: int, gate
         ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx, flags=["onlink"])
 
 
+def configure_here(name: str, mtu: int, routes: list[str]) -> None:
+    """Bring TUN ``name`` up in the current namespace with ``mtu`` and routes to ``routes`` (CIDRs)
+    through it: how the edge's internet device receives the traffic for public addresses. Blocking."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)[0]
+        ipr.link("set", index=idx, mtu=mtu)
+        ipr.link("set", index=idx, state="up")
+        for dst in routes:
+            ipr.route("replace", dst=dst, oif=idx)
+
+
 def device_counters(netns: str, ifname: str = "eth0") -> dict:
     """The kernel's counters for an ENI device, read in the instance's namespace (blocking, ~15 ms).
 

@@ -60,12 +60,12 @@ def view(groups=None, client_groups=("sg-def",), server_groups=("sg-def",), acl_
 class Host:
     """Host A: client, neighbour (same subnet) and server (another subnet) local; remote on host B."""
 
-    def __init__(self, desired=None):
+    def __init__(self, desired=None, edge=None):
         self.cache = MappingCache()
         self.vpc = VpcView(1, ipaddress.IPv4Network("10.0.0.0/16"), reserved_keys(["10.0.1.0/24", "10.0.2.0/24"]),
                            self.cache.table(1))
         self.firewall = Firewall()
-        self.egress = EgressPath(self.cache, None, self.firewall)
+        self.egress = EgressPath(self.cache, edge, self.firewall)
         self.ingress = IngressPath(self.cache, {1: self.vpc}, None, self.firewall)
         self.client = self.attach(CLIENT, "10.0.1.4/24")
         self.neighbour = self.attach(NEIGHBOUR, "10.0.1.5/24")
@@ -379,3 +379,47 @@ def test_no_packet_passes_that_the_rules_and_state_forbid(packets, open_ports):
         recent = flow in admitted_start and now - admitted_start[flow] < 432000
         assert allowed_fresh or recent, (kind, to_server, p1, p2, sorted(ports))
         admitted_start[flow] = now
+
+
+# --- routes out of the VPC -------------------------------------------------------------------------
+EDGE = ("198.18.0.3", 6081)
+
+
+def with_routes(routes, desired=None):
+    desired = desired or view()
+    desired["route_tables"] = [{"id": "rtb-main", "vpc_id": "vpc-1", "main": True, "routes": [
+        {"destination": "10.0.0.0/16", "target_type": "local", "target_id": None, "state": "active"}, *routes]}]
+    for sub in desired["subnets"]:
+        sub["route_table_id"] = "rtb-main"
+    return desired
+
+
+def test_internet_route_sends_to_the_edge_through_the_firewall():
+    h = Host(with_routes([{"destination": "0.0.0.0/0", "target_type": "igw", "target_id": "igw-1",
+                           "state": "active"}]), edge=EDGE)
+    assert h.send(h.client, syn("10.0.1.4", "203.0.113.10")) == EDGE
+    assert len(h.client.ct) == 1 and h.client.stats[0] == 1
+    trace = []
+    h.send(h.client, syn("10.0.1.4", "203.0.113.10", sport=40001), trace=trace)
+    assert {"step": "route", "result": "allow", "rule": "0.0.0.0/0 igw-1"} in trace
+    # The group decides on the way out as everywhere.
+    groups = {"sg-def": {"ingress": [rule(group="sg-def")], "egress": [rule(cidr="10.0.0.0/16")]}}
+    h.apply(with_routes([{"destination": "0.0.0.0/0", "target_type": "igw", "target_id": "igw-1",
+                          "state": "active"}], view(groups)))
+    assert h.send(h.client, syn("10.0.1.4", "203.0.113.10", sport=40002)) is None
+    assert h.egress.last_drop is Drop.SG_DENY
+
+
+def test_longest_prefix_blackhole_and_no_route():
+    h = Host(with_routes([
+        {"destination": "0.0.0.0/0", "target_type": "igw", "target_id": "igw-1", "state": "active"},
+        {"destination": "203.0.113.0/24", "target_type": "igw", "target_id": "igw-old", "state": "blackhole"},
+        {"destination": "192.0.2.0/24", "target_type": "nat", "target_id": "nat-1", "state": "active"}]), edge=EDGE)
+    assert h.send(h.client, syn("10.0.1.4", "198.51.100.9")) == EDGE
+    assert h.send(h.client, syn("10.0.1.4", "203.0.113.10")) is None
+    assert h.egress.last_drop is Drop.BLACKHOLE_ROUTE
+    assert h.send(h.client, syn("10.0.1.4", "192.0.2.1")) is None  # NAT gateways: not served yet
+    assert h.egress.last_drop is Drop.NO_ROUTE
+    bare = Host(with_routes([]), edge=EDGE)
+    assert bare.send(bare.client, syn("10.0.1.4", "198.51.100.9")) is None
+    assert bare.egress.last_drop is Drop.NO_ROUTE
