@@ -110,6 +110,9 @@ class ControlPlaneConfig(_Strict):
     # Delivered flow log files (S3 layout); default: flow-logs next to a SQLite store's file, else
     # /var/lib/userspace-vpc/flow-logs
     flow_log_dir: str | None = None
+    # Elastic IPs come from this region-wide IPv4 pool: first free, network and broadcast skipped
+    public_ip_pool: Annotated[str, pydantic.AfterValidator(lambda v: str(ipaddress.IPv4Network(v)))] = \
+        "198.51.100.0/24"
     log_file: str | None = None
     log_level: str = "info"
 

@@ -224,6 +224,7 @@ def build_world(api: Api, token: str, n: int = 0) -> dict[str, str]:
     w["network-acls"] = api.create(token, "network-acls", {"vpc_id": vpc["id"], "name": "strict", "entries": [
         {"rule_number": 10, "action": "deny", "cidr": "192.0.2.0/24"}]})["id"]
     w["internet-gateways"] = api.create(token, "internet-gateways", {"vpc_id": vpc["id"], "name": "gw"})["id"]
+    w["elastic-ips"] = api.create(token, "elastic-ips", {"name": "web", "instance_id": w["instances"]})["id"]
     w["nat-gateways"] = api.create(token, "nat-gateways", {"subnet_id": w["subnets"], "name": "nat"})["id"]
     w["route-tables"] = api.create(token, "route-tables", {"vpc_id": vpc["id"], "name": "public", "routes": [
         {"destination": "0.0.0.0/0", "gateway_id": w["internet-gateways"]}]})["id"]
@@ -279,12 +280,18 @@ SPECS: dict[str, tuple] = {
                      lambda w: {"routes": [{
                          "destination": "10.99.0.0/16", "network_interface_id": w["network-interfaces"],
                          "gateway_id": None, "nat_gateway_id": None, "egress_only_gateway_id": None}]},
-                     lambda w: {"main": False, "routes": [{
+                     lambda w: {"main": False, "routes": [{  # the implicit local route first, and states
+                         "destination": "10.0.0.0/16", "gateway_id": "local", "nat_gateway_id": None,
+                         "network_interface_id": None, "egress_only_gateway_id": None, "state": "active"}, {
                          "destination": "10.99.0.0/16", "network_interface_id": w["network-interfaces"],
-                         "gateway_id": None, "nat_gateway_id": None, "egress_only_gateway_id": None}]}),
+                         "gateway_id": None, "nat_gateway_id": None, "egress_only_gateway_id": None,
+                         "state": "active"}]}),
     "internet-gateways": (lambda w: {"name": "extra"},
                           lambda w: {"name": "renamed"},
                           lambda w: {"name": "renamed", "vpc_id": None}),
+    "elastic-ips": (lambda w: {"name": "extra"},
+                    lambda w: {"name": "renamed"},
+                    lambda w: {"name": "renamed", "instance_id": None, "vpc_id": None}),
     "nat-gateways": (lambda w: {"subnet_id": w["subnets"], "name": "extra"},
                      lambda w: {"name": "renamed"},
                      lambda w: {"name": "renamed", "vpc_id": w["vpcs"], "subnet_id": w["subnets"]}),
@@ -657,7 +664,9 @@ def test_route_targets_in_another_vpc_are_refused(api, alice, field):
                 field=f"routes[0].{field}", says=("another VPC",))
     api.refused("PATCH", f"/v1/route-tables/{w['route-tables']}", alice, {"routes": [route]}, status=422,
                 field=f"routes[0].{field}", says=("another VPC",))
-    assert api.create(alice, "route-tables", {"vpc_id": v2, "routes": [route]})["routes"][0][field] == targets[field]
+    routes = api.create(alice, "route-tables", {"vpc_id": v2, "routes": [route]})["routes"]
+    assert [(x["destination"], x["gateway_id"] if x["gateway_id"] == "local" else x[field]) for x in routes] == \
+        [("10.1.0.0/16", "local"), ("0.0.0.0/0", targets[field])]
 
 
 def test_duplicate_names_are_refused_where_names_are_identities(api, alice, bob):
@@ -851,9 +860,12 @@ def test_another_accounts_ids_as_references_answer_404_naming_the_field(api, ali
         ("PATCH", f"/v1/load-balancers/{b['load-balancers']}", {"listeners": [
             {"protocol": "tcp", "port": 80, "target_group_id": a["target-groups"]}]}, "listeners[0].target_group_id"),
         ("PATCH", f"/v1/dns-zones/{b['dns-zones']}", {"vpc_ids": [a["vpcs"]]}, "vpc_ids[0]"),
+        ("POST", "/v1/elastic-ips", {"instance_id": a["instances"]}, "instance_id"),
+        ("PATCH", f"/v1/elastic-ips/{b['elastic-ips']}", {"instance_id": a["instances"]}, "instance_id"),
     ]
     named = json.dumps(cases)  # every kind that another resource can refer to is tried
-    assert all(a[c] in named for c in set(resources.KINDS) - {"flow-logs", "dns-zones", "load-balancers"})
+    assert all(a[c] in named for c in set(resources.KINDS) - {"flow-logs", "dns-zones", "load-balancers",
+                                                               "elastic-ips"})
     before = {c: api.list(bob, c) for c in resources.KINDS}
     for method, path, body, field in cases:
         err = api.refused(method, path, bob, body, status=404, field=field, says=("not found",))

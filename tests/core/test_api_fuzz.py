@@ -57,6 +57,7 @@ async def seed(cp: ControlPlane) -> None:
     SEEDED["network-interfaces"] = inst["eni_id"]
     await create("network-acls", vpc_id=vpc["id"], name="strict")
     igw = await create("internet-gateways", vpc_id=vpc["id"])
+    await create("elastic-ips", instance_id=inst["id"])
     await create("nat-gateways", subnet_id=subnet["id"])
     await create("route-tables", vpc_id=vpc["id"], routes=[{"destination": "0.0.0.0/0", "gateway_id": igw["id"]}])
     tg = await create("target-groups", vpc_id=vpc["id"], name="web", port=80,

@@ -26,12 +26,14 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def ref(prefix: str):
-    """A field holding the id of a resource of one kind: ``vpc_id: Ref("vpc")``."""
+def ref(prefix: str, also: tuple[str, ...] = ()):
+    """A field holding the id of a resource of one kind: ``vpc_id: Ref("vpc")``; ``also``: literal
+    values accepted too (a route's ``gateway_id`` may be ``local``)."""
 
     def check(value: str) -> str:
-        if kind_of(value) != prefix:
-            raise ValueError(f"expected a {prefix}- id, got {value!r}")
+        if value not in also and kind_of(value) != prefix:
+            alternatives = "".join(f" or {a!r}" for a in also)
+            raise ValueError(f"expected a {prefix}- id{alternatives}, got {value!r}")
         return value
 
     return Annotated[str, AfterValidator(check)]
@@ -43,6 +45,7 @@ SgId = ref("sg")
 RtbId = ref("rtb")
 AclId = ref("acl")
 IgwId = ref("igw")
+IgwOrLocal = ref("igw", also=("local",))  # a route's gateway_id: an internet gateway, or the local route
 NatId = ref("nat")
 EniId = ref("eni")
 EigwId = ref("eigw")
@@ -243,12 +246,20 @@ class NetworkAclUpdate(Body):
 
 
 # --- route tables and gateways -----------------------------------------------------------------------
+ROUTE_TARGETS = (("gateway_id", "igw"), ("nat_gateway_id", "nat"), ("network_interface_id", "eni"),
+                 ("egress_only_gateway_id", "eigw"))  # a route's target field → the kind it names
+
+
 class Route(Body):
+    """A route: a destination and exactly one target. A table's records list the implicit ``local``
+    route first (``gateway_id: "local"``, the VPC's CIDR) and every route with its ``state``: a body may
+    send both back unchanged (the local route and ``state`` are read-only and ignored)."""
     destination: AnyCidr
-    gateway_id: Optional[IgwId] = None
+    gateway_id: Optional[IgwOrLocal] = None
     nat_gateway_id: Optional[NatId] = None
     network_interface_id: Optional[EniId] = None
     egress_only_gateway_id: Optional[EigwId] = None
+    state: Optional[Literal["active", "blackhole"]] = None  # read-only: computed when read
 
     @model_validator(mode="after")
     def _one_target(self):
@@ -280,6 +291,24 @@ class InternetGatewayUpdate(Body):
     name: Optional[Name] = None
     vpc_id: Optional[VpcId] = None  # attach; detach with "detach": true
     detach: bool = False
+
+
+class ElasticIpCreate(Body):
+    """Allocate a public IPv4 address from the region's pool; with ``instance_id``, associate it at once."""
+    name: Optional[Name] = None
+    instance_id: Optional[InstanceId] = None
+
+
+class ElasticIpUpdate(Body):
+    name: Optional[Name] = None
+    instance_id: Optional[InstanceId] = None  # associate (or move from the instance it is on)
+    disassociate: bool = False
+
+    @model_validator(mode="after")
+    def _one_change(self):
+        if self.disassociate and self.instance_id:
+            raise ValueError("either instance_id (associate) or disassociate, not both")
+        return self
 
 
 class NatGatewayCreate(Body):
@@ -439,6 +468,7 @@ KINDS: dict[str, Kind] = {k.collection: k for k in (
     Kind("route-tables", "rtb", RouteTableCreate, RouteTableUpdate, ("vpc_id",)),
     Kind("internet-gateways", "igw", InternetGatewayCreate, InternetGatewayUpdate, ("vpc_id",)),
     Kind("nat-gateways", "nat", NatGatewayCreate, NatGatewayUpdate, ("subnet_id",)),
+    Kind("elastic-ips", "eipalloc", ElasticIpCreate, ElasticIpUpdate, ("instance_id",)),
     Kind("target-groups", "tg", TargetGroupCreate, TargetGroupUpdate, ("vpc_id",)),
     Kind("load-balancers", "nlb", LoadBalancerCreate, LoadBalancerUpdate, ("subnet_ids",)),
     Kind("flow-logs", "fl", FlowLogCreate, FlowLogUpdate, ("resource_id",)),

@@ -12,6 +12,7 @@ Store layout (values are JSON)::
     /tokens/<sha256(token)>        {account, admin}
     /hosts/<name>                  {name, underlay_ip}           (physical hosts; admin-managed)
     /vni/<n>                       {vpc, account}               (VNIs are global)
+    /public-ips/<address>          {allocation_id, account}     (elastic IPs: the region's pool is global)
     /res/<acct-id>/<resource-id>   {id, kind, account, created, ...fields}
     /audit/<time-ns>-<request-id>  {time, account, action, resource, request_id, source, status, message}
     /meta/serial                   bumped by every write
@@ -20,6 +21,31 @@ Flow log records are not in the store: each delivered window is a gzip file unde
 the cloud's S3 layout (``put_flow_log_records``).
 
 Another account's resource answers 404, exactly like one that does not exist, so ids do not leak.
+
+Route tables (the cloud's rules; the data path's lookup is ``vswitch/routes.py``):
+- Every table has the implicit ``local`` route for its VPC's CIDR. It is not stored: records and the
+  infrastructure view list it first (``gateway_id: "local"``), and a body may send it back unchanged.
+- A route for the VPC's CIDR itself is refused (the local route cannot be replaced). A route more
+  specific than the local route (inside the VPC's CIDR) is accepted only for a whole subnet's CIDR and
+  to a network interface or a NAT gateway (the cloud's "middlebox" routing); routes wider than the
+  VPC's CIDR (10.0.0.0/8, 0.0.0.0/0) are fine: the longest prefix wins.
+- Targets must exist in the account and the table's VPC (an internet gateway: attached to it). An
+  egress-only gateway takes IPv6 destinations only. Deleting a target (an instance, hence its ENI; a
+  NAT gateway; a detached internet gateway) is allowed and leaves its routes in place: they read
+  ``"state": "blackhole"`` (computed when read: target missing, or an internet gateway no longer
+  attached to the VPC) and drop traffic. A table update may keep such a route as it is; a new or
+  changed route needs a live target.
+
+Elastic IPs (``elastic-ips``, ``eipalloc-…``): a public IPv4 address from the region's pool
+(``public_ip_pool``, default 198.51.100.0/24: the first free address, network and broadcast skipped;
+an exhausted pool answers 409), allocated to an account until released. Associating one with an
+instance needs an internet gateway attached to the instance's VPC (409 otherwise, as the cloud's
+"Network vpc-… is not attached to any internet gateway"); the record then names ``instance_id``,
+``eni_id``, ``private_ip`` and ``vpc_id``. An instance has at most one: associating a second answers
+409 naming the first (disassociate it first); moving an address to another instance is an update of
+its ``instance_id``. Deleting the instance disassociates its address in the same transaction.
+Releasing (DELETE) an associated address is refused (409: disassociate first), and so is detaching an
+internet gateway from a VPC that still has associated addresses, both as in the cloud.
 """
 
 from __future__ import annotations
@@ -45,6 +71,10 @@ from .ids import kind_of, new_id
 
 RETRIES = 20
 DEFAULT_FLOW_LOG_DIR = "/var/lib/userspace-vpc/flow-logs"
+DEFAULT_PUBLIC_IP_POOL = "198.51.100.0/24"  # TEST-NET-2 (RFC 5737): documentation addresses
+# A stored route's target field → the target type the data path and the infrastructure view name.
+TARGET_TYPES = dict(r.ROUTE_TARGETS)
+UNASSOCIATED = {"instance_id": None, "eni_id": None, "private_ip": None, "vpc_id": None}
 
 
 class ApiError(Exception):
@@ -96,10 +126,12 @@ class Snapshot:
 
 
 class ControlPlane:
-    def __init__(self, store: Store, region: str = "lab-1", flow_log_dir: str | None = None):
+    def __init__(self, store: Store, region: str = "lab-1", flow_log_dir: str | None = None,
+                 public_ip_pool: str = DEFAULT_PUBLIC_IP_POOL):
         self.store = store
         self.region = region
         self._flow_log_dir = flow_log_dir  # None: see the flow_log_dir property
+        self.public_ip_pool = ipaddress.IPv4Network(public_ip_pool)  # elastic IPs: the region's pool
         # Writers in this process take turns; the serial compare then only arbitrates between processes.
         self._writing: asyncio.Lock | None = None
         self._writing_loop = None
@@ -219,7 +251,10 @@ class ControlPlane:
 
     # --- what the agents need ----------------------------------------------------------------------
     async def infra_view(self, caller: Caller) -> dict:
-        """Everything the data plane needs, across accounts: hosts, VPCs and every ENI with its host.
+        """Everything the data plane needs, across accounts: hosts, VPCs and every ENI with its host,
+        the policy (groups, ACLs, flow logs), route tables (each subnet names its ``route_table_id``;
+        a table's ``routes`` are ``{destination, target_type, target_id, state}``, its local route
+        first), attached internet gateways and associated elastic IPs (``public_ips``).
 
         Host agents take their own ENIs from it; the mapping daemon derives (VPC, address) → host.
         ``revision`` is the write serial it reflects at least: pass it to ``wait_for_change``.
@@ -251,12 +286,28 @@ class ControlPlane:
         def of(prefix: str, *fields: str) -> list[dict]:
             return [{f: x.get(f) for f in ("id", "account", *fields)} for x in recs if kind_of(x["id"]) == prefix]
 
+        route_tables = [{"id": t["id"], "account": t["account"], "vpc_id": t["vpc_id"], "main": t["main"],
+                         "routes": [{"destination": x["destination"], "target_type": x["target_type"],
+                                     "target_id": x["target_id"], "state": x["state"]}
+                                    for x in _effective_routes(by_id, t)]}
+                        for t in recs if kind_of(t["id"]) == "rtb"]
+        public_ips = []
+        for a in recs:
+            eni = by_id.get(a.get("eni_id")) if kind_of(a["id"]) == "eipalloc" else None
+            vpc = by_id.get(eni["vpc_id"]) if eni else None
+            if vpc is not None:
+                public_ips.append({"public_ip": a["public_ip"], "private_ip": eni["private_ip"], "eni_id": eni["id"],
+                                   "vni": vpc["vni"], "vpc_id": vpc["id"], "allocation_id": a["id"],
+                                   "account": a["account"]})
         return {"revision": serial.mod_revision if serial else 0, "hosts": list(hosts.values()),
                 "vpcs": vpcs, "enis": enis,
-                "subnets": of("subnet", "vpc_id", "cidr_block", "network_acl_id"),
+                "subnets": of("subnet", "vpc_id", "cidr_block", "network_acl_id", "route_table_id"),
                 "security_groups": of("sg", "vpc_id", "ingress", "egress"),
                 "network_acls": of("acl", "vpc_id", "entries"),
-                "flow_logs": of("fl", "resource_id", "traffic_type", "log_format", "max_aggregation_interval")}
+                "flow_logs": of("fl", "resource_id", "traffic_type", "log_format", "max_aggregation_interval"),
+                "route_tables": route_tables,
+                "internet_gateways": [x for x in of("igw", "vpc_id") if x["vpc_id"]],
+                "public_ips": public_ips}
 
     async def wait_for_change(self, after: int, timeout: float) -> None:
         """Return once a write newer than serial revision ``after`` exists, or after ``timeout``."""
@@ -279,6 +330,9 @@ class ControlPlane:
         kind = r.KINDS[collection]
         if kind_of(rid) != kind.prefix:
             raise not_found(rid)
+        if kind.prefix == "rtb":  # its routes' states depend on other records
+            snap = await self._snapshot(caller.account)
+            return _present(snap.by_id, snap.get(rid, kind.prefix))
         rec = await self.store.get(self._key(caller, rid))
         if rec is None:
             raise not_found(rid)
@@ -287,8 +341,8 @@ class ControlPlane:
     async def list(self, caller: Caller, collection: str, filters: dict[str, str]) -> list[dict]:
         kind = r.KINDS[collection]
         snap = await self._snapshot(caller.account)
-        return sorted((x for x in snap.of(kind.prefix) if all(str(x.get(k)) == v for k, v in filters.items())),
-                      key=lambda x: x["created"])
+        return sorted((_present(snap.by_id, x) for x in snap.of(kind.prefix)
+                       if all(str(x.get(k)) == v for k, v in filters.items())), key=lambda x: x["created"])
 
     async def audit_log(self, caller: Caller, since: float = 0, limit: int = 1000) -> list[dict]:
         out = []
@@ -385,7 +439,7 @@ class ControlPlane:
             rid = new_id(kind.prefix)
             puts, deletes, rec = await rule(caller, snap, rid, body)
             puts[self._key(caller, rid)] = rec
-            return puts, deletes, rec, rid
+            return puts, deletes, _present(snap.by_id, rec), rid
 
         return await self._write(caller, f"Create{_action(kind)}", decide, 201)
 
@@ -404,7 +458,7 @@ class ControlPlane:
                 rec = {**old, **changes}
             rec["updated"] = time.time()
             puts[self._key(caller, rid)] = rec
-            return puts, [], rec, rid
+            return puts, [], _present(snap.by_id, rec), rid
 
         return await self._write(caller, f"Modify{_action(kind)}", decide)
 
@@ -414,10 +468,10 @@ class ControlPlane:
 
         async def decide(snap):
             rec = snap.get(rid, kind.prefix)
-            deletes = [self._key(caller, rid)]
-            if rule is not None:
-                deletes += await rule(caller, snap, rec)
-            return {}, deletes, None, rid
+            puts, deletes = {}, [self._key(caller, rid)]
+            if rule is not None:  # returns more keys to delete; may add records to change to ``puts``
+                deletes += await rule(caller, snap, rec, puts)
+            return puts, deletes, None, rid
 
         await self._write(caller, f"Delete{_action(kind)}", decide, 204)
 
@@ -460,7 +514,7 @@ class ControlPlane:
             snap.get(changes["dhcp_options_id"], "dopt", "dhcp_options_id")
         return {**old, **changes}
 
-    async def _delete_vpc(self, caller, snap, vpc):
+    async def _delete_vpc(self, caller, snap, vpc, puts):
         own = {vpc["main_route_table_id"], vpc["default_network_acl_id"], vpc["default_security_group_id"]}
         dependents = [x for x in snap.by_id.values() if x["id"] not in own and (
             x.get("vpc_id") == vpc["id"] or vpc["id"] in (x.get("vpc_ids") or ())
@@ -498,7 +552,7 @@ class ControlPlane:
                 self._same_vpc(snap, old["vpc_id"], changes[field], prefix, field)
         return {**old, **changes}
 
-    async def _delete_subnet(self, caller, snap, subnet):
+    async def _delete_subnet(self, caller, snap, subnet, puts):
         sid = subnet["id"]
         self._refuse_dependents(sid, snap.of("i", subnet_id=sid) + snap.of("nat", subnet_id=sid)
                                 + [x for x in snap.of("nlb") if sid in x["subnet_ids"]])
@@ -563,8 +617,11 @@ class ControlPlane:
         puts[self._key(caller, eni["id"])] = eni
         return rec
 
-    async def _delete_i(self, caller, snap, inst):
+    async def _delete_i(self, caller, snap, inst, puts):
         # Its ENI goes with it; a route that targets the ENI stays and becomes a blackhole, as in the cloud.
+        # Its elastic IP stays allocated to the account, disassociated.
+        for eip in snap.of("eipalloc", instance_id=inst["id"]):
+            puts[self._key(caller, eip["id"])] = {**eip, **UNASSOCIATED, "updated": time.time()}
         return [self._key(caller, inst["eni_id"])]
 
     def _check_rules(self, snap, vpc_id: str, rules: list[dict], field: str, self_id: str) -> None:
@@ -593,7 +650,7 @@ class ControlPlane:
             self._check_rules(snap, old["vpc_id"], rec[field], field, old["id"])
         return rec
 
-    async def _delete_sg(self, caller, snap, sg):
+    async def _delete_sg(self, caller, snap, sg, puts):
         if sg.get("default"):
             raise ApiError(409, f"{sg['id']} is the default group of {sg['vpc_id']}; it goes with the VPC")
         users = [x for x in snap.of("eni") if sg["id"] in x["security_group_ids"]]
@@ -606,35 +663,66 @@ class ControlPlane:
         snap.get(body.vpc_id, "vpc", "vpc_id")
         return {}, [], self._rec(caller, r.KINDS["network-acls"], rid, {**body.model_dump(), "default": False})
 
-    async def _delete_acl(self, caller, snap, acl):
+    async def _delete_acl(self, caller, snap, acl, puts):
         if acl.get("default"):
             raise ApiError(409, f"{acl['id']} is the default network ACL of {acl['vpc_id']}")
         self._refuse_dependents(acl["id"], snap.of("subnet", network_acl_id=acl["id"]))
         return []
 
-    def _check_routes(self, snap, vpc_id: str, routes: list[dict]) -> None:
-        seen = set()
+    def _routes(self, snap, vpc: dict, routes: list[dict], old: list[dict] = ()) -> list[dict]:
+        """The user routes to store from a body's ``routes`` (see the module's docstring for the rules):
+        the local route dropped (it is implicit), ``state`` dropped (computed when read). A route kept
+        exactly as it is in ``old`` is not checked again: its target may be gone (a blackhole)."""
+        net = ipaddress.IPv4Network(vpc["cidr_block"])
+        out, seen = [], set()
         for i, route in enumerate(routes):
-            if route["destination"] in seen:
-                raise ApiError(422, f"two routes for {route['destination']}", f"routes[{i}].destination")
-            seen.add(route["destination"])
-            for field, prefix in (("gateway_id", "igw"), ("nat_gateway_id", "nat"),
-                                  ("network_interface_id", "eni")):
-                if route.get(field):
-                    self._same_vpc(snap, vpc_id, route[field], prefix, f"routes[{i}].{field}")
+            where, dest = f"routes[{i}]", route["destination"]
+            if route.get("gateway_id") == "local":
+                if dest != vpc["cidr_block"]:
+                    raise ApiError(422, f"the local route's destination is the VPC's CIDR {vpc['cidr_block']}, "
+                                        f"not {dest}", f"{where}.destination")
+                continue
+            if dest in seen:
+                raise ApiError(422, f"two routes for {dest}", f"{where}.destination")
+            seen.add(dest)
+            stored = {"destination": dest, **{field: route.get(field) for field, _ in r.ROUTE_TARGETS}}
+            out.append(stored)
+            if stored in old:
+                continue
+            field, prefix = next((f, p) for f, p in r.ROUTE_TARGETS if stored[f])
+            target, d = stored[field], ipaddress.ip_network(dest)
+            if d.version == 4 and d.subnet_of(net):
+                if d == net:
+                    raise ApiError(422, f"{dest} is the VPC's CIDR: its route is the local route, which "
+                                        "cannot be replaced", f"{where}.destination")
+                if prefix not in ("eni", "nat") or dest not in {
+                        s["cidr_block"] for s in snap.of("subnet", vpc_id=vpc["id"])}:
+                    raise ApiError(422, f"{dest} is more specific than the local route ({net}): only a route "
+                                        "for a whole subnet's CIDR to a network interface or a NAT gateway "
+                                        "may be", f"{where}.destination")
+            if prefix == "eigw" and d.version != 6:
+                raise ApiError(422, f"an egress-only internet gateway takes IPv6 destinations, not {dest}",
+                               f"{where}.destination")
+            if prefix == "igw":
+                igw = snap.get(target, prefix, f"{where}.{field}")
+                if igw.get("vpc_id") is None:
+                    raise ApiError(422, f"{target} is not attached to {vpc['id']}", f"{where}.{field}")
+            self._same_vpc(snap, vpc["id"], target, prefix, f"{where}.{field}")
+        return out
 
     async def _create_rtb(self, caller, snap, rid, body: r.RouteTableCreate):
-        snap.get(body.vpc_id, "vpc", "vpc_id")
+        vpc = snap.get(body.vpc_id, "vpc", "vpc_id")
         fields = body.model_dump()
-        self._check_routes(snap, body.vpc_id, fields["routes"])
+        fields["routes"] = self._routes(snap, vpc, fields["routes"])
         return {}, [], self._rec(caller, r.KINDS["route-tables"], rid, {**fields, "main": False})
 
     async def _update_rtb(self, caller, snap, old, changes, puts):
         rec = {**old, **changes}
-        self._check_routes(snap, old["vpc_id"], rec["routes"])
+        if "routes" in changes:
+            rec["routes"] = self._routes(snap, snap.get(old["vpc_id"], "vpc"), changes["routes"], old["routes"])
         return rec
 
-    async def _delete_rtb(self, caller, snap, rtb):
+    async def _delete_rtb(self, caller, snap, rtb, puts):
         if rtb.get("main"):
             raise ApiError(409, f"{rtb['id']} is the main route table of {rtb['vpc_id']}")
         self._refuse_dependents(rtb["id"], snap.of("subnet", route_table_id=rtb["id"]))
@@ -656,6 +744,11 @@ class ControlPlane:
         if changes.get("name"):
             rec["name"] = changes["name"]
         if changes.get("detach"):
+            mapped = snap.of("eipalloc", vpc_id=old["vpc_id"]) if old.get("vpc_id") else []
+            if mapped:
+                names = ", ".join(f"{x['id']} ({x['public_ip']})" for x in mapped[:10])
+                raise ApiError(409, f"network {old['vpc_id']} has mapped public address(es): {names}; "
+                                    f"disassociate them before detaching {old['id']}", "detach")
             rec["vpc_id"] = None
         elif changes.get("vpc_id"):
             if old.get("vpc_id") and old["vpc_id"] != changes["vpc_id"]:
@@ -664,7 +757,7 @@ class ControlPlane:
             rec["vpc_id"] = changes["vpc_id"]
         return rec
 
-    async def _delete_igw(self, caller, snap, igw):
+    async def _delete_igw(self, caller, snap, igw, puts):
         if igw.get("vpc_id"):
             raise ApiError(409, f"{igw['id']} is attached to {igw['vpc_id']}; detach it first")
         return []
@@ -673,6 +766,45 @@ class ControlPlane:
         subnet = snap.get(body.subnet_id, "subnet", "subnet_id")
         return {}, [], self._rec(caller, r.KINDS["nat-gateways"], rid,
                                  {**body.model_dump(), "vpc_id": subnet["vpc_id"]})
+
+    def _association(self, snap, instance_id: str, eip_id: str) -> dict:
+        """The fields of an elastic IP associated with ``instance_id``, or an ApiError saying why not."""
+        inst = snap.get(instance_id, "i", "instance_id")
+        if not snap.of("igw", vpc_id=inst["vpc_id"]):
+            raise ApiError(409, f"network {inst['vpc_id']} is not attached to any internet gateway",
+                           "instance_id")
+        other = [x for x in snap.of("eipalloc", instance_id=inst["id"]) if x["id"] != eip_id]
+        if other:
+            raise ApiError(409, f"{inst['id']} already has elastic IP {other[0]['id']} ({other[0]['public_ip']}); "
+                                "disassociate it first", "instance_id")
+        return {"instance_id": inst["id"], "eni_id": inst["eni_id"], "private_ip": inst["private_ip"],
+                "vpc_id": inst["vpc_id"]}
+
+    async def _create_eipalloc(self, caller, snap, rid, body: r.ElasticIpCreate):
+        association = self._association(snap, body.instance_id, rid) if body.instance_id else UNASSOCIATED
+        taken = {x.key.rsplit("/", 1)[1] for x in await self.store.range("/public-ips/")}
+        ip = next((str(a) for a in self.public_ip_pool.hosts() if str(a) not in taken), None)
+        if ip is None:
+            raise ApiError(409, f"the region's public IPv4 pool ({self.public_ip_pool}) has no free address")
+        puts = {f"/public-ips/{ip}": {"allocation_id": rid, "account": caller.account}}
+        return puts, [], self._rec(caller, r.KINDS["elastic-ips"], rid,
+                                   {"name": body.name, "public_ip": ip, **association})
+
+    async def _update_eipalloc(self, caller, snap, old, changes, puts):
+        rec = dict(old)
+        if changes.get("name"):
+            rec["name"] = changes["name"]
+        if changes.get("disassociate"):
+            rec.update(UNASSOCIATED)
+        elif changes.get("instance_id"):
+            rec.update(self._association(snap, changes["instance_id"], old["id"]))
+        return rec
+
+    async def _delete_eipalloc(self, caller, snap, eip, puts):
+        if eip.get("instance_id"):
+            raise ApiError(409, f"{eip['id']} ({eip['public_ip']}) is associated with {eip['instance_id']}; "
+                                "disassociate it first")
+        return [f"/public-ips/{eip['public_ip']}"]
 
     def _check_targets(self, snap, vpc_id: str, targets: list[dict]) -> None:
         for i, t in enumerate(targets):
@@ -690,7 +822,7 @@ class ControlPlane:
         self._check_targets(snap, old["vpc_id"], rec["targets"])
         return rec
 
-    async def _delete_tg(self, caller, snap, tg):
+    async def _delete_tg(self, caller, snap, tg, puts):
         self._refuse_dependents(tg["id"], [x for x in snap.of("nlb")
                                            if any(li["target_group_id"] == tg["id"] for li in x["listeners"])])
         return []
@@ -729,7 +861,7 @@ class ControlPlane:
         fields["domain_name"] = body.domain_name or f"{self.region}.compute.internal"
         return {}, [], self._rec(caller, r.KINDS["dhcp-options"], rid, fields)
 
-    async def _delete_dopt(self, caller, snap, dopt):
+    async def _delete_dopt(self, caller, snap, dopt, puts):
         self._refuse_dependents(dopt["id"], snap.of("vpc", dhcp_options_id=dopt["id"]))
         return []
 
@@ -742,6 +874,43 @@ class ControlPlane:
         for i, v in enumerate(changes.get("vpc_ids") or []):
             snap.get(v, "vpc", f"vpc_ids[{i}]")
         return {**old, **changes}
+
+
+def _effective_routes(by_id: dict[str, dict], table: dict) -> list[dict]:
+    """A route table's routes as they act: the local route first, then the stored ones, each with its
+    ``target_type``, ``target_id`` and ``state`` (``blackhole``: the target is gone, or an internet
+    gateway is no longer attached to the table's VPC), and the stored fields. A stored route for the
+    VPC's CIDR (refused now; accepted before the local route was explicit) is shadowed by the local one."""
+    vpc = by_id.get(table["vpc_id"])
+    out = []
+    if vpc is not None:
+        out.append({"destination": vpc["cidr_block"], "target_type": "local", "target_id": None,
+                    "state": "active"})
+    for route in table["routes"]:
+        if vpc is not None and route["destination"] == vpc["cidr_block"]:
+            continue
+        field = next((f for f, _ in r.ROUTE_TARGETS if route.get(f)), None)
+        target_type = TARGET_TYPES.get(field)
+        target = by_id.get(route[field]) if field else None
+        alive = target is not None and kind_of(target["id"]) == target_type and (
+            target_type != "igw" or target.get("vpc_id") == table["vpc_id"])
+        out.append({**route, "target_type": target_type, "target_id": route.get(field) if field else None,
+                    "state": "active" if alive else "blackhole"})
+    return out
+
+
+def _present(by_id: dict[str, dict], rec: dict) -> dict:
+    """A record as the API answers it: a route table's ``routes`` with the local route first and each
+    route's ``state`` (computed now, from the account's records ``by_id``); other kinds as stored."""
+    if kind_of(rec["id"]) != "rtb":
+        return rec
+    routes = []
+    for x in _effective_routes(by_id, rec):
+        route = {"destination": x["destination"], **{field: x.get(field) for field, _ in r.ROUTE_TARGETS}}
+        if x["target_type"] == "local":
+            route["gateway_id"] = "local"
+        routes.append({**route, "state": x["state"]})
+    return {**rec, "routes": routes}
 
 
 def _action(kind: r.Kind) -> str:
