@@ -44,6 +44,9 @@ REGION = "lab-1"  # private hostnames are ip-10-0-1-5.lab-1.compute.internal
 INTERNET = ipaddress.ip_network("203.0.113.0/24")
 INTERNET_ROUTER, INTERNET_EDGE = INTERNET[1], INTERNET[254]  # its side of the link, and the edge's
 INTERNET_WEB = INTERNET[10]  # a web server (port 80) in the internet namespace
+INTERNET_DNS = INTERNET[53]  # its DNS resolver (agents/internet_dns.py)
+INTERNET_ZONE = {"www.example.test": str(INTERNET_WEB), "example.test": str(INTERNET_WEB),
+                 "dns.example.test": str(INTERNET_DNS)}
 PUBLIC_POOL = "198.51.100.0/24"  # elastic IPs (the control plane's pool)
 INTERNET_MTU = 1500
 READY_TIMEOUT = 30.0
@@ -248,7 +251,8 @@ class Lab:
             time.sleep(0.05)
 
     def _internet(self, edge_ns: str, state: dict) -> None:
-        """The internet namespace, linked to the edge's (MTU 1500), with a web server on INTERNET_WEB.
+        """The internet namespace, linked to the edge's (MTU 1500), with a web server on INTERNET_WEB
+        and a DNS resolver for INTERNET_ZONE on INTERNET_DNS.
 
             internet ns  eth0 203.0.113.1/24 (+ .10)  ── veth ──  wan0 203.0.113.254/24  edge ns
                          route 198.51.100.0/24 via .254            default via .1; 198.51.100.0/24 → igw0
@@ -259,7 +263,7 @@ class Lab:
         mtu = str(INTERNET_MTU)
         run("ip", "-n", edge_ns, "link", "add", "wan0", "mtu", mtu, "type", "veth", "peer", "name", "eth0",
             "netns", inet, "mtu", mtu)
-        for a in (INTERNET_ROUTER, INTERNET_WEB):
+        for a in (INTERNET_ROUTER, INTERNET_WEB, INTERNET_DNS):
             run("ip", "-n", inet, "addr", "add", f"{a}/{INTERNET.prefixlen}", "dev", "eth0")
         run("ip", "-n", inet, "link", "set", "eth0", "up")
         run("ip", "-n", inet, "link", "set", "lo", "up")
@@ -271,11 +275,16 @@ class Lab:
         www = self.dir / "internet-www"
         www.mkdir()
         (www / "index.html").write_text("hello from the internet\n")
-        with open(self.dir / "internet-web.out", "ab") as out:
-            p = subprocess.Popen(["ip", "netns", "exec", inet, sys.executable, "-m", "http.server", "80", "--bind",
-                                  str(INTERNET_WEB), "--directory", str(www)], stdin=subprocess.DEVNULL,
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        state["extra_pids"].append([p.pid, _starttime(p.pid)])
+        servers = {"internet-web": [sys.executable, "-m", "http.server", "80", "--bind", str(INTERNET_WEB),
+                                    "--directory", str(www)],
+                   "internet-dns": [sys.executable, "-m", "agents.internet_dns", str(INTERNET_DNS),
+                                    *(f"{name}={ip}" for name, ip in INTERNET_ZONE.items())]}
+        for name, argv in servers.items():
+            with open(self.dir / f"{name}.out", "ab") as out:
+                p = subprocess.Popen(["ip", "netns", "exec", inet, *argv], stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=Path(__file__).resolve().parent.parent)
+            state["extra_pids"].append([p.pid, _starttime(p.pid)])
         self._save(state)
 
     def _netns_add(self, name: str) -> None:

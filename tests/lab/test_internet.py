@@ -77,3 +77,10 @@ def test_path_mtu_discovery_finds_1500_at_the_edge(lab):
     big = lab.run("web", "sh", "-c", f"head -c 3000000 /dev/zero | curl -sS -m 10 -o /dev/null -w '%{{http_code}}' "
                                      f"-X POST --data-binary @- http://{INTERNET_WEB}/")
     assert big.returncode == 0 and big.stdout in ("501", "405"), (big.stdout, big.stderr)  # http.server: no POST
+
+
+def test_the_internet_has_a_dns_resolver(lab):
+    p = lab.run("web", "dig", "+short", "+time=2", "+tries=2", "@203.0.113.53", "www.example.test")
+    assert p.returncode == 0 and p.stdout.strip() == INTERNET_WEB, (p.stdout, p.stderr)
+    nx = lab.run("web", "dig", "+time=2", "+tries=2", "@203.0.113.53", "nope.example.test")
+    assert "NXDOMAIN" in nx.stdout
