@@ -1144,3 +1144,12 @@ def test_acl_entry_protocol_above_255_is_refused():
     with pytest.raises(ValidationError, match="out of range 0..255"):
         AclEntry(rule_number=1, action="allow", cidr="0.0.0.0/0", protocol="300")
     assert AclEntry(rule_number=1, action="allow", cidr="0.0.0.0/0", protocol="255").protocol == "255"
+
+
+def test_health_check_matcher_codes_are_200_to_599_low_end_first():
+    from pydantic import ValidationError
+    from vswitch.controlplane.resources import HealthCheck
+    assert HealthCheck(matcher="200-399,404").matcher == "200-399,404"
+    for bad in ("100", "399-200", "200-600"):
+        with pytest.raises(ValidationError):
+            HealthCheck(matcher=bad)

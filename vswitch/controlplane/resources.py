@@ -321,6 +321,12 @@ class NatGatewayUpdate(Body):
 
 
 # --- load balancers ----------------------------------------------------------------------------------
+def _http_matcher(value: str) -> str:
+    from ..nlb import parse_matcher  # the data plane's own reading: what it would refuse, we refuse
+    parse_matcher(value)
+    return value
+
+
 class HealthCheck(Body):
     protocol: Literal["tcp", "http"] = "tcp"
     port: Optional[int] = Field(None, ge=1, le=65535)  # default: the target's port
@@ -329,7 +335,8 @@ class HealthCheck(Body):
     timeout: Optional[float] = Field(None, gt=0, le=120)  # default 10 s TCP, 6 s HTTP
     healthy_threshold: int = Field(5, ge=2, le=10)
     unhealthy_threshold: int = Field(2, ge=2, le=10)
-    matcher: str = Field("200-399", pattern=r"^[0-9]{3}(-[0-9]{3})?(,[0-9]{3}(-[0-9]{3})?)*$")
+    matcher: Annotated[str, Field(pattern=r"^[0-9]{3}(-[0-9]{3})?(,[0-9]{3}(-[0-9]{3})?)*$"),
+                       AfterValidator(_http_matcher)] = "200-399"
 
 
 class Target(Body):
