@@ -266,8 +266,10 @@ class HostAgent:
                 if agg is not None:
                     self._ship(agg, now)
                 rec = records[key[1]]
+                vpc = next((v for v in view["vpcs"] if v["id"] == rec["vpc_id"]), {})
                 self.flow_logs[key] = FlowLogAggregator(spec, EniIdentity(
-                    rec["id"], rec["account"], rec["vpc_id"], rec["subnet_id"], rec.get("instance_id") or ""), now)
+                    rec["id"], rec["account"], rec["vpc_id"], rec["subnet_id"], rec.get("instance_id") or "",
+                    vpc.get("cidr_block", "")), now)
         for port in self.ports.values():
             port.eni.flow_logs = [agg for (_, eni_id), agg in self.flow_logs.items() if eni_id == port.eni.id]
 

@@ -29,9 +29,10 @@ Records
     - tcp-flags: the OR of FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32 over the record's packets (ECE,
       CWR and NS are masked off); 0 for protocols other than TCP, which have no flags (the cloud writes
       0 too, never ``-``, when it recorded no flags).
-    - type IPv4 / IPv6; flow-direction ingress (towards the ENI) / egress; traffic-path ``1`` ("through
-      another resource in the same VPC", the only path egress traffic can take so far) for egress,
-      ``-`` for ingress (the cloud defines it for egress only).
+    - type IPv4 / IPv6; flow-direction ingress (towards the ENI) / egress; traffic-path for egress:
+      ``1`` ("through another resource in the same VPC") inside the VPC's CIDR, ``8`` ("through an
+      internet gateway", the cloud's Nitro numbering) beyond it — the only way out so far; ``-`` for
+      ingress (the cloud defines it for egress only).
     - srcaddr/dstaddr and pkt-srcaddr/pkt-dstaddr are equal: without NAT the packet's addresses are the
       flow's. They are computed separately so that NAT can make them differ.
     - account-id, interface-id, vpc-id, subnet-id, instance-id: the ENI's (``EniIdentity``).
@@ -67,6 +68,7 @@ What is logged, and what is not (as in the cloud)
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from typing import Iterable, Sequence
 
 from . import addresses
@@ -134,6 +136,7 @@ class EniIdentity:
     vpc_id: str
     subnet_id: str
     instance_id: str = ""  # "" for an ENI without an instance: written as "-"
+    vpc_cidr: str = ""  # the VPC's IPv4 block: egress beyond it went through the internet gateway
 
 
 def header(spec: FlowLogSpec) -> str:
@@ -157,6 +160,9 @@ class FlowLogAggregator:
             raise ValueError(f"max_records: a whole number >= 1, got {max_records!r}")
         self.spec = spec
         self.eni = eni
+        vpc = ipaddress.ip_network(eni.vpc_cidr) if eni.vpc_cidr else None
+        # Without a CIDR every destination counts as inside (mask 0 matches all).
+        self._vpc_net, self._vpc_mask = (int(vpc.network_address), int(vpc.netmask)) if vpc else (0, 0)
         self.max_records = max_records
         self._log_accepted = spec.traffic_type in ("ACCEPT", "ALL")
         self._log_rejected = spec.traffic_type in ("REJECT", "ALL")
@@ -246,7 +252,8 @@ class FlowLogAggregator:
                 "type": "IPv6" if src & addresses.V6_TAG else "IPv4",
                 "pkt-srcaddr": pkt_src_text, "pkt-dstaddr": pkt_dst_text,
                 "flow-direction": "egress" if egress else "ingress",
-                "traffic-path": "1" if egress else ABSENT}
+                "traffic-path": (("8" if dst & self._vpc_mask != self._vpc_net else "1") if egress
+                                 else ABSENT)}
 
 
 Identity = tuple[tuple[str, str], ...]  # ((field, value), ...) of the IDENTITY_FIELDS a format has

@@ -433,3 +433,17 @@ def test_the_shipper_never_raises_into_its_caller():
 
     status = asyncio.run(go())
     assert status["errors"] == 2 and status["queued_batches"] == 1
+
+
+def test_traffic_path_is_8_beyond_the_vpc_and_1_inside():
+    from vswitch.flowlog import EniIdentity, FlowLogAggregator, FlowLogSpec
+    from vswitch.addresses import key
+    spec = FlowLogSpec(id=FL, account="123456789012", traffic_type="ALL",
+                       log_format="${dstaddr} ${flow-direction} ${traffic-path}", interval=60)
+    eni = EniIdentity("eni-1", "123456789012", "vpc-1", "subnet-1", "i-1", "10.0.0.0/16")
+    agg = FlowLogAggregator(spec, eni, now=0.0)
+    for dst in ("10.0.2.5", "203.0.113.10"):
+        agg.add(True, True, 6, key("10.0.1.4"), key(dst), 40000, 80, 1, 60, 2, 1.0)
+    agg.add(False, True, 6, key("203.0.113.10"), key("10.0.1.4"), 80, 40000, 1, 60, 18, 2.0)
+    lines = agg.flush(60.0, 1_000_060.0)
+    assert lines == ["10.0.2.5 egress 1", "203.0.113.10 egress 8", "10.0.1.4 ingress -"]
