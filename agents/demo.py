@@ -1,4 +1,5 @@
-"""``vpc demo``: the demo VPC end to end — up, a web page across hosts, ping, iperf3, down."""
+"""``vpc demo``: the demo VPC end to end — up, a web page across hosts, ping, iperf3, a security group
+and a trace, the internet through an elastic IP, down."""
 
 from __future__ import annotations
 
@@ -64,6 +65,32 @@ def run_demo(lab_name: str = "demo") -> int:
         time.sleep(0.3)
         p = _show(lab, "client", "iperf3", "-c", web["ip"], "-t", "3", "-f", "g", timeout=30)
         ok &= p.returncode == 0
+
+        _step("a security group: web admits TCP 80 from the VPC only; vpc trace shows who decides")
+        api = lab.api()
+        inst = {i["name"]: i for i in api.call("GET", "/v1/instances")}
+        sg = api.call("POST", "/v1/security-groups", {"vpc_id": inst["web"]["vpc_id"], "name": "web", "ingress": [
+            {"protocol": "tcp", "from_port": 80, "to_port": 80, "cidr": "10.0.0.0/16"}]})
+        api.call("PATCH", f"/v1/instances/{inst['web']['id']}", {"security_group_ids": [sg["id"]]})
+        time.sleep(0.5)  # reaches the agents in ~0.1 s
+        ok &= _show(lab, "client", "curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "HTTP %{http_code}\n",
+                    f"http://{web['ip']}/").returncode == 0
+        from agents.trace import render, trace
+        print("$ vpc trace client web tcp 22")
+        denied = trace(lab.state(), lab.instances(), "client", "web", "tcp", 22)
+        print(render(denied))
+        ok &= denied["verdict"] == "dropped"
+
+        _step("the internet: a gateway, a default route, an elastic IP for web")
+        vpc = api.call("GET", f"/v1/vpcs/{inst['web']['vpc_id']}")
+        igw = api.call("POST", "/v1/internet-gateways", {"vpc_id": vpc["id"]})
+        api.call("PATCH", f"/v1/route-tables/{vpc['main_route_table_id']}",
+                 {"routes": [{"destination": "0.0.0.0/0", "gateway_id": igw["id"]}]})
+        eip = api.call("POST", "/v1/elastic-ips", {"instance_id": inst["web"]["id"]})
+        print(f"web is {eip['public_ip']} on the internet")
+        time.sleep(0.5)
+        ok &= _show(lab, "web", "curl", "-sS", "--max-time", "10", "http://203.0.113.10/").returncode == 0
+        ok &= _show(lab, "web", "dig", "+short", "+time=2", "@203.0.113.53", "www.example.test").returncode == 0
 
         _step("what the switch counted (vpc status --json, abridged)")
         for name, c in lab.status()["components"].items():
