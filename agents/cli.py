@@ -134,8 +134,8 @@ def _pairs(items: list[str]) -> dict:
 
 
 # Columns worth a table, by preference; a resource shows those it has.
-COLUMNS = ("id", "name", "cidr_block", "vpc_id", "subnet_id", "private_ip", "public_ip", "host", "vni",
-           "instance_id", "eni_id", "protocol", "port", "resource_id", "traffic_type")
+COLUMNS = ("id", "name", "cidr_block", "vpc_id", "subnet_id", "private_ip", "public_ip", "connectivity_type", "host",
+           "vni", "instance_id", "nat_gateway_id", "eni_id", "protocol", "port", "resource_id", "traffic_type")
 
 
 def _print_resources(rows: list[dict]) -> None:

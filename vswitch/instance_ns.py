@@ -40,12 +40,13 @@ def create(netns: str) -> bool:
 
 def write_identity(netns: str, instance: str, ip: str, vpc_cidr: str, domain: str,
                    neighbours: list[tuple[str, str]] = ()) -> None:
-    """hosts and resolv.conf for the instance; ``neighbours`` (name, ip) are other instances of the VPC."""
+    """hosts and resolv.conf for the instance; ``neighbours`` (name, ip) are the other ENIs of the VPC
+    (name "" for one without an instance, e.g. a NAT gateway's: its private hostname only)."""
     etc = NETNS_ETC / netns
     etc.mkdir(parents=True, exist_ok=True)
     lines = ["127.0.0.1 localhost"]
     for name, addr in [(instance, ip), *neighbours]:
-        lines.append(f"{addr} ip-{addr.replace('.', '-')}.{domain} {name}")
+        lines.append(f"{addr} ip-{addr.replace('.', '-')}.{domain}" + (f" {name}" if name else ""))
     (etc / "hosts").write_text("\n".join(lines) + "\n")
     resolver = ipaddress.ip_network(vpc_cidr).network_address + 2
     (etc / "resolv.conf").write_text(f"nameserver {resolver}\nsearch {domain}\noptions timeout:1 attempts:1\n")

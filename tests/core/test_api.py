@@ -225,7 +225,9 @@ def build_world(api: Api, token: str, n: int = 0) -> dict[str, str]:
         {"rule_number": 10, "action": "deny", "cidr": "192.0.2.0/24"}]})["id"]
     w["internet-gateways"] = api.create(token, "internet-gateways", {"vpc_id": vpc["id"], "name": "gw"})["id"]
     w["elastic-ips"] = api.create(token, "elastic-ips", {"name": "web", "instance_id": w["instances"]})["id"]
-    w["nat-gateways"] = api.create(token, "nat-gateways", {"subnet_id": w["subnets"], "name": "nat"})["id"]
+    w["nat-eip"] = api.create(token, "elastic-ips", {"name": "nat"})["id"]
+    nat = api.create(token, "nat-gateways", {"subnet_id": w["subnets"], "name": "nat", "allocation_id": w["nat-eip"]})
+    w["nat-gateways"], w["nat-eni"] = nat["id"], nat["eni_id"]
     w["route-tables"] = api.create(token, "route-tables", {"vpc_id": vpc["id"], "name": "public", "routes": [
         {"destination": "0.0.0.0/0", "gateway_id": w["internet-gateways"]}]})["id"]
     w["target-groups"] = api.create(token, "target-groups", {
@@ -245,7 +247,8 @@ def every_resource(w: dict[str, str]) -> list[tuple[str, str]]:
     """(collection, id) of every resource of a world, the VPC's own defaults included."""
     out = [(c, rid) for c, rid in w.items() if c in resources.KINDS]
     return out + [("route-tables", w["main-route-table"]), ("network-acls", w["default-acl"]),
-                  ("security-groups", w["default-sg"])]
+                  ("security-groups", w["default-sg"]), ("elastic-ips", w["nat-eip"]),
+                  ("network-interfaces", w["nat-eni"])]
 
 
 # For each kind: a fresh resource's body (in a world), a change to it, and what the change must show.
@@ -292,7 +295,7 @@ SPECS: dict[str, tuple] = {
     "elastic-ips": (lambda w: {"name": "extra"},
                     lambda w: {"name": "renamed"},
                     lambda w: {"name": "renamed", "instance_id": None, "vpc_id": None}),
-    "nat-gateways": (lambda w: {"subnet_id": w["subnets"], "name": "extra"},
+    "nat-gateways": (lambda w: {"subnet_id": w["subnets"], "name": "extra", "connectivity_type": "private"},
                      lambda w: {"name": "renamed"},
                      lambda w: {"name": "renamed", "vpc_id": w["vpcs"], "subnet_id": w["subnets"]}),
     "target-groups": (lambda w: {"vpc_id": w["vpcs"], "name": "extra", "protocol": "udp", "port": 53},
@@ -365,11 +368,15 @@ def test_network_interfaces_come_with_instances_and_are_read_only(api, alice):
         {k: inst[k] for k in ("subnet_id", "vpc_id", "host", "private_ip", "security_group_ids",
                               "source_dest_check", "interface_type")}
     assert eni["instance_id"] == inst["id"]
-    assert api.list(alice, "network-interfaces") == [eni]
-    for method, path in (("POST", "/v1/network-interfaces"), ("PATCH", f"/v1/network-interfaces/{eni['id']}"),
-                         ("DELETE", f"/v1/network-interfaces/{eni['id']}")):
-        assert api.call(method, path, alice, {"subnet_id": w["subnets"]}).status_code == 405
-    assert api.get(alice, "network-interfaces", eni["id"]) == eni
+    # The NAT gateway's ENI comes with it (its shape: test_nat_gateway_api.py).
+    nat_eni = api.get(alice, "network-interfaces", w["nat-eni"])
+    assert nat_eni["nat_gateway_id"] == w["nat-gateways"] and nat_eni["instance_id"] is None
+    assert api.list(alice, "network-interfaces") == [eni, nat_eni]
+    for e in (eni, nat_eni):
+        for method, path in (("POST", "/v1/network-interfaces"), ("PATCH", f"/v1/network-interfaces/{e['id']}"),
+                             ("DELETE", f"/v1/network-interfaces/{e['id']}")):
+            assert api.call(method, path, alice, {"subnet_id": w["subnets"]}).status_code == 405
+        assert api.get(alice, "network-interfaces", e["id"]) == e
 
 
 def test_list_filters(api, alice):
@@ -586,7 +593,8 @@ def test_ids_of_the_wrong_kind_are_refused(api, alice):
         ("POST", "/v1/route-tables", {"vpc_id": v, "routes": [
             {"destination": "0.0.0.0/0", "network_interface_id": w["instances"]}]}, "routes[0].network_interface_id"),
         ("POST", "/v1/internet-gateways", {"vpc_id": igw}, "vpc_id"),
-        ("POST", "/v1/nat-gateways", {"subnet_id": v}, "subnet_id"),
+        ("POST", "/v1/nat-gateways", {"subnet_id": v, "connectivity_type": "private"}, "subnet_id"),
+        ("POST", "/v1/nat-gateways", {"subnet_id": s, "allocation_id": w["instances"]}, "allocation_id"),
         ("POST", "/v1/target-groups", {"vpc_id": v, "name": "x", "port": 80,
                                        "targets": [{"instance_id": eni, "port": 80}]}, "targets[0].instance_id"),
         ("POST", "/v1/load-balancers", {"name": "x", "subnet_ids": [v]}, "subnet_ids[0]"),
@@ -656,7 +664,8 @@ def test_route_targets_in_another_vpc_are_refused(api, alice, field):
     v2 = api.create(alice, "vpcs", {"cidr_block": "10.1.0.0/16"})["id"]
     s2 = api.create(alice, "subnets", {"vpc_id": v2, "cidr_block": "10.1.1.0/24"})["id"]
     targets = {"gateway_id": api.create(alice, "internet-gateways", {"vpc_id": v2})["id"],
-               "nat_gateway_id": api.create(alice, "nat-gateways", {"subnet_id": s2})["id"],
+               "nat_gateway_id": api.create(alice, "nat-gateways", {"subnet_id": s2,
+                                                                     "connectivity_type": "private"})["id"],
                "network_interface_id": api.create(alice, "instances", {"name": "b", "subnet_id": s2,
                                                                        "host": "h1"})["eni_id"]}
     route = {"destination": "0.0.0.0/0", field: targets[field]}
@@ -833,7 +842,8 @@ def test_another_accounts_ids_as_references_answer_404_naming_the_field(api, ali
             {"destination": "10.9.0.0/16", "network_interface_id": a["network-interfaces"]}]},
          "routes[0].network_interface_id"),
         ("POST", "/v1/internet-gateways", {"vpc_id": a["vpcs"]}, "vpc_id"),
-        ("POST", "/v1/nat-gateways", {"subnet_id": a["subnets"]}, "subnet_id"),
+        ("POST", "/v1/nat-gateways", {"subnet_id": a["subnets"], "connectivity_type": "private"}, "subnet_id"),
+        ("POST", "/v1/nat-gateways", {"subnet_id": b["subnets"], "allocation_id": a["nat-eip"]}, "allocation_id"),
         ("POST", "/v1/target-groups", {"vpc_id": a["vpcs"], "name": "x", "port": 80}, "vpc_id"),
         ("POST", "/v1/target-groups", {"vpc_id": b["vpcs"], "name": "x", "port": 80,
                                        "targets": [{"instance_id": a["instances"], "port": 80}]},
@@ -992,7 +1002,8 @@ def test_a_refused_request_writes_nothing_but_its_audit_record(api, alice, bob):
 
 def test_concurrent_creates_get_distinct_addresses(api, alice):
     w = build_world(api, alice)
-    taken = api.get(alice, "instances", w["instances"])["private_ip"]
+    taken = [api.get(alice, "instances", w["instances"])["private_ip"],
+             api.get(alice, "nat-gateways", w["nat-gateways"])["private_ip"]]
     start = threading.Barrier(20)
 
     def launch(i: int):
@@ -1004,11 +1015,11 @@ def test_concurrent_creates_get_distinct_addresses(api, alice):
         replies = list(pool.map(launch, range(20)))
     assert [r.status_code for r in replies] == [201] * 20, [r.text for r in replies if r.status_code != 201]
     ips = [r.json()["private_ip"] for r in replies]
-    assert len(set(ips)) == 20 and taken not in ips
-    assert sorted(ipaddress.IPv4Address(ip) for ip in ips + [taken]) == \
-        [ipaddress.IPv4Address("10.0.1.0") + k for k in range(4, 25)]  # the first 21 free, no gap
+    assert len(set(ips)) == 20 and not set(taken) & set(ips)
+    assert sorted(ipaddress.IPv4Address(ip) for ip in ips + taken) == \
+        [ipaddress.IPv4Address("10.0.1.0") + k for k in range(4, 26)]  # the first 22 free, no gap
     enis = api.list(alice, "network-interfaces", subnet_id=w["subnets"])
-    assert sorted(e["private_ip"] for e in enis) == sorted(ips + [taken])
+    assert sorted(e["private_ip"] for e in enis) == sorted(ips + taken)
 
 
 def test_concurrent_vpcs_in_several_accounts_get_distinct_vnis(api):
@@ -1043,7 +1054,7 @@ def test_infra_desired_lists_hosts_vpcs_and_every_eni(api, alice, bob):
         assert v["cidr_block"] == "10.0.0.0/16"
         assert v["vni"] == api.get(alice if v["id"] == a["vpcs"] else bob, "vpcs", v["id"])["vni"]
     enis = {e["id"]: e for e in view["enis"]}
-    assert set(enis) == {a["network-interfaces"], b["network-interfaces"], moved["eni_id"]}
+    assert set(enis) == {a["network-interfaces"], b["network-interfaces"], moved["eni_id"], a["nat-eni"], b["nat-eni"]}
     e = enis[moved["eni_id"]]
     assert e == {"id": moved["eni_id"], "vni": vpcs[b["vpcs"]]["vni"], "vpc_id": b["vpcs"], "private_ip": "10.0.2.10",
                  "prefixlen": 24, "host": "h2", "underlay_ip": HOSTS["h2"], "instance": "db",
@@ -1051,7 +1062,7 @@ def test_infra_desired_lists_hosts_vpcs_and_every_eni(api, alice, bob):
                  "interface_type": "tap", "subnet_id": moved["subnet_id"],
                  "security_group_ids": moved["security_group_ids"],
                  "connection_tracking": {"tcp_established_timeout": 432000, "udp_stream_timeout": 180,
-                                         "udp_timeout": 30, "max_tracked_flows": 65536}}
+                                         "udp_timeout": 30, "max_tracked_flows": 65536}, "nat_gateway_id": None}
     # Policy travels with the view: every group, ACL, subnet (with its ACL) and flow log.
     groups = {g["id"]: g for g in view["security_groups"]}
     assert set(moved["security_group_ids"]) <= set(groups)

@@ -58,7 +58,8 @@ async def seed(cp: ControlPlane) -> None:
     await create("network-acls", vpc_id=vpc["id"], name="strict")
     igw = await create("internet-gateways", vpc_id=vpc["id"])
     await create("elastic-ips", instance_id=inst["id"])
-    await create("nat-gateways", subnet_id=subnet["id"])
+    nat_eip = await cp.create(me, "elastic-ips", r.ElasticIpCreate(name="nat"))  # not seeded: the instance's is
+    await create("nat-gateways", subnet_id=subnet["id"], allocation_id=nat_eip["id"])
     await create("route-tables", vpc_id=vpc["id"], routes=[{"destination": "0.0.0.0/0", "gateway_id": igw["id"]}])
     tg = await create("target-groups", vpc_id=vpc["id"], name="web", port=80,
                       targets=[{"instance_id": inst["id"], "port": 80}])

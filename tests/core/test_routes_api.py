@@ -77,7 +77,7 @@ def test_every_table_shows_its_local_route_first_and_round_trips(api, alice):
 def test_route_rules(api, alice):
     w = vpc_with_gateway(api, alice)
     eni, vpc = w["web"]["eni_id"], w["vpc"]["id"]
-    nat = api.create(alice, "nat-gateways", {"subnet_id": w["subnet"]["id"]})["id"]
+    nat = api.create(alice, "nat-gateways", {"subnet_id": w["subnet"]["id"], "connectivity_type": "private"})["id"]
     path = f"/v1/route-tables/{w['rtb']}"
 
     def refused(routes, status, field, *says):
@@ -122,7 +122,8 @@ def test_route_rules(api, alice):
 
 def test_a_route_whose_target_goes_stays_as_a_blackhole(api, alice):
     w = vpc_with_gateway(api, alice)
-    nat = api.create(alice, "nat-gateways", {"subnet_id": w["subnet"]["id"]})["id"]
+    eip = api.create(alice, "elastic-ips", {})["id"]
+    nat = api.create(alice, "nat-gateways", {"subnet_id": w["subnet"]["id"], "allocation_id": eip})["id"]
     eni = w["web"]["eni_id"]
     routes = [{"destination": "0.0.0.0/0", "gateway_id": w["igw"]},
               {"destination": "::/0", "gateway_id": w["igw"]},
@@ -134,7 +135,7 @@ def test_a_route_whose_target_goes_stays_as_a_blackhole(api, alice):
     assert states(api, alice, w["rtb"]) == everything
 
     api.delete(alice, "instances", w["web"]["id"])  # its ENI goes with it: allowed, the route stays
-    api.delete(alice, "nat-gateways", nat)
+    api.delete(alice, "nat-gateways", nat)  # its address is disassociated: the gateway may be detached below
     everything.update({"192.168.0.0/16": "blackhole", "172.16.0.0/12": "blackhole"})
     assert states(api, alice, w["rtb"]) == everything
     # A detached gateway's routes are blackholes too; attached again, they work again.
@@ -319,7 +320,8 @@ def test_the_infrastructure_view_carries_tables_gateways_and_public_addresses(ap
     vni = api.get(alice, "vpcs", a["vpc"]["id"])["vni"]
     assert view["public_ips"] == [{"public_ip": eip["public_ip"], "private_ip": a["web"]["private_ip"],
                                    "eni_id": a["web"]["eni_id"], "vni": vni, "vpc_id": a["vpc"]["id"],
-                                   "allocation_id": eip["id"], "account": api.account_id(alice)}]
+                                   "allocation_id": eip["id"], "account": api.account_id(alice),
+                                   "nat_gateway_id": None}]
     # Every table of the view compiles for the data path.
     for t in view["route_tables"]:
         assert RouteTable.compile(t["routes"]).lookup(key("10.0.0.5")).target_type == "local"

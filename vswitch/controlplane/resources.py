@@ -15,7 +15,7 @@ import dataclasses
 import ipaddress
 from typing import Annotated, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .ids import kind_of
 
@@ -51,6 +51,7 @@ EniId = ref("eni")
 EigwId = ref("eigw")
 InstanceId = ref("i")
 TgId = ref("tg")
+EipId = ref("eipalloc")
 DoptId = ref("dopt")
 
 
@@ -312,8 +313,25 @@ class ElasticIpUpdate(Body):
 
 
 class NatGatewayCreate(Body):
+    """A NAT gateway in a subnet. ``public`` (the default): its traffic reaches the internet from the
+    elastic IP ``allocation_id`` (required; the VPC needs an attached internet gateway). ``private``:
+    it translates to its private address only, for other VPCs and networks (no elastic IP)."""
     subnet_id: SubnetId
     name: Optional[Name] = None
+    connectivity_type: Literal["public", "private"] = "public"
+    allocation_id: Optional[EipId] = Field(None, validate_default=True)
+    private_ip: Optional[IPv4] = None  # default: the subnet's first free address, as for instances
+
+    @field_validator("allocation_id")
+    @classmethod
+    def _allocation_for_public_only(cls, value: Optional[str], info: ValidationInfo) -> Optional[str]:
+        kind = info.data.get("connectivity_type")  # absent: it was invalid, and is reported already
+        if kind == "public" and value is None:
+            raise ValueError('required for a public NAT gateway (connectivity_type "public"): '
+                             "allocate an elastic IP and name it here")
+        if kind == "private" and value is not None:
+            raise ValueError("a private NAT gateway takes no elastic IP")
+        return value
 
 
 class NatGatewayUpdate(Body):
@@ -474,7 +492,7 @@ KINDS: dict[str, Kind] = {k.collection: k for k in (
     Kind("network-acls", "acl", NetworkAclCreate, NetworkAclUpdate, ("vpc_id",)),
     Kind("route-tables", "rtb", RouteTableCreate, RouteTableUpdate, ("vpc_id",)),
     Kind("internet-gateways", "igw", InternetGatewayCreate, InternetGatewayUpdate, ("vpc_id",)),
-    Kind("nat-gateways", "nat", NatGatewayCreate, NatGatewayUpdate, ("subnet_id",)),
+    Kind("nat-gateways", "nat", NatGatewayCreate, NatGatewayUpdate, ("subnet_id", "allocation_id")),
     Kind("elastic-ips", "eipalloc", ElasticIpCreate, ElasticIpUpdate, ("instance_id",)),
     Kind("target-groups", "tg", TargetGroupCreate, TargetGroupUpdate, ("vpc_id",)),
     Kind("load-balancers", "nlb", LoadBalancerCreate, LoadBalancerUpdate, ("subnet_ids",)),

@@ -46,6 +46,24 @@ instance needs an internet gateway attached to the instance's VPC (409 otherwise
 its ``instance_id``. Deleting the instance disassociates its address in the same transaction.
 Releasing (DELETE) an associated address is refused (409: disassociate first), and so is detaching an
 internet gateway from a VPC that still has associated addresses, both as in the cloud.
+
+NAT gateways (``nat-gateways``, ``nat-…``): created in one transaction with their address and ENI.
+- ``connectivity_type`` ``public`` (default) needs ``allocation_id``, an unassociated elastic IP of the
+  account (422 without it; 409 if it is associated; 404 if it is not the account's), and an internet
+  gateway attached to the VPC (409 otherwise, as the cloud's "Network vpc-… has no Internet gateway
+  attached"). ``private`` takes no elastic IP (422) and needs no gateway.
+- ``private_ip``: the requested address (422 outside the subnet or reserved, 409 taken), else the
+  subnet's first free one, as for instances: the two draw from the same ENIs, so neither takes the other's.
+- The gateway's ENI is requester-managed: ``interface_type: "nat_gateway"``, ``nat_gateway_id``,
+  ``host: None`` and ``instance_id: None`` (no host agent attaches it: Hyperplane nodes will carry its
+  flows), no security groups, ``source_dest_check: False`` (it forwards others' packets). It is
+  read-only like every ENI and goes with its gateway.
+- The elastic IP's record names ``nat_gateway_id``, ``eni_id``, ``private_ip`` and ``vpc_id`` (and
+  ``instance_id: None``). While the gateway exists its address cannot be moved, disassociated or
+  released (409: delete the NAT gateway), and the VPC's internet gateway cannot be detached.
+- The record: ``subnet_id, vpc_id, connectivity_type, private_ip, public_ip, allocation_id, eni_id,
+  state: "available"``. Deleting it deletes its ENI and disassociates its elastic IP (which stays
+  allocated to the account); routes to it stay, and read ``"state": "blackhole"``.
 """
 
 from __future__ import annotations
@@ -74,7 +92,7 @@ DEFAULT_FLOW_LOG_DIR = "/var/lib/userspace-vpc/flow-logs"
 DEFAULT_PUBLIC_IP_POOL = "198.51.100.0/24"  # TEST-NET-2 (RFC 5737): documentation addresses
 # A stored route's target field → the target type the data path and the infrastructure view name.
 TARGET_TYPES = dict(r.ROUTE_TARGETS)
-UNASSOCIATED = {"instance_id": None, "eni_id": None, "private_ip": None, "vpc_id": None}
+UNASSOCIATED = {"instance_id": None, "nat_gateway_id": None, "eni_id": None, "private_ip": None, "vpc_id": None}
 
 
 class ApiError(Exception):
@@ -254,7 +272,9 @@ class ControlPlane:
         """Everything the data plane needs, across accounts: hosts, VPCs and every ENI with its host,
         the policy (groups, ACLs, flow logs), route tables (each subnet names its ``route_table_id``;
         a table's ``routes`` are ``{destination, target_type, target_id, state}``, its local route
-        first), attached internet gateways and associated elastic IPs (``public_ips``).
+        first), attached internet gateways, associated elastic IPs (``public_ips``: an instance's, or a
+        NAT gateway's with its ``nat_gateway_id``) and NAT gateways (``nat_gateways``). A NAT gateway's
+        ENI is among ``enis`` with ``host``/``underlay_ip`` None: no host attaches it, nothing maps it.
 
         Host agents take their own ENIs from it; the mapping daemon derives (VPC, address) → host.
         ``revision`` is the write serial it reflects at least: pass it to ``wait_for_change``.
@@ -281,7 +301,8 @@ class ControlPlane:
                          "account": e["account"], "source_dest_check": e["source_dest_check"],
                          "interface_type": e["interface_type"], "subnet_id": e["subnet_id"],
                          "security_group_ids": e["security_group_ids"],
-                         "connection_tracking": e.get("connection_tracking")})
+                         "connection_tracking": e.get("connection_tracking"),
+                         "nat_gateway_id": e.get("nat_gateway_id")})
 
         def of(prefix: str, *fields: str) -> list[dict]:
             return [{f: x.get(f) for f in ("id", "account", *fields)} for x in recs if kind_of(x["id"]) == prefix]
@@ -298,7 +319,13 @@ class ControlPlane:
             if vpc is not None:
                 public_ips.append({"public_ip": a["public_ip"], "private_ip": eni["private_ip"], "eni_id": eni["id"],
                                    "vni": vpc["vni"], "vpc_id": vpc["id"], "allocation_id": a["id"],
-                                   "account": a["account"]})
+                                   "account": a["account"], "nat_gateway_id": a.get("nat_gateway_id")})
+        nat_gateways = [{"id": n["id"], "account": n["account"], "vpc_id": n["vpc_id"],
+                         "vni": by_id[n["vpc_id"]]["vni"], "subnet_id": n["subnet_id"],
+                         "private_ip": n.get("private_ip"), "public_ip": n.get("public_ip"),
+                         "allocation_id": n.get("allocation_id"), "eni_id": n.get("eni_id"),
+                         "connectivity_type": n.get("connectivity_type", "public")}
+                        for n in recs if kind_of(n["id"]) == "nat"]
         return {"revision": serial.mod_revision if serial else 0, "hosts": list(hosts.values()),
                 "vpcs": vpcs, "enis": enis,
                 "subnets": of("subnet", "vpc_id", "cidr_block", "network_acl_id", "route_table_id"),
@@ -307,7 +334,7 @@ class ControlPlane:
                 "flow_logs": of("fl", "resource_id", "traffic_type", "log_format", "max_aggregation_interval"),
                 "route_tables": route_tables,
                 "internet_gateways": [x for x in of("igw", "vpc_id") if x["vpc_id"]],
-                "public_ips": public_ips}
+                "public_ips": public_ips, "nat_gateways": nat_gateways}
 
     async def wait_for_change(self, after: int, timeout: float) -> None:
         """Return once a write newer than serial revision ``after`` exists, or after ``timeout``."""
@@ -571,27 +598,35 @@ class ControlPlane:
             raise ApiError(422, "a group appears twice", "security_group_ids")
         return ids
 
-    async def _create_i(self, caller, snap, rid, body: r.InstanceCreate):
-        subnet = snap.get(body.subnet_id, "subnet", "subnet_id")
-        vpc = snap.get(subnet["vpc_id"], "vpc")
-        await self._host(body.host)
-        if snap.of("i", name=body.name):
-            raise ApiError(409, f"an instance named {body.name!r} exists", "name")
+    @staticmethod
+    def _private_ip(snap, subnet: dict, requested: str | None) -> str:
+        """An ENI's address in ``subnet``: ``requested`` if it is free (422 outside the subnet or
+        reserved, 409 taken), else the first free one from .4 (409 when there is none). Taken: the
+        addresses of the subnet's ENIs, whoever's (instances', NAT gateways')."""
         net = ipaddress.IPv4Network(subnet["cidr_block"])
         reserved = {net.network_address + k for k in range(4)} | {net.broadcast_address}
         taken = {x["private_ip"] for x in snap.of("eni", subnet_id=subnet["id"])}
-        if body.private_ip:
-            ip = ipaddress.IPv4Address(body.private_ip)
+        if requested:
+            ip = ipaddress.IPv4Address(requested)
             if ip not in net:
                 raise ApiError(422, f"{ip} is outside subnet {subnet['id']} ({net})", "private_ip")
             if ip in reserved:
                 raise ApiError(422, f"{ip} is reserved in {net} (.0-.3 and the last address)", "private_ip")
             if str(ip) in taken:
                 raise ApiError(409, f"{ip} is already in use in {subnet['id']}", "private_ip")
-        else:
-            ip = next((a for a in net.hosts() if a not in reserved and str(a) not in taken), None)
-            if ip is None:
-                raise ApiError(409, f"subnet {subnet['id']} has no free address", "subnet_id")
+            return str(ip)
+        ip = next((a for a in net.hosts() if a not in reserved and str(a) not in taken), None)
+        if ip is None:
+            raise ApiError(409, f"subnet {subnet['id']} has no free address", "subnet_id")
+        return str(ip)
+
+    async def _create_i(self, caller, snap, rid, body: r.InstanceCreate):
+        subnet = snap.get(body.subnet_id, "subnet", "subnet_id")
+        vpc = snap.get(subnet["vpc_id"], "vpc")
+        await self._host(body.host)
+        if snap.of("i", name=body.name):
+            raise ApiError(409, f"an instance named {body.name!r} exists", "name")
+        ip = self._private_ip(snap, subnet, body.private_ip)
         groups = self._groups(snap, vpc["id"], body.security_group_ids or [vpc["default_security_group_id"]])
         eni = new_id("eni")
         common = {"subnet_id": subnet["id"], "vpc_id": vpc["id"], "host": body.host, "private_ip": str(ip),
@@ -748,7 +783,8 @@ class ControlPlane:
             if mapped:
                 names = ", ".join(f"{x['id']} ({x['public_ip']})" for x in mapped[:10])
                 raise ApiError(409, f"network {old['vpc_id']} has mapped public address(es): {names}; "
-                                    f"disassociate them before detaching {old['id']}", "detach")
+                                    f"disassociate them (or delete their NAT gateways) before detaching "
+                                    f"{old['id']}", "detach")
             rec["vpc_id"] = None
         elif changes.get("vpc_id"):
             if old.get("vpc_id") and old["vpc_id"] != changes["vpc_id"]:
@@ -764,8 +800,36 @@ class ControlPlane:
 
     async def _create_nat(self, caller, snap, rid, body: r.NatGatewayCreate):
         subnet = snap.get(body.subnet_id, "subnet", "subnet_id")
-        return {}, [], self._rec(caller, r.KINDS["nat-gateways"], rid,
-                                 {**body.model_dump(), "vpc_id": subnet["vpc_id"]})
+        vpc = snap.get(subnet["vpc_id"], "vpc")
+        eip = None
+        if body.connectivity_type == "public":  # the body's rule: allocation_id is there
+            eip = snap.get(body.allocation_id, "eipalloc", "allocation_id")
+            if not snap.of("igw", vpc_id=vpc["id"]):
+                raise ApiError(409, f"network {vpc['id']} has no internet gateway attached: a public NAT "
+                                    "gateway needs one (attach one, or create a private NAT gateway)", "subnet_id")
+            if eip.get("eni_id"):
+                raise ApiError(409, f"{eip['id']} ({eip['public_ip']}) is already associated with "
+                                    f"{eip.get('nat_gateway_id') or eip.get('instance_id')}", "allocation_id")
+        ip = self._private_ip(snap, subnet, body.private_ip)
+        eni = new_id("eni")
+        puts = {self._key(caller, eni): self._rec(caller, r.KINDS["network-interfaces"], eni, {
+            "subnet_id": subnet["id"], "vpc_id": vpc["id"], "host": None, "private_ip": ip,
+            "security_group_ids": [], "source_dest_check": False, "interface_type": "nat_gateway",
+            "connection_tracking": None, "instance_id": None, "nat_gateway_id": rid, "requester_managed": True,
+            "description": f"Interface for NAT Gateway {rid}"})}
+        if eip is not None:
+            puts[self._key(caller, eip["id"])] = {**eip, **UNASSOCIATED, "nat_gateway_id": rid, "eni_id": eni,
+                                                  "private_ip": ip, "vpc_id": vpc["id"], "updated": time.time()}
+        return puts, [], self._rec(caller, r.KINDS["nat-gateways"], rid, {
+            **body.model_dump(), "subnet_id": subnet["id"], "vpc_id": vpc["id"], "private_ip": ip,
+            "public_ip": eip["public_ip"] if eip else None, "eni_id": eni, "state": "available"})
+
+    async def _delete_nat(self, caller, snap, nat, puts):
+        # Its address stays allocated to the account, disassociated; its ENI goes; routes to it stay
+        # (blackholes, computed when read).
+        for eip in snap.of("eipalloc", nat_gateway_id=nat["id"]):
+            puts[self._key(caller, eip["id"])] = {**eip, **UNASSOCIATED, "updated": time.time()}
+        return [self._key(caller, nat["eni_id"])] if nat.get("eni_id") else []
 
     def _association(self, snap, instance_id: str, eip_id: str) -> dict:
         """The fields of an elastic IP associated with ``instance_id``, or an ApiError saying why not."""
@@ -777,8 +841,15 @@ class ControlPlane:
         if other:
             raise ApiError(409, f"{inst['id']} already has elastic IP {other[0]['id']} ({other[0]['public_ip']}); "
                                 "disassociate it first", "instance_id")
-        return {"instance_id": inst["id"], "eni_id": inst["eni_id"], "private_ip": inst["private_ip"],
-                "vpc_id": inst["vpc_id"]}
+        return {**UNASSOCIATED, "instance_id": inst["id"], "eni_id": inst["eni_id"],
+                "private_ip": inst["private_ip"], "vpc_id": inst["vpc_id"]}
+
+    @staticmethod
+    def _refuse_if_nat(eip: dict, field: str | None = None) -> None:
+        """A NAT gateway's address stays with it until the gateway is deleted (as in the cloud)."""
+        if eip.get("nat_gateway_id"):
+            raise ApiError(409, f"{eip['id']} ({eip['public_ip']}) is in use by NAT gateway "
+                                f"{eip['nat_gateway_id']}; delete the NAT gateway first", field)
 
     async def _create_eipalloc(self, caller, snap, rid, body: r.ElasticIpCreate):
         association = self._association(snap, body.instance_id, rid) if body.instance_id else UNASSOCIATED
@@ -795,12 +866,15 @@ class ControlPlane:
         if changes.get("name"):
             rec["name"] = changes["name"]
         if changes.get("disassociate"):
+            self._refuse_if_nat(old, "disassociate")
             rec.update(UNASSOCIATED)
         elif changes.get("instance_id"):
+            self._refuse_if_nat(old, "instance_id")
             rec.update(self._association(snap, changes["instance_id"], old["id"]))
         return rec
 
     async def _delete_eipalloc(self, caller, snap, eip, puts):
+        self._refuse_if_nat(eip)
         if eip.get("instance_id"):
             raise ApiError(409, f"{eip['id']} ({eip['public_ip']}) is associated with {eip['instance_id']}; "
                                 "disassociate it first")
