@@ -20,6 +20,8 @@ from vswitch.controlplane.client import DesiredStateWatcher
 from vswitch.drops import Drop, counters_as_dict, new_counters
 from vswitch.edge import INTERNET, EdgeRelay
 from vswitch.igw import INTERNET_MTU, InternetGateway
+
+ZERO_VNET = bytes(geneve.VNET_HDR_LEN)
 from vswitch.mapping import MappingCache
 from vswitch.mapping_client import MappingClient
 from vswitch.underlay import UnderlaySocket
@@ -45,7 +47,7 @@ class EdgeAgent:
         self.control = await control.serve(self.cfg.control_socket, self.handle_control)  # keep a reference
         self.mapping_task = asyncio.create_task(self.mapping.run())
         if self.cfg.internet_device:
-            self.internet = tun.open_tun(self.cfg.internet_device, offload=False)
+            self.internet = tun.open_tun(self.cfg.internet_device, offload=True)
             await asyncio.to_thread(tun.configure_here, self.cfg.internet_device, INTERNET_MTU, [self.cfg.public_pool])
             asyncio.get_running_loop().add_reader(self.internet.fd, self._on_internet)
         if self.cfg.control_plane:
@@ -78,6 +80,8 @@ class EdgeAgent:
     def _to_internet(self, buf, n: int, outer_ip: str) -> None:
         relay, vni = self.relay, self.relay.vni
         inner, vnet = relay.inner_off, relay.vnet_off
+        if self.internet.vnet_hdr:
+            return self._to_internet_whole(buf, inner, vnet, n, vni, outer_ip)
         try:
             if vnet >= 0 and offload.needs_work(buf[vnet:vnet + geneve.VNET_HDR_LEN]):
                 packets = offload.finish(buf[vnet:vnet + geneve.VNET_HDR_LEN], buf[inner:n])
@@ -100,20 +104,46 @@ class EdgeAgent:
             else:
                 self.internet_drops[verdict] += 1
 
+    def _to_internet_whole(self, buf, inner: int, vnet: int, n: int, vni: int, outer_ip: str) -> None:
+        """With offloads on the internet TUN: a super-packet is translated once and written whole, with
+        its virtio header; the kernel cuts it for the 1500-byte link (and completes checksums)."""
+        head = bytes(buf[vnet:vnet + geneve.VNET_HDR_LEN]) if vnet >= 0 else ZERO_VNET
+        pkt = bytearray(buf[inner:n])
+        gso = head[1] & ~offload.GSO_ECN
+        segment = 0
+        if gso == offload.GSO_TCPV4 and len(pkt) > 40:
+            segment = (pkt[0] & 0xF) * 4 + (pkt[(pkt[0] & 0xF) * 4 + 12] >> 4) * 4 + (head[4] | head[5] << 8)
+        elif gso != offload.GSO_NONE:
+            self.internet_drops[Drop.MALFORMED_PACKET] += 1  # IPv6 or UDP offloads: not through NAT
+            return
+        verdict = self.igw.outbound(vni, pkt, bool(head[0] & offload.F_NEEDS_CSUM), segment)
+        if verdict is None:
+            try:
+                os.writev(self.internet.fd, (head, pkt))
+            except OSError:
+                self.internet_drops[Drop.DELIVERY_FAILED] += 1
+        elif verdict.__class__ is bytes:
+            self.underlay.send(geneve.prefix(vni, 0, False) + verdict, (outer_ip, self.cfg.underlay_port))
+        else:
+            self.internet_drops[verdict] += 1
+
     def _on_internet(self) -> None:
-        """Packets for public addresses, from the internet side."""
-        fd, view = self.internet.fd, self._iview
+        """Packets for public addresses, from the internet side (with offloads: whole super-packets,
+        forwarded whole inside Geneve's OFFLOAD option, as hosts do between themselves)."""
+        fd, view, vnet = self.internet.fd, self._iview, self.internet.vnet_hdr
+        skip = geneve.VNET_HDR_LEN if vnet else 0
         for _ in range(BATCH):
             try:
                 n = os.readv(fd, (view,))
             except OSError:
                 break
-            pkt = bytearray(view[:n])
-            b = self.igw.inbound(pkt)
+            pkt = bytearray(view[skip:n])
+            b = self.igw.inbound(pkt, bool(vnet and view[0] & offload.F_NEEDS_CSUM))
             if b.__class__ is Drop:
                 self.internet_drops[b] += 1
                 continue
-            self.underlay.send(geneve.prefix(b.vni, 0, False) + pkt, (b.host, self.cfg.underlay_port))
+            head = geneve.prefix(b.vni, 0, True) + bytes(view[:skip]) if vnet else geneve.prefix(b.vni, 0, False)
+            self.underlay.send(head + pkt, (b.host, self.cfg.underlay_port))
         self.underlay.flush()
 
     def handle_control(self, request: dict) -> dict:

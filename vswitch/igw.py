@@ -16,8 +16,10 @@ translate any packet (the cloud's design: Blackfoot is stateless, Hyperplane hol
 
 The instance only ever sees its private address. Checksums are adjusted incrementally (RFC 1624): the
 IPv4 header's, TCP's and UDP's (pseudo-header; a zero UDP checksum stays zero), and for ICMP errors
-the quoted header's and the ICMP checksum over the quote. Packets arrive here complete (the edge agent
-finishes offloaded super-packets first): no partial checksums to keep.
+the quoted header's and the ICMP checksum over the quote. A transport checksum the sender left partial
+(virtio NEEDS_CSUM, as TSO super-packets always are) holds the pseudo-header sum instead, which moves
+the other way round (``_adjust_partial``): the edge forwards super-packets whole, and the kernel on
+the far side cuts and completes them.
 
 IPv4 only; IPv6 has no NAT in the cloud (the egress-only gateway arrives with IPv6).
 """
@@ -47,6 +49,15 @@ class Binding:
     host: str  # underlay IP of the host holding the ENI
     eni: int  # ENI number
     router: int  # the ENI's subnet router (.1): the source of the edge's ICMP errors
+
+
+def _adjust_partial(partial: int, old: int, new: int) -> int:
+    """The same for a checksum the sender left partial (virtio NEEDS_CSUM): the field holds the folded,
+    not complemented, pseudo-header sum, which moves by ``new - old`` in one's complement."""
+    s = partial + (~old >> 16 & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
 
 
 def _adjust(csum: int, old: int, new: int) -> int:
@@ -94,9 +105,11 @@ class InternetGateway:
         return vpc is not None and dst & vpc[1] != vpc[0]
 
     # --- VPC → internet --------------------------------------------------------------------------
-    def outbound(self, vni: int, pkt: bytearray):
-        """Translate a complete IPv4 packet leaving VPC ``vni`` in place. Returns None (forward it),
-        a Drop, or ``bytes``: an ICMP error to send back to the instance instead (too big)."""
+    def outbound(self, vni: int, pkt: bytearray, partial: bool = False, segment: int = 0):
+        """Translate an IPv4 packet leaving VPC ``vni`` in place. Returns None (forward it), a Drop, or
+        ``bytes``: an ICMP error to send back to the instance instead (too big). ``partial``: its
+        transport checksum is left to be completed (virtio NEEDS_CSUM); ``segment``: a TSO
+        super-packet's segment length with headers (the size on the wire), 0 for a plain packet."""
         if len(pkt) < 20 or pkt[0] >> 4 != 4:
             return Drop.MALFORMED_PACKET
         if vni not in self.vpcs:
@@ -105,26 +118,26 @@ class InternetGateway:
         b = self.by_private.get((vni, src))
         if b is None:
             return Drop.NO_PUBLIC_ADDRESS
-        if len(pkt) > INTERNET_MTU:
+        if (segment or len(pkt)) > INTERNET_MTU:
             if pkt[6] & 0x40:  # DF
                 self.counters["too_big"] += 1
                 return frag_needed(pkt, b.router, INTERNET_MTU)
             return Drop.TOO_BIG  # no fragmentation here (the cloud's gateway does not either for TCP)
-        self._rewrite(pkt, 12, b.public, inner=False)
+        self._rewrite(pkt, 12, b.public, partial)
         self.counters["out"] += 1
         return None
 
     # --- internet → VPC --------------------------------------------------------------------------
-    def inbound(self, pkt: bytearray):
-        """Translate a complete IPv4 packet from the internet in place. Returns its Binding (where to
-        send it), or a Drop."""
+    def inbound(self, pkt: bytearray, partial: bool = False):
+        """Translate an IPv4 packet from the internet in place (``partial``: as for ``outbound``).
+        Returns its Binding (where to send it), or a Drop."""
         if len(pkt) < 20 or pkt[0] >> 4 != 4 or (pkt[0] & 0xF) < 5:
             return Drop.MALFORMED_PACKET
         dst = _I.unpack_from(pkt, 16)[0]
         b = self.by_public.get(dst)
         if b is None or b.vni not in self.vpcs:
             return Drop.NO_PUBLIC_ADDRESS
-        self._rewrite(pkt, 16, b.private, inner=False)
+        self._rewrite(pkt, 16, b.private, partial)
         ihl = (pkt[0] & 0xF) * 4
         if pkt[9] == PROTO_ICMP and len(pkt) >= ihl + 8 + 20 and pkt[ihl] in _ICMP_ERRORS:
             self._rewrite_quoted(pkt, ihl, b)
@@ -133,7 +146,7 @@ class InternetGateway:
 
     # --- checksums -------------------------------------------------------------------------------
     @staticmethod
-    def _rewrite(pkt: bytearray, at: int, new: int, inner: bool) -> None:
+    def _rewrite(pkt: bytearray, at: int, new: int, partial: bool) -> None:
         """Replace the address at ``at`` (12: source, 16: destination) of the IPv4 header at 0."""
         old = _I.unpack_from(pkt, at)[0]
         if old == new:
@@ -145,10 +158,13 @@ class InternetGateway:
             return  # a non-first fragment: no transport header
         proto = pkt[9]
         if proto == PROTO_TCP and len(pkt) >= ihl + 18:
-            _H.pack_into(pkt, ihl + 16, _adjust(_H.unpack_from(pkt, ihl + 16)[0], old, new))
+            c = _H.unpack_from(pkt, ihl + 16)[0]
+            _H.pack_into(pkt, ihl + 16, _adjust_partial(c, old, new) if partial else _adjust(c, old, new))
         elif proto == PROTO_UDP and len(pkt) >= ihl + 8:
             c = _H.unpack_from(pkt, ihl + 6)[0]
-            if c:  # zero: no checksum (RFC 768); a computed 0 is sent as 0xFFFF
+            if partial:
+                _H.pack_into(pkt, ihl + 6, _adjust_partial(c, old, new))
+            elif c:  # zero: no checksum (RFC 768); a computed 0 is sent as 0xFFFF
                 _H.pack_into(pkt, ihl + 6, _adjust(c, old, new) or 0xFFFF)
 
     def _rewrite_quoted(self, pkt: bytearray, ihl: int, b: Binding) -> None:

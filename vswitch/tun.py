@@ -107,7 +107,8 @@ def configure_here(name: str, mtu: int, routes: list[str]) -> None:
     through it: how the edge's internet device receives the traffic for public addresses. Blocking."""
     with IPRoute() as ipr:
         idx = ipr.link_lookup(ifname=name)[0]
-        ipr.link("set", index=idx, mtu=mtu)
+        # Super-packets the kernel hands it must fit one Geneve datagram, as for ENIs.
+        ipr.link("set", index=idx, mtu=mtu, gso_max_size=GSO_MAX_SIZE)
         ipr.link("set", index=idx, state="up")
         for dst in routes:
             ipr.route("replace", dst=dst, oif=idx)
