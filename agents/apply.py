@@ -1,35 +1,50 @@
-"""``vpc apply FILE``: make an account's VPCs, subnets, instances and their policy what a topology file says.
+"""``vpc apply FILE``: make an account's VPCs, subnets, instances, their policy and their way to the
+internet what a topology file says.
 
 Idempotent: what already is as the file says is left alone, so applying twice changes nothing. A
 changed file converges: resources it no longer names are deleted, changed ones are modified in place
 when the API allows it (an instance's host, source/destination check, groups and connection tracking;
-a group's rules and description; an ACL's entries; a subnet's ACL) and re-created when it does not (a
-subnet's CIDR, an instance's address or subnet; any change to a flow log, which has no update for its
-fields), and new ones are created. Rules, entries and an instance's groups are compared as the API
-records them, normalized (``tcp`` is ``6``, an empty description is none) and in any order.
+a group's rules and description; an ACL's entries; a route table's routes; a subnet's ACL and route
+table; a gateway's name) and re-created when it does not (a subnet's CIDR, an instance's address or
+subnet; any change to a flow log, which has no update for its fields), and new ones are created.
+Rules, entries, routes and an instance's groups are compared as the API records them, normalized
+(``tcp`` is ``6``, an empty description is none; a table's implicit local route and each route's
+``state`` left out) and in any order.
 
-Names are the identity: a VPC by its name, a subnet, group, network ACL or flow log by (VPC name, its
-name), an instance by its name. A flow log belongs to the VPC of the resource it watches. The VPC's
-default group and default ACL are the file's ``default``: never created or deleted here, and their
-rules are changed only where the file names ``default`` with rules (or entries). Hosts must be
-registered (the lab does it for its hosts).
+Names are the identity: a VPC by its name, a subnet, group, network ACL, route table or flow log by (VPC
+name, its name), an instance by its name. A flow log belongs to the VPC of the resource it watches.
+The VPC's default group, default ACL and main route table are the file's ``default`` and ``main``: never
+created or deleted here, and their rules (entries, routes) are changed only where the file names them
+with rules (entries, routes). A VPC's internet gateway is the one attached to it (at most one), named
+as the file says; a detached gateway of that name is attached again rather than a new one made, and
+other detached gateways are deleted. An instance's elastic IP is the one associated with it; one that
+was associated with it before the instance had to be re-created (or is named after it, as the ones made
+here are) is associated again, so a re-created instance keeps its public address. Elastic IPs the file
+does not ask for are disassociated and released. Hosts must be registered (the lab does it for its
+hosts).
 
 Order, so that every reference exists when it is made and nothing is deleted while in use:
 
-1. flow logs the file does not name (or whose VPC goes), instances, subnets, then VPCs (with their
-   groups and ACLs);
-2. VPCs; groups, created without the rules that name groups; ACLs with their entries; subnets, with
-   their ACL; every group's rules, now that all groups exist; instances, with their groups;
-3. groups and ACLs the file no longer names (no instance or subnet uses them any more); flow logs.
+1. flow logs the file does not name (or whose VPC goes), instances; elastic IPs the file does not ask
+   for (before any gateway is detached); subnets; then VPCs (with their groups, ACLs and route tables,
+   and their gateway detached and deleted);
+2. VPCs; gateways, created attached; groups, created without the rules that name groups; ACLs with
+   their entries; route tables, with the routes whose targets exist; subnets, with their ACL and route
+   table; every group's rules, now that all groups exist; instances, with their groups; every table's
+   routes, now that every instance's ENI exists; elastic IPs, allocated and associated;
+3. groups, ACLs and route tables the file no longer names (no instance or subnet uses them any more);
+   gateways the file no longer gives, once no route names them; flow logs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 from vswitch.controlplane import resources
 from vswitch.controlplane.client import ApiClient
-from vswitch.topology import DEFAULT, FlowLog, NetworkAclEntry, SecurityGroupRule, Topology, Vpc
+from vswitch.topology import (DEFAULT, INTERNET_GATEWAY, MAIN, FlowLog, NetworkAclEntry, Route, SecurityGroupRule,
+                               Topology, Vpc)
 
 
 def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
@@ -69,6 +84,11 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
         changes.append(f"deleted flow log {vpc_name}/{fl.get('name') or fl['id']}" if vpc_name is not None
                        else f"deleted flow log {fl.get('name') or fl['id']} (what it watched is gone)")
 
+    # An elastic IP belongs to the instance it is on, as that is now (deleting it disassociates the
+    # address), else to the instance it is named after.
+    instance_names = {i["id"]: name for name, i in instances.items()}
+    eip_owner = {e["id"]: (instance_names.get(e["instance_id"]), True) if e.get("instance_id")
+                 else (e.get("name"), False) for e in api.call("GET", "/v1/elastic-ips")}
     for name, inst in instances.items():
         where = subnet_names.get(inst["subnet_id"])
         want = want_instances.get(name)
@@ -78,6 +98,8 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
             api.call("DELETE", f"/v1/instances/{inst['id']}")
             changes.append(f"deleted instance {name} ({inst['private_ip']})")
     instances = {i["name"]: i for i in api.call("GET", "/v1/instances")}
+    kept_eips = _release_elastic_ips(api, changes, eip_owner, instances,
+                                     {name for name, (_, i) in want_instances.items() if i.elastic_ip})
     for key, s in subnets_by_name.items():
         if not keep_subnet(key):
             api.call("DELETE", f"/v1/subnets/{s['id']}")
@@ -89,6 +111,11 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
             for acl in api.call("GET", "/v1/network-acls", params={"vpc_id": vpc["id"]}):
                 if not acl.get("default"):
                     api.call("DELETE", f"/v1/network-acls/{acl['id']}")
+            for table in api.call("GET", "/v1/route-tables", params={"vpc_id": vpc["id"]}):
+                if not table.get("main"):
+                    api.call("DELETE", f"/v1/route-tables/{table['id']}")
+            for igw in api.call("GET", "/v1/internet-gateways", params={"vpc_id": vpc["id"]}):
+                _delete_gateway(api, changes, name, igw)
             api.call("DELETE", f"/v1/vpcs/{vpc['id']}")
             changes.append(f"deleted VPC {name} ({vpc['cidr_block']})")
 
@@ -98,24 +125,38 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
         if name not in vpcs:
             vpcs[name] = api.call("POST", "/v1/vpcs", {"name": name, "cidr_block": str(v.cidr)})
             changes.append(f"created VPC {name} ({v.cidr}, VNI {vpcs[name]['vni']})")
+    gateways = api.call("GET", "/v1/internet-gateways")
+    detached = [g for g in gateways if not g.get("vpc_id")]  # the ones no VPC of the file takes again go
+    routing = {name: _Routing(api, v, vpcs[name], changes, gateways) for name, v in want_vpcs.items()}
+    for rt in routing.values():
+        rt.converge_gateway(detached)
     policies = {name: _Policy(api, v, vpcs[name], changes) for name, v in want_vpcs.items()}
     for p in policies.values():
         p.create_groups()
         p.converge_acls()
+    enis = {name: i["eni_id"] for name, i in instances.items()}
+    for rt in routing.values():
+        rt.create_tables(enis)
     have = {(s["vpc_id"], s.get("name")): s for s in api.call("GET", "/v1/subnets")}
     subnet_ids = {}
     for (vpc_name, name), s in want_subnets.items():
         vpc_id = vpcs[vpc_name]["id"]
-        acl_id = policies[vpc_name].acl_ids[s.network_acl]
+        ids = {"network_acl_id": policies[vpc_name].acl_ids[s.network_acl],
+               "route_table_id": routing[vpc_name].table_ids[s.route_table]}
         found = have.get((vpc_id, name))
         if found is None:
             found = api.call("POST", "/v1/subnets", {"vpc_id": vpc_id, "name": name, "cidr_block": str(s.cidr),
-                                                     "network_acl_id": acl_id})
-            changes.append(f"created subnet {vpc_name}/{name} ({s.cidr}"
-                           + (f", network ACL {s.network_acl})" if s.network_acl != DEFAULT else ")"))
-        elif found["network_acl_id"] != acl_id:
-            api.call("PATCH", f"/v1/subnets/{found['id']}", {"network_acl_id": acl_id})
-            changes.append(f"changed subnet {vpc_name}/{name}: network_acl={s.network_acl}")
+                                                     **ids})
+            changes.append(f"created subnet {vpc_name}/{name} (" + ", ".join(
+                [str(s.cidr)] + ([f"network ACL {s.network_acl}"] if s.network_acl != DEFAULT else [])
+                + ([f"route table {s.route_table}"] if s.route_table != MAIN else [])) + ")")
+        else:
+            patch = {k: x for k, x in ids.items() if found.get(k) != x}
+            if patch:
+                api.call("PATCH", f"/v1/subnets/{found['id']}", patch)
+                changes.append(f"changed subnet {vpc_name}/{name}: " + ", ".join(
+                    {"network_acl_id": f"network_acl={s.network_acl}",
+                     "route_table_id": f"route_table={s.route_table}"}[k] for k in patch))
         subnet_ids[(vpc_name, name)] = found["id"]
     for p in policies.values():
         p.converge_rules()
@@ -150,11 +191,20 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
         if patch:
             api.call("PATCH", f"/v1/instances/{found['id']}", patch)
             changes.append(f"changed instance {name}: " + ", ".join(shown))
+    instances = {i["name"]: i for i in api.call("GET", "/v1/instances")}
+    enis = {name: i["eni_id"] for name, i in instances.items()}
+    for rt in routing.values():
+        rt.converge_routes(enis)
+    _associate_elastic_ips(api, changes, instances, kept_eips,
+                           [name for name, (_, i) in want_instances.items() if i.elastic_ip])
 
     # 3. what no longer has users, and flow logs (their targets exist now)
     for p in policies.values():
         p.delete_unnamed()
-    enis = {i["name"]: i["eni_id"] for i in api.call("GET", "/v1/instances")}
+    for rt in routing.values():
+        rt.delete_unnamed()
+    for igw in detached:
+        _delete_gateway(api, changes, None, igw)
     flow_logs = api.call("GET", "/v1/flow-logs")
     for v in topo.vpcs:
         for f in v.flow_logs:
@@ -260,6 +310,149 @@ class _Policy:
                 self.changes.append(f"deleted network ACL {self.vpc.name}/{acl.get('name')} ({acl['id']})")
 
 
+class _Routing:
+    """One VPC's internet gateway and route tables, converged in the steps ``apply_topology`` orders."""
+
+    def __init__(self, api: ApiClient, vpc: Vpc, record: dict, changes: list[str], gateways: list[dict]):
+        self.api, self.vpc, self.record, self.changes = api, vpc, record, changes
+        self.gateway = next((g for g in gateways if g.get("vpc_id") == record["id"]), None)  # at most one
+        self.tables = {t["id"]: t for t in api.call("GET", "/v1/route-tables", params={"vpc_id": record["id"]})}
+        self.table_ids = {MAIN: record["main_route_table_id"]}
+        for t in self.tables.values():  # the oldest of a name (the API lets names repeat); the others go
+            if not t.get("main"):
+                self.table_ids.setdefault(t.get("name"), t["id"])
+
+    def converge_gateway(self, detached: list[dict]) -> None:
+        """The file's gateway attached to the VPC: the one attached, renamed if need be; else a detached one
+        of its name, attached again; else a new one. One the file no longer gives goes in
+        ``delete_unnamed``, once no route names it."""
+        want = self.vpc.internet_gateway
+        if want is None:
+            return
+        where = f"{self.vpc.name}/{want.name}"
+        if self.gateway is not None:
+            if self.gateway.get("name") != want.name:
+                old = self.gateway.get("name")
+                self.gateway = self.api.call("PATCH", f"/v1/internet-gateways/{self.gateway['id']}",
+                                             {"name": want.name})
+                self.changes.append(f"changed internet gateway {where}: name (was {old})")
+            return
+        again = next((g for g in detached if g.get("name") == want.name), None)
+        if again is not None:
+            detached.remove(again)
+            self.gateway = self.api.call("PATCH", f"/v1/internet-gateways/{again['id']}",
+                                         {"vpc_id": self.record["id"]})
+            self.changes.append(f"attached internet gateway {where} ({again['id']})")
+        else:
+            self.gateway = self.api.call("POST", "/v1/internet-gateways",
+                                         {"name": want.name, "vpc_id": self.record["id"]})
+            self.changes.append(f"created internet gateway {where} ({self.gateway['id']})")
+
+    def _route_body(self, route: Route, enis: dict[str, str]) -> dict | None:
+        """A route as the API takes it; None while its instance has no ENI yet."""
+        if route.target == INTERNET_GATEWAY:
+            return {"destination": route.destination, "gateway_id": self.gateway["id"]}
+        eni = enis.get(route.target.partition("/")[2])
+        return None if eni is None else {"destination": route.destination, "network_interface_id": eni}
+
+    def create_tables(self, enis: dict[str, str]) -> None:
+        """The tables the file names and the VPC lacks, with the routes whose targets exist (the others
+        are added by ``converge_routes``, once every instance exists)."""
+        for t in self.vpc.route_tables:
+            if t.name in self.table_ids:
+                continue
+            routes = [body for route in t.routes if (body := self._route_body(route, enis)) is not None]
+            rec = self.api.call("POST", "/v1/route-tables", {"vpc_id": self.record["id"], "name": t.name,
+                                                             "routes": routes})
+            self.tables[rec["id"]] = rec
+            self.table_ids[t.name] = rec["id"]
+            self.changes.append(f"created route table {self.vpc.name}/{t.name} ({rec['id']})")
+
+    def converge_routes(self, enis: dict[str, str]) -> None:
+        for t in self.vpc.route_tables:
+            if t.routes is None:  # the main table named without routes: left as it is
+                continue
+            want = [self._route_body(route, enis) for route in t.routes]
+            rec = self.tables[self.table_ids[t.name]]
+            if _routes_key(want) != _routes_key(rec["routes"]):
+                self.tables[rec["id"]] = self.api.call("PATCH", f"/v1/route-tables/{rec['id']}", {"routes": want})
+                self.changes.append(f"changed route table {self.vpc.name}/{t.name}: routes")
+
+    def delete_unnamed(self) -> None:
+        """The tables the file does not name (no subnet uses them now); then the gateway, if the file no
+        longer gives one: the routes to it go first (from the main table, when the file leaves that
+        as it is), then it is detached (no elastic IP of the VPC is associated any more) and deleted."""
+        kept = {self.table_ids[n] for n in {t.name for t in self.vpc.route_tables} | {MAIN} if n in self.table_ids}
+        for t in list(self.tables.values()):
+            if t["id"] not in kept:
+                self.api.call("DELETE", f"/v1/route-tables/{t['id']}")
+                self.changes.append(f"deleted route table {self.vpc.name}/{t.get('name')} ({t['id']})")
+                del self.tables[t["id"]]
+        if self.vpc.internet_gateway is not None or self.gateway is None:
+            return
+        for t in self.tables.values():
+            routes = [{"destination": x["destination"], **{f: x.get(f) for f, _ in resources.ROUTE_TARGETS}}
+                      for x in t["routes"] if x.get("gateway_id") != "local"]
+            kept_routes = [x for x in routes if x.get("gateway_id") != self.gateway["id"]]
+            if len(kept_routes) != len(routes):
+                self.tables[t["id"]] = self.api.call("PATCH", f"/v1/route-tables/{t['id']}", {"routes": kept_routes})
+                self.changes.append(f"changed route table {self.vpc.name}/{t.get('name')}: routes "
+                                    f"(those to internet gateway {self.gateway.get('name') or self.gateway['id']} "
+                                    "removed)")
+        _delete_gateway(self.api, self.changes, self.vpc.name, self.gateway)
+        self.gateway = None
+
+
+def _delete_gateway(api: ApiClient, changes: list[str], vpc_name: str | None, igw: dict) -> None:
+    """Detach an internet gateway (from ``vpc_name``'s VPC) if it is attached, and delete it."""
+    if igw.get("vpc_id"):
+        api.call("PATCH", f"/v1/internet-gateways/{igw['id']}", {"detach": True})
+    shown = f"{vpc_name}/{igw.get('name') or igw['id']}" if vpc_name else igw.get("name") or igw["id"]
+    api.call("DELETE", f"/v1/internet-gateways/{igw['id']}")
+    changes.append(f"deleted internet gateway {shown} ({igw['id']}" + (", detached)" if igw.get("vpc_id") else ")"))
+
+
+def _release_elastic_ips(api: ApiClient, changes: list[str], owner: dict[str, tuple[str | None, bool]],
+                         instances: dict[str, dict], wanted: set[str]) -> dict[str, dict]:
+    """Keep one elastic IP for each instance in ``wanted``: the one on it, else the one that was on it
+    before it was deleted (``owner``: allocation id -> (instance name, whether it was associated with
+    it)), else one named after it; disassociate and release every other. Returns the kept ones by
+    instance name."""
+    names = {i["id"]: name for name, i in instances.items()}
+    kept: dict[str, dict] = {}
+    eips = api.call("GET", "/v1/elastic-ips")
+    for e in sorted(eips, key=lambda e: (not e.get("instance_id"), not owner.get(e["id"], (None, False))[1])):
+        if e.get("nat_gateway_id"):
+            continue  # a NAT gateway's: the file does not manage NAT gateways (yet), so not their addresses
+        who = owner.get(e["id"], (None, False))[0]
+        if who in wanted and who not in kept:
+            kept[who] = e
+            continue
+        if e.get("instance_id"):
+            api.call("PATCH", f"/v1/elastic-ips/{e['id']}", {"disassociate": True})
+        api.call("DELETE", f"/v1/elastic-ips/{e['id']}")
+        changes.append(f"released elastic IP {e['public_ip']} ({e['id']})" + (
+            f", disassociated from instance {names.get(e['instance_id'], e['instance_id'])}"
+            if e.get("instance_id") else ""))
+    return kept
+
+
+def _associate_elastic_ips(api: ApiClient, changes: list[str], instances: dict[str, dict], kept: dict[str, dict],
+                           wanted: list[str]) -> None:
+    """Each instance in ``wanted`` without an elastic IP gets its kept one associated again, or a new one."""
+    on = {e["instance_id"] for e in api.call("GET", "/v1/elastic-ips") if e.get("instance_id")}
+    for name in wanted:
+        inst = instances[name]
+        if inst["id"] in on:
+            continue
+        if name in kept:
+            e = api.call("PATCH", f"/v1/elastic-ips/{kept[name]['id']}", {"instance_id": inst["id"], "name": name})
+            changes.append(f"associated elastic IP {e['public_ip']} ({e['id']}) with instance {name}")
+        else:
+            e = api.call("POST", "/v1/elastic-ips", {"name": name, "instance_id": inst["id"]})
+            changes.append(f"allocated elastic IP {e['public_ip']} ({e['id']}) to instance {name}")
+
+
 def _delete_groups(api: ApiClient, doomed: list[dict], others: list[dict]) -> None:
     """Delete ``doomed`` groups. A group that another group's rule names cannot be deleted, so the rules
     naming them go first from the doomed groups themselves and from ``others``."""
@@ -296,6 +489,18 @@ def _rules_key(rules: list[dict]) -> list:
     return sorted((repr((_protocol(r.get("protocol", "-1")), r.get("from_port", -1), r.get("to_port", -1),
                          r.get("cidr"), r.get("source_group_id"), r.get("description") or None))
                    for r in rules))
+
+
+def _routes_key(routes: list[dict]) -> list:
+    """A table's routes as a sorted list of (destination, target field, target id), without the implicit
+    local route and each route's ``state``: equal keys, same routes."""
+    out = []
+    for x in routes:
+        if x.get("gateway_id") == "local":
+            continue
+        field = next((f for f, _ in resources.ROUTE_TARGETS if x.get(f)), None)
+        out.append(repr((str(ipaddress.ip_network(x["destination"])), field, x.get(field))))
+    return sorted(out)
 
 
 def _entries_key(entries: list[dict]) -> list:

@@ -1,7 +1,8 @@
-"""The topology file: which hosts exist, which VPCs, subnets and instances run on them, and each VPC's
-policy: security groups, network ACLs, connection tracking per instance, and flow logs.
+"""The topology file: which hosts exist, which VPCs, subnets and instances run on them, each VPC's
+policy (security groups, network ACLs, connection tracking per instance, flow logs) and its way to the
+internet (an internet gateway, route tables, elastic IPs).
 
-A YAML file such as ``configs/demo.yaml`` or ``configs/policy.yaml``::
+A YAML file such as ``configs/demo.yaml``, ``configs/policy.yaml`` or ``configs/internet.yaml``::
 
     hosts: [{name: host-a}, {name: host-b, offload: false}]
     underlay_mtu: 9000                      # optional, 1280..65535
@@ -9,11 +10,20 @@ A YAML file such as ``configs/demo.yaml`` or ``configs/policy.yaml``::
       - name: demo
         cidr: 10.0.0.0/16                   # /16 .. /28
         vni: 7                              # optional: else the smallest free positive number
+        internet_gateway: true              # optional: or {name: gw}; absent or false: none
+        route_tables:                       # optional
+          - name: public
+            routes:                         # optional: else none but the implicit local route
+              - {destination: 0.0.0.0/0, target: internet_gateway}
+              - {destination: 10.1.0.0/24, target: instance/db}
+          - name: main                      # the VPC's main table: sets its routes
+            routes: [{destination: 192.168.0.0/16, target: instance/db}]
         subnets:
-          - {name: app, cidr: 10.0.1.0/24}
+          - {name: app, cidr: 10.0.1.0/24, route_table: public}   # optional: else the main table
           - {name: ops, cidr: 10.0.2.0/24, network_acl: strict}   # optional: else the default ACL
         instances:
-          - {name: web, subnet: app, host: host-b, ip: 10.0.1.10, security_groups: [web, default]}
+          - {name: web, subnet: app, host: host-b, ip: 10.0.1.10, security_groups: [web, default],
+             elastic_ip: true}              # optional: else none
           - {name: client, subnet: app, host: host-a, source_dest_check: false}
           - name: db
             subnet: ops
@@ -38,14 +48,14 @@ A YAML file such as ``configs/demo.yaml`` or ``configs/policy.yaml``::
           - {name: rejects, resource: instance/web, traffic_type: REJECT, interval: 1,
              log_format: "${version} ${srcaddr} ${dstaddr} ${dstport} ${action}"}
 
-Rules: names (hosts, VPCs, subnets, instances, groups, ACLs, flow logs) are 1-20 characters of a-z,
-0-9 and '-' starting with a letter; instance names are unique across the whole file, as instances are
-addressed by name alone; groups, ACLs and flow logs are named per VPC. CIDRs are network addresses
-with a /16../28 prefix; subnets lie inside their VPC and do not overlap. Two VPCs may use the same
-CIDR: they are told apart by VNI, and addresses are unique only per VPC. An instance without ``ip``
-gets the first free address from .4 up in its subnet, in file order, after the explicit ones are
-placed; the other four of the cloud's five reserved addresses are .0-.3 and the broadcast
-(``reserved_addresses``). ENI ids are derived from the VPC and instance names.
+Rules: names (hosts, VPCs, subnets, instances, groups, ACLs, flow logs, route tables, gateways) are
+1-20 characters of a-z, 0-9 and '-' starting with a letter; instance names are unique across the whole
+file, as instances are addressed by name alone; groups, ACLs, flow logs and route tables are named per
+VPC. CIDRs are network addresses with a /16../28 prefix; subnets lie inside their VPC and do not
+overlap. Two VPCs may use the same CIDR: they are told apart by VNI, and addresses are unique only per
+VPC. An instance without ``ip`` gets the first free address from .4 up in its subnet, in file order,
+after the explicit ones are placed; the other four of the cloud's five reserved addresses are .0-.3
+and the broadcast (``reserved_addresses``). ENI ids are derived from the VPC and instance names.
 
 Policy. Keys follow the API's field names, except where the file names things instead of ids
 (``source_group``, ``security_groups``, ``network_acl``, ``resource``) and a few short forms
@@ -77,18 +87,38 @@ Policy. Keys follow the API's field names, except where the file names things in
   ``max_aggregation_interval``, 1-600 s, default 600) and ``log_format`` (``${field}`` names; absent:
   the default, version 2).
 
-The order of rules, entries and an instance's groups carries no meaning.
+The internet. Keys name things as the rest of the file does (``route_table`` as ``network_acl``, a
+route's ``target`` as a flow log's ``resource``); the cloud's rules are the API's:
+
+- ``internet_gateway: true`` gives the VPC an internet gateway, attached to it, named ``VPC-igw``
+  (``demo-igw``); ``{name: gw}`` names it. Absent or false: the VPC has none (``vpc apply`` detaches
+  and deletes one it finds).
+- A route table has ``routes``, each a ``destination`` (a CIDR, IPv4 or IPv6, normalized as the API
+  records it; one route a destination per table; at most 50, the API's limit) and a ``target``:
+  ``internet_gateway`` (the VPC's, which it must then have) or ``instance/NAME`` (that instance's ENI,
+  an instance of the VPC). Every table also has the implicit local route for the VPC's CIDR, which
+  the file does not list: a route for the VPC's CIDR itself is refused, and one inside it only for a
+  whole subnet's CIDR to an instance (the API's rules). A table's ``routes`` absent is none.
+- ``main`` is reserved, as ``default`` is for groups: it is the VPC's main table, which every VPC has
+  and ``vpc apply`` never creates or deletes. A ``route_tables`` entry named ``main`` replaces its
+  routes when it gives them; what no entry sets stays as it is (but for routes to a gateway that
+  ``vpc apply`` deletes: they go with it). A subnet's ``route_table`` absent is ``main``.
+- An instance's ``elastic_ip: true`` gives it an elastic IP (a public address from the region's pool),
+  associated with it; its VPC must have an internet gateway.
+
+The order of rules, entries, routes and an instance's groups carries no meaning.
 
 Parsing is two passes. Pydantic checks the shape (known keys, types, each value on its own; for
 ``connection_tracking``, the API's own ``ConnectionTracking``) and reports every problem it finds; only
 a well-shaped file reaches the second pass, which checks what spans several values (duplicates,
 references, containment), fills in the defaults that depend on the rest of the file (VNIs, instance
-addresses, ENI ids), and validates the policy bodies ``vpc apply`` would send with the API's own models
-(``vswitch.controlplane.resources``: ``SecurityGroupUpdate`` with its ``SgRule``, ``NetworkAclUpdate``
-with its ``AclEntry``, ``InstanceUpdate``, ``FlowLogCreate``), naming each of the API's complaints by
-its place in the file, so that a file the API would refuse fails before any call. Nothing is
-half-accepted: any problem raises ``TopologyError`` listing all problems found, one per line, each
-starting with the field's path (``vpcs[0].subnets[1].cidr: ...``) so the reader can find it in the file.
+addresses, ENI ids, gateway names), and validates the bodies ``vpc apply`` would send with the API's own
+models (``vswitch.controlplane.resources``: ``SecurityGroupUpdate`` with its ``SgRule``,
+``NetworkAclUpdate`` with its ``AclEntry``, ``InstanceUpdate``, ``FlowLogCreate``, ``RouteTableUpdate``
+with its ``Route``), naming each of the API's complaints by its place in the file, so that a file the
+API would refuse fails before any call. Nothing is half-accepted: any problem raises ``TopologyError``
+listing all problems found, one per line, each starting with the field's path
+(``vpcs[0].subnets[1].cidr: ...``) so the reader can find it in the file.
 
 The result is plain frozen dataclasses; pydantic stays inside this module.
 """
@@ -124,6 +154,7 @@ class Host:
 
 
 DEFAULT = "default"  # the name of a VPC's default security group and default network ACL
+MAIN = "main"  # the name of a VPC's main route table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +162,7 @@ class Subnet:
     name: str
     cidr: ipaddress.IPv4Network
     network_acl: str = DEFAULT  # a network ACL of the VPC by name
+    route_table: str = MAIN  # a route table of the VPC by name
 
 
 _CT = api.ConnectionTracking()  # the API's defaults
@@ -157,6 +189,7 @@ class Instance:
     ip_given: bool = True  # False: assigned here (first free); `vpc apply` then keeps what the API chose
     security_groups: tuple[str, ...] = (DEFAULT,)  # groups of the VPC by name
     connection_tracking: ConnectionTracking = ConnectionTracking()
+    elastic_ip: bool = False  # an elastic IP associated with it (its VPC has an internet gateway)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +243,26 @@ class FlowLog:
     log_format: str | None = None  # None: the API's default (version 2)
 
 
+INTERNET_GATEWAY = "internet_gateway"  # a route's target: the VPC's internet gateway
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    destination: str  # a CIDR, IPv4 or IPv6, as the API records it (normalized)
+    target: str  # INTERNET_GATEWAY or "instance/NAME" (its ENI), an instance of the table's VPC
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteTable:
+    name: str
+    routes: tuple[Route, ...] | None = ()  # None only for the main table: left as it is
+
+
+@dataclasses.dataclass(frozen=True)
+class InternetGateway:
+    name: str  # the gateway resource's name; the VPC it is attached to is its identity
+
+
 @dataclasses.dataclass(frozen=True)
 class Vpc:
     name: str
@@ -220,6 +273,8 @@ class Vpc:
     security_groups: tuple[SecurityGroup, ...] = ()  # the default group only if the file names it
     network_acls: tuple[NetworkAcl, ...] = ()  # the default ACL only if the file names it
     flow_logs: tuple[FlowLog, ...] = ()
+    internet_gateway: InternetGateway | None = None
+    route_tables: tuple[RouteTable, ...] = ()  # the main table only if the file names it
 
     def subnet(self, name: str) -> Subnet:
         for s in self.subnets:
@@ -238,6 +293,12 @@ class Vpc:
             if a.name == name:
                 return a
         raise KeyError(f"VPC {self.name!r} names no network ACL {name!r}")
+
+    def route_table(self, name: str) -> RouteTable:
+        for t in self.route_tables:
+            if t.name == name:
+                return t
+        raise KeyError(f"VPC {self.name!r} names no route table {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,6 +441,7 @@ class _SubnetFile(_Model):
     name: _Name
     cidr: _Network
     network_acl: str = DEFAULT
+    route_table: str = MAIN
 
 
 class _ConnectionTrackingFile(api.ConnectionTracking):
@@ -395,6 +457,7 @@ class _InstanceFile(_Model):
     source_dest_check: bool = True
     security_groups: list[str] | None = None
     connection_tracking: _ConnectionTrackingFile | None = None
+    elastic_ip: bool = False
 
 
 class _PortsFile(_Model):
@@ -471,10 +534,35 @@ class _FlowLogFile(_Model):
     log_format: str | None = None
 
 
+class _GatewayFile(_Model):
+    name: _Name | None = None  # None: the default name, VPC-igw
+
+
+def _gateway(value: Any) -> Any:
+    """``internet_gateway``: true (a gateway of the default name), false (none) or ``{name: NAME}``."""
+    if isinstance(value, bool):
+        return _GatewayFile() if value else None
+    if isinstance(value, dict):
+        return value
+    raise ValueError(f"expected true, false or a mapping such as {{name: gw}}, got {reprlib.repr(value)}")
+
+
+class _RouteFile(_Model):
+    destination: str
+    target: str
+
+
+class _RouteTableFile(_Model):
+    name: _Name
+    routes: list[_RouteFile] | None = None
+
+
 class _VpcFile(_Model):
     name: _Name
     cidr: _Network
     vni: int | None = pydantic.Field(None, ge=1, le=MAX_VNI)
+    internet_gateway: Annotated[_GatewayFile | None, pydantic.BeforeValidator(_gateway)] = None
+    route_tables: list[_RouteTableFile] = []
     subnets: list[_SubnetFile] = []
     instances: list[_InstanceFile] = []
     security_groups: list[_GroupFile] = []
@@ -492,7 +580,8 @@ class _TopologyFile(_Model):
 _ITEM_MODEL = {"hosts": _HostFile, "vpcs": _VpcFile, "subnets": _SubnetFile, "instances": _InstanceFile,
                "security_groups": _GroupFile, "ingress": _RuleFile, "egress": _RuleFile,
                "network_acls": _AclFile, "entries": _AclEntryFile, "flow_logs": _FlowLogFile,
-               "connection_tracking": _ConnectionTrackingFile}
+               "connection_tracking": _ConnectionTrackingFile, "internet_gateway": _GatewayFile,
+               "route_tables": _RouteTableFile, "routes": _RouteFile}
 
 
 def _path(loc) -> str:
@@ -583,18 +672,26 @@ class _Builder:
             elif inst.ip is not None:
                 self._check_ip(f"{ipath}.ip", inst.ip, subnet, taken)
             self._instance_groups(ipath, vpc, inst, group_names)
+            if inst.elastic_ip and vpc.internet_gateway is None:
+                self.problems.append(f"{ipath}.elastic_ip: an elastic IP needs the VPC's internet gateway, and "
+                                     f"VPC {vpc.name!r} has none (give it internet_gateway: true)")
         ips = self._assign(path, vpc, subnets, taken)
         # An instance left without an address always comes with a reported problem, so build() raises.
         instances = tuple(
             Instance(inst.name, vpc.name, inst.subnet, inst.host, ips[n], _eni_id(vpc.name, inst.name),
                      inst.source_dest_check, ip_given=inst.ip is not None,
                      security_groups=tuple(inst.security_groups or (DEFAULT,)),
-                     connection_tracking=ConnectionTracking(**(inst.connection_tracking or _CT).model_dump()))
+                     connection_tracking=ConnectionTracking(**(inst.connection_tracking or _CT).model_dump()),
+                     elastic_ip=inst.elastic_ip)
             for n, inst in enumerate(vpc.instances) if n in ips)
         groups = self._groups(path, vpc, group_names)
         acls = self._acls(path, vpc)
+        tables = self._route_tables(path, vpc)
         flow_logs = self._flow_logs(path, vpc)
-        return Vpc(vpc.name, vpc.cidr, vni, tuple(subnets.values()), instances, groups, acls, flow_logs)
+        gateway = None if vpc.internet_gateway is None else \
+            InternetGateway(vpc.internet_gateway.name or f"{vpc.name}-igw")
+        return Vpc(vpc.name, vpc.cidr, vni, tuple(subnets.values()), instances, groups, acls, flow_logs,
+                   gateway, tables)
 
     def _subnets(self, path: str, vpc: _VpcFile) -> dict[str, Subnet]:
         subnets: dict[str, Subnet] = {}
@@ -612,7 +709,11 @@ class _Builder:
             if sub.network_acl not in acls:
                 self.problems.append(f"{spath}.network_acl: unknown network ACL {sub.network_acl!r} in VPC "
                                      f"{vpc.name!r} (network ACLs: {', '.join(acls)})")
-            subnets[sub.name] = Subnet(sub.name, sub.cidr, sub.network_acl)
+            tables = list(dict.fromkeys([MAIN, *(t.name for t in vpc.route_tables)]))
+            if sub.route_table not in tables:
+                self.problems.append(f"{spath}.route_table: unknown route table {sub.route_table!r} in VPC "
+                                     f"{vpc.name!r} (route tables: {', '.join(tables)})")
+            subnets[sub.name] = Subnet(sub.name, sub.cidr, sub.network_acl, sub.route_table)
         return subnets
 
     # --- policy ------------------------------------------------------------------------------------
@@ -684,6 +785,66 @@ class _Builder:
                     NetworkAclEntry(e.rule_number, e.action, e.cidr, e.egress, e.protocol, e.from_port, e.to_port)
                     for e in checked.entries)))
         return tuple(out)
+
+    def _route_tables(self, path: str, vpc: _VpcFile) -> tuple[RouteTable, ...]:
+        out = []
+        where: dict[str, str] = {}
+        instances = [i.name for i in vpc.instances]
+        subnet_cidrs = {str(s.cidr) for s in vpc.subnets}
+        for t, table in enumerate(vpc.route_tables):
+            tpath = f"{path}.route_tables[{t}]"
+            fresh = self._unique(f"{tpath}.name", "route table name", table.name, where)
+            if table.routes is None:
+                if fresh:
+                    out.append(RouteTable(table.name, None if table.name == MAIN else ()))
+                continue
+            seen: dict[str, str] = {}
+            routes = []
+            for i, route in enumerate(table.routes):
+                rpath = f"{tpath}.routes[{i}]"
+                self._route_target(f"{rpath}.target", vpc, route.target, instances)
+                # The route `vpc apply` sends, the target's id aside, checked by the API's model.
+                target = {"gateway_id": _PLACEHOLDER["igw"]} if route.target == INTERNET_GATEWAY \
+                    else {"network_interface_id": _PLACEHOLDER["eni"]}
+                checked = self._api_check(api.Route, {"destination": route.destination, **target},
+                                          lambda loc: _item_path(tpath, ("routes", i, *loc), {"routes": table.routes}))
+                if checked is None:
+                    continue
+                dest = ipaddress.ip_network(checked.destination)
+                if self._unique(f"{rpath}.destination", "destination", checked.destination, seen):
+                    self._local_route(f"{rpath}.destination", vpc, dest, route.target, subnet_cidrs)
+                routes.append(Route(checked.destination, route.target))
+            # And the table's: how many routes it may hold (each route's problems are reported above).
+            some_route = {"destination": "0.0.0.0/0", "gateway_id": _PLACEHOLDER["igw"]}
+            checked = self._api_check(api.RouteTableUpdate, {"routes": [some_route] * len(table.routes)},
+                                      lambda loc: f"{tpath}.routes")
+            if fresh and checked is not None and len(routes) == len(table.routes):
+                out.append(RouteTable(table.name, tuple(routes)))
+        return tuple(out)
+
+    def _route_target(self, path: str, vpc: _VpcFile, target: str, instances: list[str]) -> None:
+        kind, _, name = target.partition("/")
+        if target == INTERNET_GATEWAY:
+            if vpc.internet_gateway is None:
+                self.problems.append(f"{path}: {INTERNET_GATEWAY} is the VPC's internet gateway, and VPC "
+                                     f"{vpc.name!r} has none (give it internet_gateway: true)")
+        elif kind == "instance" and name:
+            if name not in instances:
+                self.problems.append(f"{path}: unknown instance {name!r} in VPC {vpc.name!r} "
+                                     f"(instances: {', '.join(instances) or 'none'})")
+        else:
+            self.problems.append(f"{path}: {target!r} is not {INTERNET_GATEWAY} or instance/NAME")
+
+    def _local_route(self, path: str, vpc: _VpcFile, dest, target: str, subnet_cidrs: set[str]) -> None:
+        """The API's rules for routes inside the VPC's CIDR (the implicit local route's)."""
+        if dest.version != 4 or not dest.subnet_of(vpc.cidr):
+            return
+        if dest == vpc.cidr:
+            self.problems.append(f"{path}: {dest} is the VPC's CIDR: its route is the local route, which "
+                                 "cannot be replaced")
+        elif not target.startswith("instance/") or str(dest) not in subnet_cidrs:
+            self.problems.append(f"{path}: {dest} is more specific than the local route ({vpc.cidr}): only a "
+                                 "route for a whole subnet's CIDR to an instance may be")
 
     def _flow_logs(self, path: str, vpc: _VpcFile) -> tuple[FlowLog, ...]:
         out = []
@@ -762,11 +923,13 @@ class _Builder:
 
 
 # Ids standing for the resources a file names, so that bodies can be checked before they exist.
-_PLACEHOLDER = {"sg": "sg-" + "0" * 17, "vpc": "vpc-" + "0" * 17}
+_PLACEHOLDER = {"sg": "sg-" + "0" * 17, "vpc": "vpc-" + "0" * 17, "igw": "igw-" + "0" * 17,
+                "eni": "eni-" + "0" * 16}
 _FLOW_LOG_KEYS = {"max_aggregation_interval": "interval", "resource_id": "resource"}
 # The file keys that can give an API body field of a rule or an entry, in the order they are looked for.
 _FILE_KEYS = {"from_port": ("ports", "icmp_type", "from_port"), "to_port": ("ports", "icmp_code", "to_port"),
-              "source_group_id": ("source_group",), "rule_number": ("rule",)}
+              "source_group_id": ("source_group",), "rule_number": ("rule",),
+              "gateway_id": ("target",), "network_interface_id": ("target",)}
 
 
 def _rule_body(rule: _RuleFile) -> dict:

@@ -436,10 +436,331 @@ def test_any_sequence_of_files_converges(api, files):
         w, (vpc,) = World(api), data["vpcs"]
         assert set(w.groups) == {g["name"] for g in vpc["security_groups"]}
         assert set(w.acls) == {a["name"] for a in vpc["network_acls"]} | {"default"}
-        assert {n: w.groups_of(n) for n in w.instances} == {i["name"]: i["security_groups"] for i in vpc["instances"]}
+        # The order of an instance's groups carries no meaning: a kept instance keeps the order it has.
+        assert {n: sorted(w.groups_of(n)) for n in w.instances} == {
+            i["name"]: sorted(i["security_groups"]) for i in vpc["instances"]}
         assert {s["name"]: w.acl_of(s["name"]) for s in vpc["subnets"]} == {
             s["name"]: s["network_acl"] for s in vpc["subnets"]}
         assert {n: (f["traffic_type"], f["max_aggregation_interval"]) for n, f in w.flow_logs.items()} == {
             f["name"]: (f["traffic_type"], f["interval"]) for f in vpc["flow_logs"]}
         for g in vpc["security_groups"]:
             assert len(w.groups[g["name"]]["ingress"]) == len(g["ingress"])
+
+
+# --- the internet: gateways, route tables, elastic IPs ----------------------------------------------------
+
+
+def internet() -> dict:
+    """web public (its subnet routed to the gateway, an elastic IP), an appliance routed to, client private."""
+    return {
+        "hosts": [{"name": "host-a"}, {"name": "host-b"}],
+        "vpcs": [{
+            "name": "demo",
+            "cidr": "10.0.0.0/16",
+            "internet_gateway": True,
+            "route_tables": [{"name": "public", "routes": [
+                {"destination": "0.0.0.0/0", "target": "internet_gateway"},
+                {"destination": "10.1.0.0/24", "target": "instance/appliance"}]}],
+            "subnets": [{"name": "app", "cidr": "10.0.1.0/24", "route_table": "public"},
+                        {"name": "db", "cidr": "10.0.2.0/24"}],
+            "instances": [
+                {"name": "web", "subnet": "app", "host": "host-b", "ip": "10.0.1.10", "elastic_ip": True},
+                {"name": "appliance", "subnet": "app", "host": "host-a", "source_dest_check": False},
+                {"name": "client", "subnet": "db", "host": "host-a"},
+            ],
+        }],
+    }
+
+
+class Net:
+    """The account's gateways, route tables and elastic IPs, by name, read back through the API."""
+
+    def __init__(self, api):
+        (self.vpc,) = api.call("GET", "/v1/vpcs")
+        self.gateways = api.call("GET", "/v1/internet-gateways")
+        self.tables = {t["name"]: t for t in api.call("GET", "/v1/route-tables")}
+        self.subnets = {s["name"]: s for s in api.call("GET", "/v1/subnets")}
+        self.instances = {i["name"]: i for i in api.call("GET", "/v1/instances")}
+        self.eips = api.call("GET", "/v1/elastic-ips")
+        self.names = {**{i["eni_id"]: f"instance/{n}" for n, i in self.instances.items()},
+                      **{g["id"]: f"igw/{g['name']}" for g in self.gateways}, "local": "local"}
+        self.table_names = {t["id"]: n for n, t in self.tables.items()}
+
+    def routes(self, table: str) -> list[tuple]:
+        """(destination, target by name, state); a target gone shows as its id."""
+        return [(r["destination"], self.names.get(target, target), r["state"])
+                for r in self.tables[table]["routes"]
+                for target in [r["gateway_id"] or r["network_interface_id"]]]
+
+    def table_of(self, subnet: str) -> str:
+        return self.table_names[self.subnets[subnet]["route_table_id"]]
+
+    def public_ips(self) -> dict:
+        """Instance name (None: not associated) -> public address."""
+        on = {i["id"]: n for n, i in self.instances.items()}
+        return {on.get(e["instance_id"]): e["public_ip"] for e in self.eips}
+
+
+def test_internet_applies_then_a_second_apply_changes_nothing(api):
+    changes = applied(api, internet())
+    n = Net(api)
+    (igw,) = n.gateways
+    (eip,) = n.eips
+    shown = [re.sub(r"-[0-9a-f]{16,17}", "-ID", c) for c in changes]
+    for line in ("created internet gateway demo/demo-igw (igw-ID)", "created route table demo/public (rtb-ID)",
+                 "created subnet demo/app (10.0.1.0/24, route table public)", "created subnet demo/db (10.0.2.0/24)",
+                 "created instance appliance (10.0.1.4 on host-a)", "changed route table demo/public: routes",
+                 "allocated elastic IP 198.51.100.1 (eipalloc-ID) to instance web"):
+        assert line in shown, (line, changes)
+    order = [shown.index(line) for line in (
+        "created VPC demo (10.0.0.0/16, VNI 1)", "created internet gateway demo/demo-igw (igw-ID)",
+        "created route table demo/public (rtb-ID)", "created subnet demo/app (10.0.1.0/24, route table public)",
+        "created instance appliance (10.0.1.4 on host-a)", "changed route table demo/public: routes",
+        "allocated elastic IP 198.51.100.1 (eipalloc-ID) to instance web")]
+    assert order == sorted(order), changes
+    assert (igw["name"], igw["vpc_id"]) == ("demo-igw", n.vpc["id"])
+    assert set(n.tables) == {"main", "public"} and n.tables["main"]["id"] == n.vpc["main_route_table_id"]
+    assert n.routes("public") == [("10.0.0.0/16", "local", "active"), ("0.0.0.0/0", "igw/demo-igw", "active"),
+                                  ("10.1.0.0/24", "instance/appliance", "active")]
+    assert n.routes("main") == [("10.0.0.0/16", "local", "active")]  # the file does not name it: as it is
+    assert n.table_of("app") == "public" and n.table_of("db") == "main"
+    assert n.public_ips() == {"web": "198.51.100.1"}
+    assert (eip["name"], eip["private_ip"], eip["vpc_id"]) == ("web", "10.0.1.10", n.vpc["id"])
+
+
+def test_the_internet_example_applies(api):
+    topo = load_topology(CONFIGS / "internet.yaml")
+    changes = apply_topology(api, topo)
+    assert apply_topology(api, topo) == []
+    assert "changed route table demo/public: routes" not in changes  # its one route's target existed
+    n = Net(api)
+    assert n.table_of("public") == "public" and n.table_of("private") == "main"
+    assert n.routes("public")[1:] == [("0.0.0.0/0", "igw/demo-igw", "active")]
+    assert list(n.public_ips()) == ["web"]
+
+
+def test_a_changed_route_is_modified_in_place(api):
+    applied(api, internet())
+    before = Net(api)
+    data = internet()
+    routes = data["vpcs"][0]["route_tables"][0]["routes"]
+    routes[1]["destination"] = "10.2.0.0/24"
+    routes.append({"destination": "::/0", "target": "internet_gateway"})
+    assert applied(api, data) == ["changed route table demo/public: routes"]
+    after = Net(api)
+    assert after.tables["public"]["id"] == before.tables["public"]["id"]
+    assert after.routes("public")[1:] == [("0.0.0.0/0", "igw/demo-igw", "active"),
+                                          ("10.2.0.0/24", "instance/appliance", "active"),
+                                          ("::/0", "igw/demo-igw", "active")]
+    # Routes in another order, or spelled otherwise, are the same routes.
+    routes.reverse()
+    routes[0]["destination"] = "0::/0"
+    assert apply(api, data) == []
+
+
+def test_the_main_table_changes_only_where_the_file_names_it(api):
+    applied(api, internet())
+    data = internet()
+    data["vpcs"][0]["route_tables"].append({"name": "main", "routes": [
+        {"destination": "192.168.0.0/16", "target": "instance/appliance"}]})
+    assert applied(api, data) == ["changed route table demo/main: routes"]
+    n = Net(api)
+    assert n.tables["main"]["id"] == n.vpc["main_route_table_id"] and set(n.tables) == {"main", "public"}
+    assert n.routes("main") == [("10.0.0.0/16", "local", "active"),
+                                ("192.168.0.0/16", "instance/appliance", "active")]
+    # Named without routes, or not named at all: left as it is. Named with none: emptied.
+    data["vpcs"][0]["route_tables"][-1] = {"name": "main"}
+    assert apply(api, data) == []
+    assert apply(api, internet()) == []
+    assert len(Net(api).routes("main")) == 2
+    data["vpcs"][0]["route_tables"][-1] = {"name": "main", "routes": []}
+    assert applied(api, data) == ["changed route table demo/main: routes"]
+    assert Net(api).routes("main") == [("10.0.0.0/16", "local", "active")]
+
+
+def test_a_subnet_moves_off_a_table_before_it_is_deleted(api):
+    applied(api, internet())
+    before = Net(api)
+    data = internet()
+    vpc = data["vpcs"][0]
+    vpc["route_tables"] = [{"name": "edge", "routes": [{"destination": "0.0.0.0/0", "target": "internet_gateway"}]}]
+    vpc["subnets"][0]["route_table"] = "edge"
+    changes = applied(api, data)
+    n = Net(api)
+    assert changes == [f"created route table demo/edge ({n.tables['edge']['id']})",
+                       "changed subnet demo/app: route_table=edge",
+                       f"deleted route table demo/public ({before.tables['public']['id']})"]
+    assert n.table_of("app") == "edge" and n.subnets["app"]["id"] == before.subnets["app"]["id"]
+    del vpc["subnets"][0]["route_table"]
+    vpc["subnets"][1]["route_table"] = "edge"
+    assert applied(api, data) == ["changed subnet demo/app: route_table=main",
+                                  "changed subnet demo/db: route_table=edge"]
+    vpc["route_tables"] = []
+    del vpc["subnets"][1]["route_table"]
+    changes = applied(api, data)
+    assert changes == ["changed subnet demo/db: route_table=main",
+                       f"deleted route table demo/edge ({n.tables['edge']['id']})"]
+    assert set(Net(api).tables) == {"main"}
+
+
+def test_removing_elastic_ip_releases_it(api):
+    applied(api, internet())
+    (eip,) = Net(api).eips
+    data = internet()
+    del data["vpcs"][0]["instances"][0]["elastic_ip"]
+    assert applied(api, data) == [f"released elastic IP 198.51.100.1 ({eip['id']}), disassociated from instance web"]
+    assert Net(api).eips == []
+    data["vpcs"][0]["instances"][2]["elastic_ip"] = True  # another instance, in the private subnet
+    (line,) = applied(api, data)
+    assert re.fullmatch(r"allocated elastic IP 198\.51\.100\.1 \(eipalloc-[0-9a-f]{17}\) to instance client", line)
+    assert Net(api).public_ips() == {"client": "198.51.100.1"}
+
+
+def test_a_re_created_instance_keeps_its_elastic_ip_and_its_routes(api):
+    applied(api, internet())
+    before = Net(api)
+    data = internet()
+    data["vpcs"][0]["instances"][0]["ip"] = "10.0.1.11"  # a new address: the instance is re-created
+    data["vpcs"][0]["instances"][1]["ip"] = "10.0.1.20"  # and the appliance the table routes to
+    changes = applied(api, data)
+    (eip,) = before.eips
+    assert changes[:2] == ["deleted instance web (10.0.1.10)", "deleted instance appliance (10.0.1.4)"]
+    assert changes[-2:] == ["changed route table demo/public: routes",
+                            f"associated elastic IP 198.51.100.1 ({eip['id']}) with instance web"]
+    after = Net(api)
+    assert after.eips[0]["id"] == eip["id"] and after.public_ips() == {"web": "198.51.100.1"}
+    assert after.eips[0]["private_ip"] == "10.0.1.11"
+    assert after.routes("public")[2] == ("10.1.0.0/24", "instance/appliance", "active")
+    assert after.instances["appliance"]["eni_id"] != before.instances["appliance"]["eni_id"]
+
+
+def test_removing_the_gateway_detaches_and_deletes_it_after_its_addresses_and_routes(api):
+    applied(api, internet())
+    before = Net(api)
+    (igw,), (eip,) = before.gateways, before.eips
+    main = before.tables["main"]  # a route to the gateway made by hand, in a table the file leaves as it is
+    api.call("PATCH", f"/v1/route-tables/{main['id']}", {"routes": [
+        *main["routes"], {"destination": "0.0.0.0/0", "gateway_id": igw["id"]},
+        {"destination": "192.168.0.0/16", "network_interface_id": before.instances["appliance"]["eni_id"]}]})
+    data = internet()
+    vpc = data["vpcs"][0]
+    del vpc["internet_gateway"]
+    del vpc["instances"][0]["elastic_ip"]
+    del vpc["route_tables"][0]["routes"][0]
+    changes = applied(api, data)
+    assert changes == [
+        f"released elastic IP 198.51.100.1 ({eip['id']}), disassociated from instance web",
+        "changed route table demo/public: routes",
+        "changed route table demo/main: routes (those to internet gateway demo-igw removed)",
+        f"deleted internet gateway demo/demo-igw ({igw['id']}, detached)"]
+    n = Net(api)
+    assert n.gateways == [] and n.eips == []
+    assert n.routes("public") == [("10.0.0.0/16", "local", "active"), ("10.1.0.0/24", "instance/appliance", "active")]
+    assert n.routes("main")[1:] == [("192.168.0.0/16", "instance/appliance", "active")]  # the others stay
+    # And back: a new gateway, routed to again.
+    changes = applied(api, internet())
+    assert [c.split(" (")[0] for c in changes] == ["created internet gateway demo/demo-igw",
+                                                   "changed route table demo/public: routes",
+                                                   "allocated elastic IP 198.51.100.1"]
+
+
+def test_a_named_gateway_is_renamed_in_place(api):
+    applied(api, internet())
+    (igw,) = Net(api).gateways
+    data = internet()
+    data["vpcs"][0]["internet_gateway"] = {"name": "gw"}
+    assert applied(api, data) == ["changed internet gateway demo/gw: name (was demo-igw)"]
+    assert [(g["id"], g["name"]) for g in Net(api).gateways] == [(igw["id"], "gw")]
+
+
+def test_a_vpc_on_the_internet_is_deleted_whole(api):
+    applied(api, internet())
+    (igw,) = Net(api).gateways
+    changes = applied(api, {"hosts": [{"name": "host-a"}], "vpcs": []})
+    assert f"deleted internet gateway demo/demo-igw ({igw['id']}, detached)" in changes
+    assert changes[-1].startswith("deleted VPC demo")
+    for collection in ("vpcs", "subnets", "instances", "route-tables", "internet-gateways", "elastic-ips"):
+        assert api.call("GET", f"/v1/{collection}") == [], collection
+
+
+def test_a_vpc_whose_cidr_changes_is_re_created_with_its_gateway_and_keeps_its_address(api):
+    applied(api, internet())
+    before = Net(api)
+    data = internet()
+    data["vpcs"][0]["cidr"] = "10.0.0.0/17"
+    changes = applied(api, data)
+    assert f"deleted internet gateway demo/demo-igw ({before.gateways[0]['id']}, detached)" in changes
+    after = Net(api)
+    assert after.vpc["id"] != before.vpc["id"] and after.gateways[0]["vpc_id"] == after.vpc["id"]
+    assert after.eips[0]["id"] == before.eips[0]["id"] and after.public_ips() == {"web": "198.51.100.1"}
+    assert after.routes("public")[0] == ("10.0.0.0/17", "local", "active") and after.table_of("app") == "public"
+
+
+def test_gateways_tables_and_addresses_made_by_hand_are_converged_too(api):
+    applied(api, internet())
+    before = Net(api)
+    (igw,), (eip,) = before.gateways, before.eips
+    # The gateway detached by hand (its address first), and strays of every kind.
+    api.call("PATCH", f"/v1/elastic-ips/{eip['id']}", {"disassociate": True})
+    api.call("PATCH", f"/v1/internet-gateways/{igw['id']}", {"detach": True})
+    stray_igw = api.call("POST", "/v1/internet-gateways", {"name": "stray"})
+    stray_eip = api.call("POST", "/v1/elastic-ips", {})
+    second = api.call("POST", "/v1/route-tables", {"vpc_id": before.vpc["id"], "name": "public"})  # a second one
+    changes = applied(api, internet())
+    assert sorted(changes) == sorted([
+        f"attached internet gateway demo/demo-igw ({igw['id']})",  # the one of its name, again
+        f"released elastic IP {stray_eip['public_ip']} ({stray_eip['id']})",
+        f"associated elastic IP 198.51.100.1 ({eip['id']}) with instance web",
+        f"deleted route table demo/public ({second['id']})",
+        f"deleted internet gateway stray ({stray_igw['id']})"]), changes
+    after = Net(api)
+    assert [g["id"] for g in after.gateways] == [igw["id"]]
+    assert after.tables["public"]["id"] == before.tables["public"]["id"]
+    assert after.routes("public")[1] == ("0.0.0.0/0", "igw/demo-igw", "active")
+    assert after.public_ips() == {"web": "198.51.100.1"}
+
+
+@st.composite
+def internet_files(draw) -> dict:
+    """A valid file of random routing over a fixed VPC: whether it has a gateway, which tables exist with
+    which routes, which subnet uses which, who has an elastic IP."""
+    gateway = draw(st.sampled_from([False, True, {"name": "gw"}]))
+    instances = draw(st.lists(st.sampled_from(["i1", "i2", "i3"]), unique=True, max_size=3))
+    targets = [f"instance/{i}" for i in instances] + (["internet_gateway"] if gateway else [])
+
+    def routes(draw_):
+        if not targets:
+            return []
+        destinations = draw_(st.lists(st.sampled_from(["0.0.0.0/0", "10.9.0.0/16", "::/0", "192.168.1.0/24"]),
+                                      unique=True, max_size=3))
+        return [{"destination": d, "target": draw_(st.sampled_from(targets))} for d in destinations]
+
+    tables = draw(st.lists(st.sampled_from(["t1", "t2"]), unique=True, max_size=2))
+    route_tables = [{"name": t, "routes": routes(draw)} for t in tables]
+    if draw(st.booleans()):
+        route_tables.append({"name": "main", "routes": routes(draw)})
+    return {"hosts": [{"name": "host-a"}], "vpcs": [{
+        "name": "demo", "cidr": "10.0.0.0/16", "internet_gateway": gateway, "route_tables": route_tables,
+        "subnets": [{"name": s, "cidr": cidr, "route_table": draw(st.sampled_from(tables + ["main"]))}
+                    for s, cidr in (("app", "10.0.1.0/24"), ("ops", "10.0.2.0/24"))],
+        "instances": [{"name": i, "subnet": draw(st.sampled_from(["app", "ops"])), "host": "host-a",
+                       "elastic_ip": bool(gateway) and draw(st.booleans())} for i in instances]}]}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(internet_files(), min_size=2, max_size=3))
+def test_any_sequence_of_internet_files_converges(api, files):
+    for data in files:
+        apply(api, data)
+        assert apply(api, data) == []
+        n, (vpc,) = Net(api), data["vpcs"]
+        gateway = vpc["internet_gateway"]
+        assert [g["name"] for g in n.gateways] == ([] if not gateway else ["gw" if gateway is not True else "demo-igw"])
+        assert set(n.tables) == {t["name"] for t in vpc["route_tables"]} | {"main"}
+        for t in vpc["route_tables"]:
+            assert sorted(n.routes(t["name"])[1:]) == sorted(
+                (r["destination"], r["target"].replace("internet_gateway", f"igw/{n.gateways[0]['name']}")
+                 if n.gateways else r["target"], "active") for r in t["routes"])
+        assert {s["name"]: n.table_of(s["name"]) for s in vpc["subnets"]} == {
+            s["name"]: s["route_table"] for s in vpc["subnets"]}
+        assert sorted(n.public_ips()) == sorted(i["name"] for i in vpc["instances"] if i["elastic_ip"])

@@ -3,13 +3,17 @@ import hashlib
 import ipaddress
 import pathlib
 import re
+import textwrap
 
 import pytest
+import yaml
 from hypothesis import given, settings, strategies as st
 
+import vswitch.topology
 from vswitch.topology import (
-    ALLOW_ALL_EGRESS, ConnectionTracking, FlowLog, Host, NetworkAcl, NetworkAclEntry, SecurityGroup,
-    SecurityGroupRule, Subnet, Topology, TopologyError, load_topology, parse_topology, reserved_addresses,
+    ALLOW_ALL_EGRESS, ConnectionTracking, FlowLog, Host, InternetGateway, NetworkAcl, NetworkAclEntry, Route,
+    RouteTable, SecurityGroup, SecurityGroupRule, Subnet, Topology, TopologyError, load_topology, parse_topology,
+    reserved_addresses,
 )
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -690,12 +694,208 @@ def test_every_policy_problem_is_reported_with_its_path():
         "vpcs[0].flow_logs[1].interval"]
 
 
+# --- the internet: gateways, route tables, elastic IPs ---------------------------------------------------
+
+
+def internet() -> dict:
+    """demo() on the internet: web public (its subnet routed to the gateway, an elastic IP), client private."""
+    data = demo()
+    vpc = data["vpcs"][0]
+    vpc["internet_gateway"] = True
+    vpc["route_tables"] = [{"name": "public", "routes": [
+        {"destination": "0.0.0.0/0", "target": "internet_gateway"},
+        {"destination": "10.1.0.0/24", "target": "instance/client"}]}]
+    vpc["subnets"] = [{"name": "app", "cidr": "10.0.1.0/24", "route_table": "public"},
+                      {"name": "db", "cidr": "10.0.2.0/24"}]
+    vpc["instances"][0]["elastic_ip"] = True
+    vpc["instances"][1]["subnet"] = "db"
+    return data
+
+
+def test_the_internet_example():
+    (vpc,) = load_topology(CONFIGS / "internet.yaml").vpcs
+    assert vpc.internet_gateway == InternetGateway("demo-igw")
+    assert vpc.route_tables == (RouteTable("public", (Route("0.0.0.0/0", "internet_gateway"),)),)
+    assert vpc.subnet("public").route_table == "public" and vpc.subnet("private").route_table == "main"
+    assert [(i.name, i.elastic_ip) for i in vpc.instances] == [("web", True), ("client", False)]
+
+
+def test_the_docstring_example_parses():
+    example = textwrap.dedent(vswitch.topology.__doc__.split("::\n", 1)[1].split("\n\n", 1)[0])
+    (vpc,) = parse_topology(yaml.safe_load(example)).vpcs
+    assert vpc.internet_gateway == InternetGateway("demo-igw") and vpc.instances[0].elastic_ip
+    assert vpc.route_table("main").routes == (Route("192.168.0.0/16", "instance/db"),)
+
+
+def test_internet_defaults():
+    (vpc,) = parse_topology(demo()).vpcs
+    assert (vpc.internet_gateway, vpc.route_tables) == (None, ())
+    assert vpc.subnet("app").route_table == "main"
+    assert not any(i.elastic_ip for i in vpc.instances)
+    data = demo()
+    data["vpcs"][0]["internet_gateway"] = False
+    assert parse_topology(data).vpcs[0].internet_gateway is None
+
+
+def test_every_internet_key():
+    data = internet()
+    vpc = data["vpcs"][0]
+    vpc["internet_gateway"] = {"name": "gw"}
+    vpc["route_tables"] += [{"name": "empty"}, {"name": "main"}, {"name": "six", "routes": [
+        {"destination": "FD00::/8", "target": "instance/web"}, {"destination": "::/0", "target": "internet_gateway"},
+        {"destination": "10.0.2.0/24", "target": "instance/web"}]}]
+    (parsed,) = parse_topology(data).vpcs
+    assert parsed.internet_gateway == InternetGateway("gw")
+    assert parsed.route_tables == (
+        RouteTable("public", (Route("0.0.0.0/0", "internet_gateway"), Route("10.1.0.0/24", "instance/client"))),
+        RouteTable("empty", ()),  # a table of the file's own: no routes but the local one
+        RouteTable("main", None),  # the main table named without routes: left as it is
+        RouteTable("six", (Route("fd00::/8", "instance/web"), Route("::/0", "internet_gateway"),
+                           Route("10.0.2.0/24", "instance/web"))))  # normalized as the API records them
+    assert parsed.subnet("app") == Subnet("app", ipaddress.IPv4Network("10.0.1.0/24"), "default", "public")
+    assert parsed.subnet("db").route_table == "main"
+    assert parsed.instances[0].elastic_ip and not parsed.instances[1].elastic_ip
+    assert parsed.route_table("empty").routes == ()
+    with pytest.raises(KeyError):
+        parsed.route_table("nope")
+    vpc["route_tables"][2]["routes"] = []
+    vpc["internet_gateway"] = {}
+    (parsed,) = parse_topology(data).vpcs
+    assert parsed.route_table("main").routes == () and parsed.internet_gateway == InternetGateway("demo-igw")
+
+
+R, T = "vpcs[0].route_tables[0]", "vpcs[0].route_tables[0].routes"
+
+
+def _route(n: int, **route):
+    """Replace route n of table public."""
+    return _set(f"vpcs.0.route_tables.0.routes.{n}", route)
+
+
+INTERNET_ERRORS = {
+    # shape (first pass)
+    "gateway a string": (_set("vpcs.0.internet_gateway", "gw"),
+                         ["vpcs[0].internet_gateway: expected true, false or a mapping such as {name: gw}, got 'gw'"]),
+    "gateway null": (_set("vpcs.0.internet_gateway", None), ["vpcs[0].internet_gateway: expected true, false"]),
+    "gateway a number": (_set("vpcs.0.internet_gateway", 1), ["vpcs[0].internet_gateway: ", "got 1"]),
+    "unknown gateway key": (_set("vpcs.0.internet_gateway", {"id": "igw-1"}),
+                            ["vpcs[0].internet_gateway: unknown key 'id' (allowed: name)"]),
+    "gateway name bad": (_set("vpcs.0.internet_gateway", {"name": "My GW"}),
+                         ["vpcs[0].internet_gateway.name: 'My GW' is not a valid name"]),
+    "unknown table key": (_set("vpcs.0.route_tables.0.main", True),
+                          [f"{R}: unknown key 'main' (allowed: name, routes)"]),
+    "unknown route key": (_route(0, destination="0.0.0.0/0", gateway_id="igw-1"),
+                          [f"{T}[0]: unknown key 'gateway_id' (allowed: destination, target)",
+                           f"{T}[0].target: required"]),
+    "table name missing": (_delete("vpcs.0.route_tables.0.name"), [f"{R}.name: required"]),
+    "table name bad": (_set("vpcs.0.route_tables.0.name", "Public"), [f"{R}.name: 'Public'"]),
+    "routes not a list": (_set("vpcs.0.route_tables.0.routes", {"destination": "0.0.0.0/0"}),
+                          [f"{T}: ", "valid list"]),
+    "destination missing": (_route(0, target="internet_gateway"), [f"{T}[0].destination: required"]),
+    "destination not a string": (_route(0, destination=0, target="internet_gateway"),
+                                 [f"{T}[0].destination: ", "got 0"]),
+    "route_table not a string": (_set("vpcs.0.subnets.0.route_table", ["public"]),
+                                 ["vpcs[0].subnets[0].route_table: ", "['public']"]),
+    "elastic_ip not a bool": (_set("vpcs.0.instances.0.elastic_ip", "yes"),
+                              ["vpcs[0].instances[0].elastic_ip: ", "'yes'"]),
+    # the file as a whole (second pass)
+    "duplicate table": (_append("vpcs.0.route_tables", {"name": "public"}),
+                        ["vpcs[0].route_tables[1].name: duplicate route table name 'public' (first used at "
+                         f"{R}.name)"]),
+    "duplicate main table": (lambda d: _append("vpcs.0.route_tables", {"name": "main"})(d) or
+                             _append("vpcs.0.route_tables", {"name": "main"})(d),
+                             ["vpcs[0].route_tables[2].name: duplicate route table name 'main'"]),
+    "unknown route table": (_set("vpcs.0.subnets.1.route_table", "pubic"),
+                            ["vpcs[0].subnets[1].route_table: unknown route table 'pubic' in VPC 'demo' "
+                             "(route tables: main, public)"]),
+    "route table of another vpc": (
+        _add_vpc(name="other", subnets=[{"name": "app", "cidr": "10.0.1.0/24", "route_table": "public"}]),
+        ["vpcs[1].subnets[0].route_table: unknown route table 'public' in VPC 'other' (route tables: main)"]),
+    "elastic ip without a gateway": (_delete("vpcs.0.internet_gateway"),
+                                     ["vpcs[0].instances[0].elastic_ip: an elastic IP needs the VPC's internet "
+                                      "gateway, and VPC 'demo' has none"]),
+    "elastic ip with the gateway false": (_set("vpcs.0.internet_gateway", False),
+                                          ["vpcs[0].instances[0].elastic_ip: "]),
+    "route to a gateway the vpc lacks": (
+        lambda d: _set("vpcs.0.internet_gateway", False)(d) or _set("vpcs.0.instances.0.elastic_ip", False)(d),
+        [f"{T}[0].target: internet_gateway is the VPC's internet gateway, and VPC 'demo' has none"]),
+    "route to an unknown instance": (_route(1, destination="10.1.0.0/24", target="instance/nope"),
+                                     [f"{T}[1].target: unknown instance 'nope' in VPC 'demo' (instances: web, "
+                                      "client)"]),
+    "route to an instance of another vpc": (
+        _add_vpc(name="other", route_tables=[{"name": "t", "routes": [
+            {"destination": "0.0.0.0/0", "target": "instance/web"}]}]),
+        ["vpcs[1].route_tables[0].routes[0].target: unknown instance 'web' in VPC 'other' (instances: none)"]),
+    "route target unknown kind": (_route(0, destination="0.0.0.0/0", target="igw"),
+                                  [f"{T}[0].target: 'igw' is not internet_gateway or instance/NAME"]),
+    "route target without a name": (_route(0, destination="0.0.0.0/0", target="instance/"),
+                                     [f"{T}[0].target: 'instance/' is not internet_gateway or instance/NAME"]),
+    "destination not a cidr": (_route(0, destination="anywhere", target="internet_gateway"),
+                               [f"{T}[0].destination: 'anywhere' is not a CIDR block"]),
+    "destination host bits": (_route(0, destination="10.1.0.1/24", target="internet_gateway"),
+                              [f"{T}[0].destination: '10.1.0.1/24' is not a CIDR block (host bits must be zero)"]),
+    "duplicate destination": (_route(1, destination="0.0.0.0/0", target="instance/client"),
+                              [f"{T}[1].destination: duplicate destination '0.0.0.0/0' (first used at "
+                               f"{T}[0].destination)"]),
+    "duplicate destination spelled otherwise": (
+        lambda d: _route(0, destination="fd00::/8", target="internet_gateway")(d) or
+        _route(1, destination="FD00:0::/8", target="instance/client")(d),
+        [f"{T}[1].destination: duplicate destination 'fd00::/8'"]),
+    "destination the vpc's cidr": (_route(1, destination="10.0.0.0/16", target="instance/client"),
+                                   [f"{T}[1].destination: 10.0.0.0/16 is the VPC's CIDR: its route is the local "
+                                    "route, which cannot be replaced"]),
+    "destination inside the vpc, not a subnet": (
+        _route(1, destination="10.0.3.0/24", target="instance/client"),
+        [f"{T}[1].destination: 10.0.3.0/24 is more specific than the local route (10.0.0.0/16): only a route "
+         "for a whole subnet's CIDR to an instance may be"]),
+    "a subnet's cidr to the gateway": (_route(0, destination="10.0.2.0/24", target="internet_gateway"),
+                                       [f"{T}[0].destination: 10.0.2.0/24 is more specific than the local route"]),
+    "too many routes (the API's limit)": (
+        _set("vpcs.0.route_tables.0.routes",
+             [{"destination": f"10.{n}.0.0/16", "target": "instance/web"} for n in range(1, 52)]),
+        [f"{T}: List should have at most 50 items"]),
+}
+
+
+@pytest.mark.parametrize("change,expected", INTERNET_ERRORS.values(), ids=INTERNET_ERRORS.keys())
+def test_invalid_internet_keys_name_the_field_and_value(change, expected):
+    data = internet()
+    change(data)
+    with pytest.raises(TopologyError) as e:
+        parse_topology(data)
+    message = str(e.value)
+    for part in expected:
+        assert part in message, message
+    assert all(re.match(r"[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: ", line) for line in message.splitlines()), message
+
+
+def test_a_subnets_cidr_may_be_routed_to_an_instance():
+    data = internet()
+    data["vpcs"][0]["route_tables"][0]["routes"].append({"destination": "10.0.2.0/24", "target": "instance/web"})
+    assert Route("10.0.2.0/24", "instance/web") in parse_topology(data).vpcs[0].route_table("public").routes
+
+
+def test_every_internet_problem_is_reported_with_its_path():
+    data = internet()
+    vpc = data["vpcs"][0]
+    vpc["internet_gateway"] = False
+    vpc["subnets"][1]["route_table"] = "private"
+    vpc["route_tables"][0]["routes"] += [{"destination": "10.0.0.0/16", "target": "instance/web"},
+                                         {"destination": "x", "target": "instance/x"}]
+    vpc["route_tables"].append({"name": "public"})
+    lines = str(pytest.raises(TopologyError, parse_topology, data).value).splitlines()
+    assert [line.split(": ")[0] for line in lines] == [
+        "vpcs[0].subnets[1].route_table", "vpcs[0].instances[0].elastic_ip", f"{T}[0].target",
+        f"{T}[2].destination", f"{T}[3].target", f"{T}[3].destination", "vpcs[0].route_tables[1].name"]
+
+
 # --- fuzzing: whatever the YAML holds, the only failure is TopologyError --------------------------------
 
 KEYS = ["hosts", "vpcs", "underlay_mtu", "name", "offload", "cidr", "vni", "subnets", "instances",
         "subnet", "host", "ip", "source_dest_check", "security_groups", "network_acls", "flow_logs",
         "network_acl", "connection_tracking", "ingress", "egress", "entries", "protocol", "ports",
-        "source_group", "rule", "action", "resource", "interval"]
+        "source_group", "rule", "action", "resource", "interval", "internet_gateway", "route_tables",
+        "routes", "destination", "target", "route_table", "elastic_ip"]
 ANY_YAML = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
     lambda children: st.lists(children, max_size=4)
@@ -772,8 +972,33 @@ POLICY_SHAPED = st.fixed_dictionaries({
 })
 
 
+# The internet keys from a few plausible values each, valid or not.
+ROUTES = st.lists(st.fixed_dictionaries({}, optional={
+    "destination": st.sampled_from(["0.0.0.0/0", "::/0", "10.0.0.0/16", "10.0.1.0/24", "10.0.1.0/25",
+                                    "10.1.0.0/24", "10.1.0.1/24", "x", 5]),
+    "target": st.sampled_from(["internet_gateway", "instance/a1", "instance/zz", "instance/", "igw", 1]),
+}), max_size=3)
+INTERNET_SHAPED = st.fixed_dictionaries({
+    "hosts": st.just([{"name": "a"}]),
+    "vpcs": st.lists(st.fixed_dictionaries({
+        "name": NAMES,
+        "cidr": st.just("10.0.0.0/16"),
+        "subnets": st.lists(st.fixed_dictionaries(
+            {"name": NAMES, "cidr": st.sampled_from(["10.0.1.0/24", "10.0.2.0/24"])},
+            optional={"route_table": st.sampled_from(["a", "main", "zz", None])}), max_size=2),
+        "instances": st.lists(st.fixed_dictionaries(
+            {"name": st.from_regex(r"[a-z][0-9]", fullmatch=True), "subnet": NAMES, "host": st.just("a")},
+            optional={"elastic_ip": st.sampled_from([True, False, "yes"])}), max_size=3),
+    }, optional={
+        "internet_gateway": st.sampled_from([True, False, None, "gw", {}, {"name": "gw"}, {"name": "G"}, {"x": 1}]),
+        "route_tables": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["a", "b", "main", "B"])},
+                                                       optional={"routes": ROUTES}), max_size=3),
+    }), max_size=2),
+})
+
+
 @settings(max_examples=300, deadline=None)
-@given(ANY_YAML | WELL_SHAPED | POLICY_SHAPED)
+@given(ANY_YAML | WELL_SHAPED | POLICY_SHAPED | INTERNET_SHAPED)
 def test_any_input_either_parses_or_raises_topology_error(data):
     try:
         parse_topology(data)
