@@ -11,6 +11,7 @@ it; packets for public addresses read from it are translated back and encapsulat
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 
 from agents import daemon
@@ -146,7 +147,40 @@ class EdgeAgent:
             self.underlay.send(head + pkt, (b.host, self.cfg.underlay_port))
         self.underlay.flush()
 
+    def trace(self, request: dict) -> dict:
+        """``trace`` {datagram (base64 Geneve), outer_ip}: that datagram arriving from a host, as a dry
+        run of the relay and the internet gateway. Returns the steps and where it would go."""
+        try:
+            buf = bytearray(base64.b64decode(request["datagram"], validate=True))
+            outer_ip = str(request["outer_ip"])
+        except (KeyError, TypeError, ValueError) as e:
+            return {"error": f"trace needs datagram (base64) and outer_ip: {e}"}
+        steps: list = []
+        target = self.relay.process(buf, len(buf), outer_ip, trace=steps)
+        if target is None:
+            return {"steps": steps, "delivered": False}
+        if target is not INTERNET:
+            return {"steps": steps, "underlay": target[0], "datagram": request["datagram"],
+                    "outer_ip": self.cfg.underlay_ip}  # relayed: the receiver sees the edge as the sender
+        pkt = bytearray(buf[self.relay.inner_off:])
+        src = ".".join(map(str, pkt[12:16]))
+        verdict = self.igw.outbound(self.relay.vni, pkt, count=False)
+        if verdict is None:
+            steps.append({"step": "internet gateway", "result": "allow",
+                          "detail": f"source {src} becomes {'.'.join(map(str, pkt[12:16]))}"})
+            steps.append({"step": "delivery", "result": "allow", "detail": f"to the internet ({self.cfg.internet_device})"})
+            return {"steps": steps, "delivered": True}
+        if verdict.__class__ is bytes:
+            steps.append({"step": "internet gateway", "result": "deny", "reason": "too_big",
+                          "detail": "ICMP fragmentation needed (MTU 1500) goes back to the instance"})
+        else:
+            steps.append({"step": "internet gateway", "result": "deny", "reason": verdict.label,
+                          "detail": f"{src} has no public address" if verdict is Drop.NO_PUBLIC_ADDRESS else None})
+        return {"steps": steps, "delivered": False}
+
     def handle_control(self, request: dict) -> dict:
+        if request.get("op") == "trace":
+            return self.trace(request)
         return {"role": "edge", "name": self.cfg.name, "ready": self.mapping.synced.is_set(),
                 "pid": os.getpid(), "underlay": f"{self.cfg.underlay_ip}:{self.cfg.underlay_port}",
                 "relayed": self.relay.relayed, "drops": counters_as_dict(self.relay.drops),

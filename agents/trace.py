@@ -7,6 +7,8 @@ source/destination check, route, security group and network ACL evaluation, conn
 mapping lookup as live traffic — with nothing counted, tracked or logged.
 
     source host agent:  trace      → steps, and either a local delivery or (underlay host, datagram)
+    edge agent:         trace      → when the datagram goes to the edge: its relay checks and, for the
+                                     internet, the gateway's translation (or why not); or the host it relays to
     destination agent:  trace_in   → the steps of that datagram arriving from the underlay
 """
 
@@ -52,11 +54,22 @@ def trace(state: dict, instances: dict, source: str, destination: str, protocol:
         raise RuntimeError(out["error"])
     steps = [{"host": src_inst["host"], **s} for s in out["steps"]]
     delivered = out.get("delivered", False)
+    if "underlay" in out and out["underlay"] not in hosts:  # the edge: the internet, or a mapping miss
+        edge = next((c for c in state["components"].values()
+                     if c["role"] == "edge_agent" and c["underlay_ip"] == out["underlay"]), None)
+        if edge is None:
+            raise RuntimeError(f"the packet goes to {out['underlay']}, which is no component of this lab")
+        relayed = control.request(edge["socket"], {"op": "trace", "datagram": out["datagram"],
+                                                   "outer_ip": out["outer_ip"]}, timeout=5)
+        if "error" in relayed:
+            raise RuntimeError(relayed["error"])
+        steps += [{"host": "edge", **s} for s in relayed["steps"]]
+        delivered = relayed.get("delivered", False)
+        out = relayed
     if "underlay" in out:
         peer = hosts.get(out["underlay"])
         if peer is None:
-            steps.append({"host": "edge", "step": "edge", "result": "allow",
-                          "detail": f"sent to the edge at {out['underlay']}; the trace ends here"})
+            raise RuntimeError(f"the packet goes to {out['underlay']}, which is no host of this lab")
         else:
             back = control.request(peer[1]["socket"], {"op": "trace_in", "datagram": out["datagram"],
                                                        "outer_ip": out["outer_ip"]}, timeout=5)

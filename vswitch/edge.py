@@ -34,36 +34,43 @@ class EdgeRelay:
         self.relayed = 0
         self._hdr = [0, 0, 0, 0]
 
-    def _drop(self, reason: Drop) -> None:
-        self.drops[reason] += 1
+    def _drop(self, reason: Drop, trace: list | None = None) -> None:
         self.last_drop = reason
+        if trace is not None:
+            trace.append({"step": "drop", "result": "deny", "reason": reason.label})
+            return None
+        self.drops[reason] += 1
         return None
 
-    def process(self, buf, n: int, outer_ip: str):
+    def process(self, buf, n: int, outer_ip: str, trace: list | None = None):
+        """With a ``trace`` list: a dry run for ``vpc trace`` (decisions appended, nothing counted)."""
         hdr = self._hdr
         inner = geneve.decode_into(buf, n, hdr)
         if inner < 0:
-            return self._drop(Drop(-1 - inner))
+            return self._drop(Drop(-1 - inner), trace)
         table = self.cache.tables.get(hdr[geneve.DECODE_VNI])
         if table is None:
-            return self._drop(Drop.UNKNOWN_VNI)
+            return self._drop(Drop.UNKNOWN_VNI, trace)
         addrs = inner_addresses(buf, inner, n, hdr[geneve.DECODE_PROTO])
         if addrs.__class__ is Drop:
-            return self._drop(addrs)
+            return self._drop(addrs, trace)
         src, dst = addrs
         owner = table.get(src)
         if owner is None:
-            return self._drop(Drop.UNKNOWN_SOURCE)
+            return self._drop(Drop.UNKNOWN_SOURCE, trace)
         if owner.host != outer_ip:
-            return self._drop(Drop.OUTER_SOURCE_MISMATCH)
+            return self._drop(Drop.OUTER_SOURCE_MISMATCH, trace)
         if owner.eni != hdr[geneve.DECODE_ENI]:
-            return self._drop(Drop.SOURCE_ENI_MISMATCH)
+            return self._drop(Drop.SOURCE_ENI_MISMATCH, trace)
         target = table.get(dst)
         if target is None:
             vni = hdr[geneve.DECODE_VNI]
             if self.igw is not None and self.igw.serves(vni, dst):
                 self.vni, self.inner_off, self.vnet_off = vni, inner, hdr[geneve.DECODE_VNET]
                 return INTERNET
-            return self._drop(Drop.EDGE_NO_MAPPING)
-        self.relayed += 1
+            return self._drop(Drop.EDGE_NO_MAPPING, trace)
+        if trace is not None:
+            trace.append({"step": "edge relay", "result": "allow", "detail": f"to host {target.host}"})
+        else:
+            self.relayed += 1
         return target.underlay

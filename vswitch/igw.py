@@ -105,11 +105,12 @@ class InternetGateway:
         return vpc is not None and dst & vpc[1] != vpc[0]
 
     # --- VPC → internet --------------------------------------------------------------------------
-    def outbound(self, vni: int, pkt: bytearray, partial: bool = False, segment: int = 0):
+    def outbound(self, vni: int, pkt: bytearray, partial: bool = False, segment: int = 0, count: bool = True):
         """Translate an IPv4 packet leaving VPC ``vni`` in place. Returns None (forward it), a Drop, or
         ``bytes``: an ICMP error to send back to the instance instead (too big). ``partial``: its
         transport checksum is left to be completed (virtio NEEDS_CSUM); ``segment``: a TSO
-        super-packet's segment length with headers (the size on the wire), 0 for a plain packet."""
+        super-packet's segment length with headers (the size on the wire), 0 for a plain packet.
+        ``count``: False for a dry run (``vpc trace``)."""
         if len(pkt) < 20 or pkt[0] >> 4 != 4:
             return Drop.MALFORMED_PACKET
         if vni not in self.vpcs:
@@ -120,11 +121,11 @@ class InternetGateway:
             return Drop.NO_PUBLIC_ADDRESS
         if (segment or len(pkt)) > INTERNET_MTU:
             if pkt[6] & 0x40:  # DF
-                self.counters["too_big"] += 1
+                self.counters["too_big"] += count
                 return frag_needed(pkt, b.router, INTERNET_MTU)
             return Drop.TOO_BIG  # no fragmentation here (the cloud's gateway does not either for TCP)
         self._rewrite(pkt, 12, b.public, partial)
-        self.counters["out"] += 1
+        self.counters["out"] += count
         return None
 
     # --- internet → VPC --------------------------------------------------------------------------

@@ -84,3 +84,18 @@ def test_the_internet_has_a_dns_resolver(lab):
     assert p.returncode == 0 and p.stdout.strip() == INTERNET_WEB, (p.stdout, p.stderr)
     nx = lab.run("web", "dig", "+time=2", "+tries=2", "@203.0.113.53", "nope.example.test")
     assert "NXDOMAIN" in nx.stdout
+
+
+def test_trace_follows_the_packet_through_the_edge(lab):
+    from agents.trace import trace
+
+    state, instances = lab.lab.state(), lab.lab.instances()
+    out = trace(state, instances, "web", INTERNET_WEB, "tcp", 80)
+    assert out["verdict"] == "delivered"
+    gateway = next(s for s in out["steps"] if s["host"] == "edge" and s["step"] == "internet gateway")
+    assert gateway["detail"] == f"source {lab.instances['web']['private_ip']} becomes {lab.eip['public_ip']}"
+    denied = trace(state, instances, "client", INTERNET_WEB, "tcp", 80)
+    assert denied["verdict"] == "dropped"
+    assert denied["steps"][-1] == {"host": "edge", "step": "internet gateway", "result": "deny",
+                                   "reason": "no_public_address",
+                                   "detail": f"{lab.instances['client']['private_ip']} has no public address"}
