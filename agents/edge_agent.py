@@ -39,6 +39,7 @@ class EdgeAgent:
         self.internet = None
         self.internet_drops = new_counters()
         self.desired = None
+        self.super_packets_in = 0
         self._prefixes: dict[int, bytes] = {}  # VNI -> the Geneve header the edge sends internet packets with
         self._ibuf = bytearray(65536)
         self._iview = memoryview(self._ibuf)
@@ -142,6 +143,8 @@ class EdgeAgent:
                 end = start + os.readv(fd, iov)
             except OSError:
                 break
+            if vnet and buf[start + 1]:
+                self.super_packets_in += 1  # the kernel handed over a GSO super-packet
             b = self.igw.inbound(view[inner:end], bool(vnet and buf[start] & offload.F_NEEDS_CSUM))
             if b.__class__ is Drop:
                 self.internet_drops[b] += 1
@@ -192,7 +195,7 @@ class EdgeAgent:
                 "relayed": self.relay.relayed, "drops": counters_as_dict(self.relay.drops),
                 "mapping": self.mapping.status(),
                 "internet": {"device": self.cfg.internet_device, **self.igw.counters,
-                             "public_addresses": len(self.igw.by_public),
+                             "public_addresses": len(self.igw.by_public), "super_packets_in": self.super_packets_in,
                              "drops": counters_as_dict(self.internet_drops)},
                 "desired_state": self.desired.status() if self.desired else None}
 
