@@ -24,9 +24,9 @@ import time
 
 from agents import daemon
 from vswitch import addresses, config, control, geneve, instance_ns, logs, offload, tun
+from vswitch.coalesce import UdpCoalescer
 from vswitch.controlplane.client import DesiredStateWatcher
 from vswitch.drops import Drop, counters_as_dict
-from vswitch.coalesce import UdpCoalescer
 from vswitch.egress import EgressPath
 from vswitch.eni import Eni, VpcView, reserved_keys
 from vswitch.firewall import Firewall
