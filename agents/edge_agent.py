@@ -11,12 +11,12 @@ it; packets for public addresses read from it are translated back and encapsulat
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 
 from agents import daemon
 from agents.host_agent import BATCH
-from vswitch import config, control, geneve, logs, offload, tun
+from agents.trace import datagram_request
+from vswitch import addresses, config, control, geneve, logs, offload, tun
 from vswitch.controlplane.client import DesiredStateWatcher
 from vswitch.drops import Drop, counters_as_dict, new_counters
 from vswitch.edge import INTERNET, EdgeRelay
@@ -84,8 +84,21 @@ class EdgeAgent:
         relay, vni = self.relay, self.relay.vni
         inner, vnet = relay.inner_off, relay.vnet_off
         if self.internet.vnet_hdr:
-            return self._to_internet_whole(buf, inner, vnet, n, vni, outer_ip)
-        try:
+            # With offloads on the internet TUN: a super-packet is translated once and written whole, with
+            # its virtio header; the kernel cuts it for the 1500-byte link (and completes checksums).
+            head = bytes(buf[vnet:vnet + geneve.VNET_HDR_LEN]) if vnet >= 0 else ZERO_VNET
+            pkt = bytearray(buf[inner:n])
+            gso = head[1] & ~offload.GSO_ECN
+            segment = 0
+            if gso == offload.GSO_TCPV4 and len(pkt) > 40:
+                ihl = (pkt[0] & 0xF) * 4
+                segment = ihl + (pkt[ihl + 12] >> 4) * 4 + (head[4] | head[5] << 8)
+            elif gso != offload.GSO_NONE:
+                self.internet_drops[Drop.MALFORMED_PACKET] += 1  # IPv6 or UDP offloads: not through NAT
+                return
+            self._out(vni, pkt, outer_ip, head, bool(head[0] & offload.F_NEEDS_CSUM), segment)
+            return
+        try:  # without: finish the super-packet here, segment by segment
             if vnet >= 0 and offload.needs_work(buf[vnet:vnet + geneve.VNET_HDR_LEN]):
                 packets = offload.finish(buf[vnet:vnet + geneve.VNET_HDR_LEN], buf[inner:n])
             else:
@@ -94,41 +107,28 @@ class EdgeAgent:
             self.internet_drops[Drop.MALFORMED_PACKET] += 1
             return
         for p in packets:
-            pkt = bytearray(p)
-            verdict = self.igw.outbound(vni, pkt)
-            if verdict is None:
-                try:
-                    os.write(self.internet.fd, pkt)
-                except OSError:
-                    self.internet_drops[Drop.DELIVERY_FAILED] += 1
-            elif verdict.__class__ is bytes:  # too big: PMTU's answer goes back to the sender's host
-                self.underlay.send(geneve.prefix(vni, 0, False) + verdict, (outer_ip, self.cfg.underlay_port))
+            if self._out(vni, bytearray(p), outer_ip):
                 return  # one answer per super-packet is enough
-            else:
-                self.internet_drops[verdict] += 1
 
-    def _to_internet_whole(self, buf, inner: int, vnet: int, n: int, vni: int, outer_ip: str) -> None:
-        """With offloads on the internet TUN: a super-packet is translated once and written whole, with
-        its virtio header; the kernel cuts it for the 1500-byte link (and completes checksums)."""
-        head = bytes(buf[vnet:vnet + geneve.VNET_HDR_LEN]) if vnet >= 0 else ZERO_VNET
-        pkt = bytearray(buf[inner:n])
-        gso = head[1] & ~offload.GSO_ECN
-        segment = 0
-        if gso == offload.GSO_TCPV4 and len(pkt) > 40:
-            segment = (pkt[0] & 0xF) * 4 + (pkt[(pkt[0] & 0xF) * 4 + 12] >> 4) * 4 + (head[4] | head[5] << 8)
-        elif gso != offload.GSO_NONE:
-            self.internet_drops[Drop.MALFORMED_PACKET] += 1  # IPv6 or UDP offloads: not through NAT
-            return
-        verdict = self.igw.outbound(vni, pkt, bool(head[0] & offload.F_NEEDS_CSUM), segment)
+    def _out(self, vni: int, pkt: bytearray, outer_ip: str, head: bytes | None = None, partial: bool = False,
+             segment: int = 0) -> bool:
+        """Translate one packet and write it to the internet TUN (behind ``head``, its virtio header, if the
+        TUN takes one). True if it was too big: the ICMP answer went back to the sender's host instead."""
+        verdict = self.igw.outbound(vni, pkt, partial, segment)
         if verdict is None:
             try:
-                os.writev(self.internet.fd, (head, pkt))
+                if head is None:
+                    os.write(self.internet.fd, pkt)
+                else:
+                    os.writev(self.internet.fd, (head, pkt))
             except OSError:
                 self.internet_drops[Drop.DELIVERY_FAILED] += 1
-        elif verdict.__class__ is bytes:
+            return False
+        if verdict.__class__ is bytes:  # too big: PMTU's answer goes back to the sender's host
             self.underlay.send(geneve.prefix(vni, 0, False) + verdict, (outer_ip, self.cfg.underlay_port))
-        else:
-            self.internet_drops[verdict] += 1
+            return True
+        self.internet_drops[verdict] += 1
+        return False
 
     def _on_internet(self) -> None:
         """Packets for public addresses, from the internet side (with offloads: whole super-packets,
@@ -160,10 +160,9 @@ class EdgeAgent:
         """``trace`` {datagram (base64 Geneve), outer_ip}: that datagram arriving from a host, as a dry
         run of the relay and the internet gateway. Returns the steps and where it would go."""
         try:
-            buf = bytearray(base64.b64decode(request["datagram"], validate=True))
-            outer_ip = str(request["outer_ip"])
-        except (KeyError, TypeError, ValueError) as e:
-            return {"error": f"trace needs datagram (base64) and outer_ip: {e}"}
+            buf, outer_ip = datagram_request(request)
+        except ValueError as e:
+            return {"error": f"trace {e}"}
         steps: list = []
         target = self.relay.process(buf, len(buf), outer_ip, trace=steps)
         if target is None:
@@ -172,11 +171,11 @@ class EdgeAgent:
             return {"steps": steps, "underlay": target[0], "datagram": request["datagram"],
                     "outer_ip": self.cfg.underlay_ip}  # relayed: the receiver sees the edge as the sender
         pkt = bytearray(buf[self.relay.inner_off:])
-        src = ".".join(map(str, pkt[12:16]))
+        src = addresses.text(int.from_bytes(pkt[12:16], "big"))
         verdict = self.igw.outbound(self.relay.vni, pkt, count=False)
         if verdict is None:
             steps.append({"step": "internet gateway", "result": "allow",
-                          "detail": f"source {src} becomes {'.'.join(map(str, pkt[12:16]))}"})
+                          "detail": f"source {src} becomes {addresses.text(int.from_bytes(pkt[12:16], 'big'))}"})
             steps.append({"step": "delivery", "result": "allow", "detail": f"to the internet ({self.cfg.internet_device})"})
             return {"steps": steps, "delivered": True}
         if verdict.__class__ is bytes:

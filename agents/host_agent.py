@@ -23,6 +23,7 @@ import os
 import time
 
 from agents import daemon
+from agents.trace import datagram_request
 from vswitch import addresses, config, control, geneve, instance_ns, logs, offload, tun
 from vswitch.coalesce import UdpCoalescer
 from vswitch.controlplane.client import DesiredStateWatcher
@@ -500,10 +501,9 @@ class HostAgent:
     def trace_in(self, request: dict) -> dict:
         """``trace_in`` {datagram (base64 Geneve), outer_ip}: that datagram arriving from the underlay."""
         try:
-            datagram = bytearray(base64.b64decode(request["datagram"], validate=True))
-            outer_ip = str(request["outer_ip"])
-        except (KeyError, TypeError, ValueError) as e:
-            return {"error": f"trace_in needs datagram (base64) and outer_ip: {e}"}
+            datagram, outer_ip = datagram_request(request)
+        except ValueError as e:
+            return {"error": f"trace_in {e}"}
         steps: list = []
         eni = self.ingress.process(datagram, len(datagram), outer_ip, asyncio.get_running_loop().time(),
                                    trace=steps)

@@ -24,6 +24,15 @@ from vswitch.headers import ICMP, TCP, UDP, ipv4_packet
 PROTOCOLS = ("tcp", "udp", "icmp")
 
 
+def datagram_request(request: dict) -> tuple[bytearray, str]:
+    """The Geneve datagram (base64) and the outer source address a ``trace`` or ``trace_in`` request
+    hands an agent; ValueError says what is missing or malformed."""
+    try:
+        return bytearray(base64.b64decode(request["datagram"], validate=True)), str(request["outer_ip"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"needs datagram (base64) and outer_ip: {e}") from None
+
+
 def build_packet(src: str, dst: str, protocol: str, port: int | None, sport: int | None = None) -> bytes:
     """The first packet of a flow: a TCP SYN, a UDP datagram, an ICMP echo request."""
     sport = sport or random.randint(32768, 60999)  # Linux's ephemeral range

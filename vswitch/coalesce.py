@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 
-from .headers import checksum
+from .headers import checksum, fold, pseudo_header_sum
 
 VNET_LEN = 10
 HEADERS = 28  # IPv4 without options + UDP
@@ -37,10 +37,17 @@ _H = struct.Struct("!H")
 _SINGLE_VNET = _VNET.pack(_F_NEEDS_CSUM, 0, 0, 0, 20, 6)
 
 
-def _fold(s: int) -> int:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
+def _set_lengths(head, at: int, payload: int) -> None:
+    """Fill in the IPv4 + UDP headers at ``head[at:at + 28]`` for ``payload`` bytes behind them: lengths,
+    IP header checksum, and in the UDP checksum field the pseudo-header sum, folded, not complemented
+    (CHECKSUM_PARTIAL's convention: the kernel completes it, per segment for a run)."""
+    udp_len = 8 + payload
+    head[at + 2:at + 4] = _H.pack(20 + udp_len)
+    head[at + 10:at + 12] = b"\0\0"
+    head[at + 10:at + 12] = _H.pack(checksum(head[at:at + 20]))
+    head[at + 24:at + 26] = _H.pack(udp_len)
+    head[at + 26:at + 28] = _H.pack(fold(pseudo_header_sum(head[at + 12:at + 16], head[at + 16:at + 20], 17,
+                                                            udp_len)))
 
 
 class UdpCoalescer:
@@ -93,15 +100,7 @@ class UdpCoalescer:
             buf[:VNET_LEN] = _SINGLE_VNET
             return target, self.view[:VNET_LEN + HEADERS + size], 1
         total = HEADERS + count * size
-        ip = VNET_LEN
-        buf[ip + 2:ip + 4] = _H.pack(total)
-        buf[ip + 10:ip + 12] = b"\0\0"
-        buf[ip + 10:ip + 12] = _H.pack(checksum(self.view[ip:ip + 20]))
-        udp_len = total - 20
-        buf[ip + 24:ip + 26] = _H.pack(udp_len)
-        # The pseudo-header sum, folded, not complemented: CHECKSUM_PARTIAL's convention.
-        pseudo = sum(struct.unpack_from("!4H", buf, ip + 12)) + 17 + udp_len
-        buf[ip + 26:ip + 28] = _H.pack(_fold(pseudo))
+        _set_lengths(buf, VNET_LEN, count * size)
         buf[:VNET_LEN] = _VNET.pack(_F_NEEDS_CSUM, _GSO_UDP_L4, HEADERS, size, 20, 6)
         self.coalesced += count
         self.writes_saved += count - 1
@@ -117,10 +116,6 @@ class UdpCoalescer:
         out = []
         for at in range(VNET_LEN + HEADERS, len(data), size):
             payload = data[at:at + size]
-            head[2:4] = _H.pack(HEADERS + len(payload))
-            head[10:12] = b"\0\0"
-            head[10:12] = _H.pack(checksum(head[:20]))
-            head[24:26] = _H.pack(8 + len(payload))
-            head[26:28] = _H.pack(_fold(sum(struct.unpack_from("!4H", head, 12)) + 17 + 8 + len(payload)))
+            _set_lengths(head, 0, len(payload))
             out.append(_SINGLE_VNET + bytes(head) + bytes(payload))
         return out

@@ -91,6 +91,7 @@ import tracemalloc
 from typing import Callable, NamedTuple
 
 from .headers import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP, _PORTS, _U16
+from .sweep import Sweep
 
 _M32 = 0xFFFFFFFF
 _HALF = 0x80000000  # a ≤ b modulo 2^32 iff (b − a) & _M32 < _HALF
@@ -369,8 +370,7 @@ class ConnTrack:
     def __init__(self, timeouts: Timeouts = Timeouts(), max_flows: int = 65536):
         self.configure(timeouts, max_flows)
         self._flows: dict[int, _Flow] = {}
-        self._sweep: list[int] = []  # the keys ``expire`` walks through, a snapshot per pass
-        self._cursor = 0
+        self._sweep = Sweep()
         self.limit_hits = 0  # flows refused because the table was full (conntrack_allowance_exceeded)
         self.invalid = 0  # INVALID verdicts
         self.invalid_starts = 0  # packets that cannot start a flow (create returned False)
@@ -623,32 +623,15 @@ class ConnTrack:
 
     # --- housekeeping --------------------------------------------------------------------------
     def expire(self, now: float, budget: int = 1000) -> int:
-        """Remove expired flows, examining at most ``budget`` entries, so a call costs O(budget) however
-        large the table, amortised: each pass over the table starts with one copy of its keys (Linux's
-        gc worker likewise scans a slice of its hash table per run). Each call continues where the last
-        stopped; a pass takes len/budget calls. Returns the number removed (≤ budget). Lookups remove
-        the expired flows they meet, so this only reclaims memory and room from idle flows."""
+        """Remove expired flows, examining at most ``budget`` entries (``sweep.Sweep``: O(budget) however
+        large the table). Returns the number removed (≤ budget). Lookups remove the expired flows they
+        meet, so this only reclaims memory and room from idle flows."""
         flows = self._flows
-        removed = 0
-        new_pass = False
-        for _ in range(budget):
-            if self._cursor >= len(self._sweep):
-                if new_pass or not flows:
-                    break  # one full pass per call at most
-                self._sweep = list(flows)  # dicts cannot be walked across mutations: a snapshot
-                self._cursor = 0
-                new_pass = True
-            key = self._sweep[self._cursor]
-            self._cursor += 1
-            f = flows.get(key)
-            if f is not None and now >= f.expires:
-                del flows[key]
-                removed += 1
-        if self._cursor >= len(self._sweep):
-            self._sweep = []  # let the keys of removed flows go
-            self._cursor = 0
-        self.expired += removed
-        return removed
+        doomed = self._sweep.expired(flows, now, budget)
+        for key in doomed:
+            del flows[key]
+        self.expired += len(doomed)
+        return len(doomed)
 
     def remove_if(self, predicate: Callable[[FlowKey], bool]) -> int:
         """Drop the flows whose key matches, e.g. untracked flows whose allow-all rule was removed."""

@@ -79,23 +79,32 @@ class EgressPath:
 
         # 3. route: the VPC itself, or the subnet's route table for what lies outside it
         vpc = eni.vpc
-        if dst & vpc.mask != vpc.net:
+        inside = dst & vpc.mask == vpc.net
+        if inside:
+            if dst in vpc.reserved:
+                return self._drop(eni, Drop.RESERVED_ADDRESS, trace)
+            if trace is not None:
+                trace.append({"step": "route", "result": "allow", "rule": f"{vpc.cidr} local"})
+        else:
             if dst == _BCAST or dst & _MCAST_MASK == _MCAST_NET:
                 return self._drop(eni, Drop.BROADCAST_MULTICAST, trace)
-            return self._route_out(eni, buf, off, n, now, segments, dst, trace)
-        if dst in vpc.reserved:
-            return self._drop(eni, Drop.RESERVED_ADDRESS, trace)
-        if trace is not None:
-            trace.append({"step": "route", "result": "allow", "rule": f"{vpc.cidr} local"})
+            route = self._route_out(eni, dst, trace)
+            if route is None:
+                return None
 
         # 4. the ENI's security groups and network ACL
         refused = self.firewall.admit(eni, buf, off, n, True, now, segments, trace)
         if refused is not None:
             return self._drop(eni, refused, trace)
 
-        # 5. a local ENI (through its own firewall), 6. the mapping, or the edge on a miss
-        target = vpc.local.get(dst)
-        if target is not None:
+        # 5. the internet gateway (the edge translates), a local ENI (through its own firewall),
+        # 6. the mapping, or the edge on a miss
+        if not inside:
+            target = self.edge
+            if trace is not None:
+                trace.append({"step": "internet gateway", "result": "allow",
+                              "detail": f"to the edge, which translates to the public address ({route.target_id})"})
+        elif (target := vpc.local.get(dst)) is not None:
             if trace is not None:
                 trace.append({"step": "mapping", "result": "allow", "detail": f"{target.id} on this host"})
             refused = self.firewall.admit(target, buf, off, n, False, now, segments, trace)
@@ -126,8 +135,9 @@ class EgressPath:
             stats[TX_BYTES] += n
         return target
 
-    def _route_out(self, eni: Eni, buf, off: int, n: int, now: float, segments: int, dst: int, trace):
-        """A destination outside the VPC: the subnet's route table decides."""
+    def _route_out(self, eni: Eni, dst: int, trace):
+        """A destination outside the VPC: the subnet's route table decides. The route to an internet
+        gateway, or None (the drop counted)."""
         route = eni.routes.lookup(dst) if eni.routes is not None else None
         if route is None:
             return self._drop(eni, Drop.NO_ROUTE, trace)
@@ -137,14 +147,4 @@ class EgressPath:
             return self._drop(eni, Drop.BLACKHOLE_ROUTE, trace)
         if route.target_type != "igw" or self.edge is None:
             return self._drop(eni, Drop.NO_ROUTE, trace)  # NAT gateway and ENI targets: not served yet
-        refused = self.firewall.admit(eni, buf, off, n, True, now, segments, trace)
-        if refused is not None:
-            return self._drop(eni, refused, trace)
-        if trace is not None:
-            trace.append({"step": "internet gateway", "result": "allow",
-                          "detail": f"to the edge, which translates to the public address ({route.target_id})"})
-        else:
-            stats = eni.stats
-            stats[TX_PACKETS] += segments
-            stats[TX_BYTES] += n
-        return self.edge
+        return route

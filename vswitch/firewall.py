@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from .conntrack import PacketInfo, Verdict, packet_info
 from .drops import Drop
-from .headers import PROTO_ICMP, PROTO_TCP
+from .headers import PROTO_TCP
 
 _ESTABLISHED, _NEW, _INVALID = Verdict
 INSIDE = "inside the subnet"  # the mark of a flow direction that never crosses the subnet boundary
@@ -105,11 +105,9 @@ class Firewall:
             if untracked and trace is None:
                 pass  # allowed both ways to the whole address family: no rule to look up per packet
             else:
-                if pkt.proto == PROTO_ICMP:
-                    match = sg.evaluate(outbound, pkt.proto, remote, 0, 0, pkt.icmp_type, pkt.icmp_code)
-                else:
-                    match = sg.evaluate(outbound, pkt.proto, remote, pkt.dport if not outbound else pkt.sport,
-                                        pkt.dport if outbound else pkt.sport)
+                # Local and remote ports; ICMP's type and code (the evaluator picks what the protocol uses).
+                match = sg.evaluate(outbound, pkt.proto, remote, pkt.sport if outbound else pkt.dport,
+                                    pkt.dport if outbound else pkt.sport, pkt.icmp_type, pkt.icmp_code)
                 if trace is not None:
                     trace.append({"step": f"security group ({direction})",
                                   "result": "allow" if match else "deny",

@@ -65,14 +65,18 @@ def ports(buf, off: int) -> tuple[int, int]:
     return _PORTS.unpack_from(buf, off)
 
 
+def fold(total: int) -> int:
+    """A one's-complement sum folded to 16 bits (end-around carries), not complemented."""
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
 def checksum(data, initial: int = 0) -> int:
     """Internet checksum (RFC 1071) of ``data``, folded and complemented."""
     if len(data) % 2:
         data = bytes(data) + b"\x00"
-    total = initial + sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return ~fold(initial + sum(struct.unpack(f"!{len(data) // 2}H", data))) & 0xFFFF
 
 
 def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:

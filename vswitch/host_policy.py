@@ -41,11 +41,41 @@ class Applied:
     enis_changed: list[str] = dataclasses.field(default_factory=list)
 
 
+class _Compiled:
+    """Compiled objects by key, each kept with the inputs (serialized) it was compiled from: a lookup
+    compiles again only when those changed. ``keep`` after a complete pass drops what nobody asked for."""
+
+    def __init__(self) -> None:
+        self._old: dict = {}
+        self._new: dict = {}
+        self.compiled = 0
+
+    def get(self, key, inputs: bytes, compile):
+        cached = self._new.get(key) or self._old.get(key)
+        if cached is None or cached[0] != inputs:
+            cached = (inputs, compile())
+            self.compiled += 1
+        self._new[key] = cached
+        return cached[1]
+
+    def keep(self, only_used: bool) -> None:
+        if only_used:
+            self._old = self._new
+        else:
+            self._old.update(self._new)
+        self._new = {}
+        self.compiled = 0
+
+
+def _serialized(value) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
 class HostPolicy:
     def __init__(self) -> None:
-        self._sg: dict[bytes, SecurityGroupPolicy] = {}  # inputs (groups + members) → compiled
-        self._acl: dict[str, tuple[bytes, NetworkAclPolicy]] = {}  # ACL id → (its entries, compiled)
-        self._rtb: dict[str, tuple[bytes, RouteTable]] = {}  # route table id → (its routes, compiled)
+        self._sg = _Compiled()  # by inputs (groups + members)
+        self._acl = _Compiled()  # by ACL id
+        self._rtb = _Compiled()  # by route table id
 
     def apply(self, view: dict, enis: dict[str, object], complete: bool = True) -> Applied:
         """Give every ``Eni`` in ``enis`` (by id) the policy the view says. ENIs missing from the view
@@ -56,12 +86,11 @@ class HostPolicy:
         groups = {g["id"]: g for g in view.get("security_groups", ())}
         acls = {a["id"]: a for a in view.get("network_acls", ())}
         subnets = {s["id"]: s for s in view.get("subnets", ())}
+        tables = {t["id"]: t for t in view.get("route_tables", ())}
         members: dict[str, list[str]] = {}
         for e in view["enis"]:
             for g in e.get("security_group_ids") or ():
                 members.setdefault(g, []).append(e["private_ip"])
-        tables = {t["id"]: t for t in view.get("route_tables", ())}
-        sg_keep, acl_keep, rtb_keep = {}, {}, {}
         for eni_id, eni in enis.items():
             rec = records.get(eni_id)
             if rec is None:
@@ -71,35 +100,16 @@ class HostPolicy:
             peers = sorted({r["source_group_id"] for g in mine for r in g["ingress"] + g["egress"]
                             if r.get("source_group_id")})
             peer_members = {p: sorted(members.get(p, ())) for p in peers}
-            fingerprint = orjson.dumps([mine, peer_members], option=orjson.OPT_SORT_KEYS)
-            sg = sg_keep.get(fingerprint) or self._sg.get(fingerprint)
-            if sg is None:
-                sg = SecurityGroupPolicy.compile(mine, peer_members)
-                done.groups_compiled += 1
-            sg_keep[fingerprint] = sg
+            inputs = _serialized([mine, peer_members])
+            sg = self._sg.get(inputs, inputs, lambda: SecurityGroupPolicy.compile(mine, peer_members))
 
-            acl = None
-            subnet = subnets.get(rec.get("subnet_id"))
-            acl_rec = acls.get(subnet["network_acl_id"]) if subnet else None
-            if acl_rec is not None:
-                entries = orjson.dumps(acl_rec["entries"], option=orjson.OPT_SORT_KEYS)
-                cached = acl_keep.get(acl_rec["id"]) or self._acl.get(acl_rec["id"])
-                if cached is None or cached[0] != entries:
-                    cached = (entries, NetworkAclPolicy.compile(acl_rec))
-                    done.acls_compiled += 1
-                acl_keep[acl_rec["id"]] = cached
-                acl = cached[1]
-
-            routes = None
-            table = tables.get(subnet.get("route_table_id")) if subnet else None
-            if table is not None:
-                fingerprint = orjson.dumps(table["routes"], option=orjson.OPT_SORT_KEYS)
-                cached = rtb_keep.get(table["id"]) or self._rtb.get(table["id"])
-                if cached is None or cached[0] != fingerprint:
-                    cached = (fingerprint, RouteTable.compile(table["routes"]))
-                rtb_keep[table["id"]] = cached
-                routes = cached[1]
-            eni.routes = routes
+            subnet = subnets.get(rec.get("subnet_id")) or {}
+            acl_rec = acls.get(subnet.get("network_acl_id"))
+            acl = None if acl_rec is None else self._acl.get(
+                acl_rec["id"], _serialized(acl_rec["entries"]), lambda: NetworkAclPolicy.compile(acl_rec))
+            table = tables.get(subnet.get("route_table_id"))
+            eni.routes = None if table is None else self._rtb.get(
+                table["id"], _serialized(table["routes"]), lambda: RouteTable.compile(table["routes"]))
 
             timeouts, max_flows = timeouts_of(rec.get("connection_tracking"))
             if eni.sg is not sg or eni.acl is not acl or eni.sg_ids != ids or \
@@ -107,10 +117,7 @@ class HostPolicy:
                 eni.sg, eni.acl, eni.sg_ids = sg, acl, ids
                 eni.ct.configure(timeouts, max_flows)
                 done.enis_changed.append(eni_id)
-        if complete:
-            self._sg, self._acl, self._rtb = sg_keep, acl_keep, rtb_keep
-        else:
-            self._sg.update(sg_keep)
-            self._acl.update(acl_keep)
-            self._rtb.update(rtb_keep)
+        done.groups_compiled, done.acls_compiled = self._sg.compiled, self._acl.compiled
+        for cache in (self._sg, self._acl, self._rtb):
+            cache.keep(only_used=complete)
         return done

@@ -31,7 +31,7 @@ import ipaddress
 import struct
 
 from .drops import Drop
-from .headers import PROTO_ICMP, PROTO_TCP, PROTO_UDP, checksum
+from .headers import PROTO_ICMP, PROTO_TCP, PROTO_UDP, checksum, fold
 
 INTERNET_MTU = 1500
 _H = struct.Struct("!H")
@@ -52,20 +52,15 @@ class Binding:
 
 
 def _adjust_partial(partial: int, old: int, new: int) -> int:
-    """The same for a checksum the sender left partial (virtio NEEDS_CSUM): the field holds the folded,
-    not complemented, pseudo-header sum, which moves by ``new - old`` in one's complement."""
-    s = partial + (~old >> 16 & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
+    """A checksum the sender left partial (virtio NEEDS_CSUM) after a 32-bit field it covers changed from
+    ``old`` to ``new``: the field holds the folded, not complemented, sum, which moves by ``new - old``
+    in one's complement."""
+    return fold(partial + (~old >> 16 & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF))
 
 
 def _adjust(csum: int, old: int, new: int) -> int:
-    """RFC 1624 eqn. 3: the checksum after a 32-bit field changed from ``old`` to ``new``."""
-    s = (~csum & 0xFFFF) + (~old >> 16 & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+    """RFC 1624 eqn. 3: the same for a complete checksum, which is that sum complemented."""
+    return ~_adjust_partial(~csum & 0xFFFF, old, new) & 0xFFFF
 
 
 class InternetGateway:

@@ -87,6 +87,7 @@ import tracemalloc
 from typing import NamedTuple, Sequence
 
 from .headers import PROTO_ICMP, PROTO_TCP, PROTO_UDP
+from .sweep import Sweep
 
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 _FIN_OUT, _FIN_IN, _RESET = 1, 2, 4  # ``_Flow.tcp`` bits
@@ -186,8 +187,7 @@ class NatGateway:
         self._out: dict[int, _Flow] = {}  # inside 5-tuple (packed) → flow
         self._dests: dict[int, _Dest] = {}
         self._frags: dict[int, tuple[int, float]] = {}  # remote << 16 | ip id → (inside address, deadline)
-        self._sweep: list[int] = []
-        self._cursor = 0
+        self._sweep = Sweep()
         self.created = False  # the last ``translate_out`` created its flow: the shell replicates it
         # CloudWatch's NAT gateway metric names.
         self.attempts = 0  # ConnectionAttemptCount: flows asked for
@@ -393,23 +393,10 @@ class NatGateway:
         ≤ 0), for the shell to drop their replicas or log them."""
         removed: list[NatFlow] = []
         out = self._out
-        new_pass = False
-        for _ in range(budget):
-            if self._cursor >= len(self._sweep):
-                if new_pass or not out:
-                    break
-                self._sweep = list(out)
-                self._cursor = 0
-                new_pass = True
-            key = self._sweep[self._cursor]
-            self._cursor += 1
-            f = out.get(key)
-            if f is not None and now >= f.expires:
-                removed.append(self._record(key, f, now))
-                self._remove(key, f)
-        if self._cursor >= len(self._sweep):
-            self._sweep = []
-            self._cursor = 0
+        for key in self._sweep.expired(out, now, budget):
+            f = out[key]
+            removed.append(self._record(key, f, now))
+            self._remove(key, f)
         self.idle_timeouts += len(removed)
         frags = self._frags
         while frags:

@@ -71,6 +71,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from .headers import PROTO_TCP, PROTO_UDP
 from .hyperplane_shard import flow_hash, score
+from .sweep import Sweep
 
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 _NINF = float("-inf")
@@ -359,8 +360,7 @@ class Listener:
         self.idle_timeout = IDLE_TIMEOUTS[protocol] if idle_timeout is None else idle_timeout
         self.max_flows = max_flows
         self._flows: dict[int, _Flow] = {}
-        self._sweep: list[int] = []
-        self._cursor = 0
+        self._sweep = Sweep()
         self.created = False  # the last ``forward`` created its flow: the shell replicates it
         self.new_flows = 0
         self.idle_timeouts = 0
@@ -442,25 +442,8 @@ class Listener:
     def expire(self, now: float, budget: int = 1000) -> list[NlbFlow]:
         """Remove idle flows, examining at most ``budget`` entries per call (``ConnTrack.expire``'s
         incremental pass); returns them."""
-        removed: list[NlbFlow] = []
         flows = self._flows
-        new_pass = False
-        for _ in range(budget):
-            if self._cursor >= len(self._sweep):
-                if new_pass or not flows:
-                    break
-                self._sweep = list(flows)
-                self._cursor = 0
-                new_pass = True
-            key = self._sweep[self._cursor]
-            self._cursor += 1
-            f = flows.get(key)
-            if f is not None and now >= f.expires:
-                del flows[key]
-                removed.append(self._record(key, f, now))
-        if self._cursor >= len(self._sweep):
-            self._sweep = []
-            self._cursor = 0
+        removed = [self._record(key, flows.pop(key), now) for key in self._sweep.expired(flows, now, budget)]
         self.idle_timeouts += len(removed)
         return removed
 

@@ -168,12 +168,11 @@ def app_and_cp():
     return build_app(cp), cp
 
 
-@pytest.fixture
-def api(app_and_cp, store_url):
-    app, cp = app_and_cp
-
+def serve_store(app, cp: ControlPlane, store_url: str) -> None:
+    """Open the store, with the ADMIN token, in the app's lifespan: in the TestClient's event loop,
+    where the store is used."""
     @contextlib.asynccontextmanager
-    async def lifespan(_app):  # in the TestClient's event loop: where the store is used
+    async def lifespan(_app):
         async with open_store(store_url) as store:
             cp.store = store
             await cp.ensure_admin_token(ADMIN)
@@ -183,6 +182,12 @@ def api(app_and_cp, store_url):
                 cp.store = None
 
     app.router.lifespan_context = lifespan
+
+
+@pytest.fixture
+def api(app_and_cp, store_url):
+    app, cp = app_and_cp
+    serve_store(app, cp, store_url)
     with TestClient(app, raise_server_exceptions=False) as client:
         a = Api(client, cp)
         for name, ip in HOSTS.items():

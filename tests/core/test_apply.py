@@ -8,7 +8,6 @@ fresh store with two registered hosts and one account.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import pathlib
 import re
@@ -18,13 +17,12 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agents.apply import apply_topology
+from test_api import ADMIN, serve_store
 from vswitch.controlplane.api import build_app
 from vswitch.controlplane.client import ApiClient, ApiRequestError
 from vswitch.controlplane.service import ControlPlane
-from vswitch.store import open_store
 from vswitch.topology import load_topology, parse_topology
 
-ADMIN = "admin-token"
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -32,18 +30,7 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 def api(tmp_path):
     cp = ControlPlane(None)
     app = build_app(cp)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app):  # in the TestClient's event loop: where the store is used
-        async with open_store(f"sqlite://{tmp_path}/control-plane.db") as store:
-            cp.store = store
-            await cp.ensure_admin_token(ADMIN)
-            try:
-                yield
-            finally:
-                cp.store = None
-
-    app.router.lifespan_context = lifespan
+    serve_store(app, cp, f"sqlite://{tmp_path}/control-plane.db")
     with TestClient(app, raise_server_exceptions=True) as http:
         admin = {"Authorization": f"Bearer {ADMIN}"}
         for name, ip in (("host-a", "192.168.50.1"), ("host-b", "192.168.50.2")):

@@ -8,7 +8,6 @@ The app is the real one on a SQLite store in a temporary directory (the flow log
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import gzip
 import io
@@ -19,13 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agents import cli
+from test_api import ADMIN, serve_store
 from vswitch import addresses, config
 from vswitch.controlplane.api import build_app
 from vswitch.controlplane.service import DEFAULT_FLOW_LOG_DIR, ControlPlane
 from vswitch.flowlog import EniIdentity, FlowLogAggregator, FlowLogSpec
-from vswitch.store import open_store
 
-ADMIN = "admin-token"
 WALL = 1_718_000_000.0  # 2024-06-10T06:13:20Z
 V5_FORMAT = ("${version} ${account-id} ${interface-id} ${vpc-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} "
              "${protocol} ${packets} ${bytes} ${start} ${end} ${action} ${log-status} ${tcp-flags} "
@@ -76,15 +74,7 @@ class Api:
 def api(tmp_path):
     cp = ControlPlane(None)  # the store is opened by the app's lifespan, in the loop that serves requests
     app = build_app(cp)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app):
-        async with open_store(f"sqlite://{tmp_path}/control-plane.db") as store:
-            cp.store = store
-            await cp.ensure_admin_token(ADMIN)
-            yield
-
-    app.router.lifespan_context = lifespan
+    serve_store(app, cp, f"sqlite://{tmp_path}/control-plane.db")
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client, cp, tmp_path)
 
