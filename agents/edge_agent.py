@@ -20,6 +20,7 @@ from vswitch import addresses, config, control, geneve, logs, offload, tun
 from vswitch.controlplane.client import DesiredStateWatcher
 from vswitch.drops import Drop, counters_as_dict, new_counters
 from vswitch.edge import INTERNET, EdgeRelay
+from vswitch.hyperplane import HEARTBEAT_INTERVAL, Fleet
 from vswitch.igw import INTERNET_MTU, InternetGateway
 
 ZERO_VNET = bytes(geneve.VNET_HDR_LEN)
@@ -35,6 +36,9 @@ class EdgeAgent:
         self.cache = MappingCache(port=cfg.underlay_port)
         self.igw = InternetGateway()
         self.relay = EdgeRelay(self.cache, self.igw if cfg.internet_device else None)
+        self.fleet = Fleet({n.name: n.underlay_ip for n in cfg.hyperplane}, cfg.hyperplane_shard_size,
+                           cfg.underlay_port)
+        self.relay.relays = frozenset(self.fleet.by_ip)
         self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, None)
         self.internet = None
         self.internet_drops = new_counters()
@@ -49,6 +53,8 @@ class EdgeAgent:
         asyncio.get_running_loop().add_reader(self.underlay.fileno, self._on_underlay)
         self.control = await control.serve(self.cfg.control_socket, self.handle_control)  # keep a reference
         self.mapping_task = asyncio.create_task(self.mapping.run())
+        if self.fleet:
+            self._check_fleet()
         if self.cfg.internet_device:
             self.internet = tun.open_tun(self.cfg.internet_device, offload=True)
             await asyncio.to_thread(tun.configure_here, self.cfg.internet_device, INTERNET_MTU, [self.cfg.public_pool])
@@ -72,7 +78,14 @@ class EdgeAgent:
         self.underlay.receive(self._relay, BATCH)
         self.underlay.flush()
 
+    def _check_fleet(self) -> None:
+        if self.fleet.check(asyncio.get_running_loop().time()):
+            self.log.info("hyperplane fleet changed", alive=sorted(self.fleet.alive))
+        asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._check_fleet)
+
     def _relay(self, buf, n: int, outer_ip: str) -> None:
+        if buf[1] & 0x80 and self.fleet.heard(outer_ip, asyncio.get_running_loop().time()):
+            return  # a Hyperplane node's heartbeat
         target = self.relay.process(buf, n, outer_ip)
         if target is INTERNET:
             self._to_internet(buf, n, outer_ip)
@@ -153,7 +166,15 @@ class EdgeAgent:
             if prefix is None:  # built once per VPC: emitting a Geneve header costs more than the rest
                 prefix = self._prefixes[b.vni] = geneve.prefix(b.vni, 0, bool(vnet))
             buf[:start] = prefix
-            self.underlay.send(view[:end], (b.host, self.cfg.underlay_port))
+            if b.host is not None:
+                target = (b.host, self.cfg.underlay_port)
+            else:  # a NAT gateway's address: to the node of its shard that holds flows with this remote
+                target = self.fleet.nat_node(b.nat_gateway_id, buf[inner + 9],
+                                             int.from_bytes(buf[inner + 12:inner + 16], "big"))
+                if target is None:
+                    self.internet_drops[Drop.NO_HYPERPLANE_NODE] += 1
+                    continue
+            self.underlay.send(view[:end], target)
         self.underlay.flush()
 
     def trace(self, request: dict) -> dict:
@@ -192,6 +213,7 @@ class EdgeAgent:
         return {"role": "edge", "name": self.cfg.name, "ready": self.mapping.synced.is_set(),
                 "pid": os.getpid(), "underlay": f"{self.cfg.underlay_ip}:{self.cfg.underlay_port}",
                 "relayed": self.relay.relayed, "drops": counters_as_dict(self.relay.drops),
+                "hyperplane": self.fleet.status(asyncio.get_running_loop().time()) if self.fleet else None,
                 "mapping": self.mapping.status(),
                 "internet": {"device": self.cfg.internet_device, **self.igw.counters,
                              "public_addresses": len(self.igw.by_public), "super_packets_in": self.super_packets_in,

@@ -34,6 +34,7 @@ from vswitch.firewall import Firewall
 from vswitch.flowlog import EniIdentity, FlowLogAggregator, FlowLogSpec
 from vswitch.flowlog_shipper import FlowLogShipper
 from vswitch.host_policy import HostPolicy
+from vswitch.hyperplane import HEARTBEAT_INTERVAL, Fleet
 from vswitch.ingress import IngressPath
 from vswitch.mapping import MappingCache
 from vswitch.mapping_client import MappingClient
@@ -87,8 +88,11 @@ class HostAgent:
             self._vpc(v.vni, v.cidr, v.subnets)
         edge = (cfg.edge, cfg.underlay_port) if cfg.edge else None
         firewall = Firewall()
-        self.egress = EgressPath(self.cache, edge, firewall)
+        self.fleet = Fleet({n.name: n.underlay_ip for n in cfg.hyperplane}, cfg.hyperplane_shard_size,
+                           cfg.underlay_port)
+        self.egress = EgressPath(self.cache, edge, firewall, self.fleet)
         self.ingress = IngressPath(self.cache, self.vpcs, cfg.edge, firewall)
+        self.ingress.relays |= set(self.fleet.by_ip)  # NAT gateway and load balancer nodes relay
         self.policy = HostPolicy()
         self._last_view: dict | None = None
         self.flow_logs: dict[tuple[str, str], FlowLogAggregator] = {}  # (flow log id, ENI id) -> its window
@@ -114,6 +118,8 @@ class HostAgent:
         loop.add_reader(self.underlay.fileno, self._on_underlay)
         self.control = await control.serve(self.cfg.control_socket, self.handle_control)
         self._expire_held()
+        if self.fleet:
+            self._check_fleet()
         self.mapping_task = asyncio.create_task(self.mapping.run())
         try:  # preload before attaching: the first packets then find their mappings
             await asyncio.wait_for(self.mapping.synced.wait(), 5)
@@ -337,6 +343,8 @@ class HostAgent:
             self.mapping.flush_queries()
 
     def _deliver(self, buf, n: int, outer_ip: str) -> None:
+        if buf[1] & 0x80 and self.fleet.heard(outer_ip, self._now):  # a Hyperplane node's heartbeat (OAM)
+            return
         try:
             eni = self.ingress.process(buf, n, outer_ip, self._now)
         except Exception:
@@ -408,6 +416,12 @@ class HostAgent:
             port.eni.ct.expire(now, self.EXPIRE_BUDGET)
         asyncio.get_running_loop().call_later(IngressPath.HOLD_TIME / 4, self._expire_held)
 
+    def _check_fleet(self) -> None:
+        """Every heartbeat interval: Hyperplane nodes silent for too long are dead; their flows move."""
+        if self.fleet.check(asyncio.get_running_loop().time()):
+            self.log.info("hyperplane fleet changed", alive=sorted(self.fleet.alive))
+        asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._check_fleet)
+
     def _error(self, where: str) -> None:
         self.errors += 1
         if self.errors <= 10:
@@ -448,6 +462,7 @@ class HostAgent:
                 "ingress_drops": counters_as_dict(self.ingress.drops),
                 "to_edge": self.egress.to_edge, "from_edge": self.ingress.from_edge,
                 "held_for_mapping": self.ingress.held_total, "errors": self.errors,
+                "hyperplane": self.fleet.status(asyncio.get_running_loop().time()) if self.fleet else None,
                 "udp_coalesced": {"packets": self.coalescer.coalesced, "writes_saved": self.coalescer.writes_saved},
                 "flow_logs": {f"{fl} {eni}": agg.stats() for (fl, eni), agg in self.flow_logs.items()},
                 "flow_log_delivery": self.shipper.status() if self.shipper else None,

@@ -3,6 +3,7 @@
     <lab>.underlay          bridge br0 (jumbo MTU): the "physical network" between hosts
     <lab>.mapping           the mapping daemon                      198.18.0.2
     <lab>.edge              the Blackfoot edge agent                198.18.0.3
+    <lab>.hp.<node>         Hyperplane nodes (NAT gateways, load balancers)  198.18.0.21, .22, …
     <lab>.host.<host>       one host agent per host                 198.18.0.11, .12, …
     <lab>.inst.<instance>   one instance each; its ENI (a TUN device) belongs to its host's agent
 
@@ -37,6 +38,7 @@ from vswitch.topology import Topology
 STATE_ROOT = Path(os.environ.get("VPC_STATE_ROOT", "/run/vpc"))
 UNDERLAY = ipaddress.ip_network("198.18.0.0/24")
 MAPPING_IP, EDGE_IP, FIRST_HOST = UNDERLAY[2], UNDERLAY[3], 11
+FIRST_NODE, HYPERPLANE_NODES, SHARD_SIZE = 21, 4, 3  # the fleet: each resource's shard is 3 of 4 nodes
 MAPPING_PORT = 6080
 LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 REGION = "lab-1"  # private hostnames are ip-10-0-1-5.lab-1.compute.internal
@@ -174,20 +176,26 @@ class Lab:
         edge = component("edge", "edge_agent", self.ns("edge"), EDGE_IP)
         hosts = {h.name: component(h.name, "host_agent", self.ns("host", h.name), UNDERLAY[FIRST_HOST + i])
                  for i, h in enumerate(topo.hosts)}
+        fleet = [{"name": f"hp-{i + 1}", "underlay_ip": str(UNDERLAY[FIRST_NODE + i])} for i in range(HYPERPLANE_NODES)]
+        nodes = [component(n["name"], "hyperplane_agent", self.ns("hp", n["name"]), n["underlay_ip"]) for n in fleet]
         endpoint = f"{MAPPING_IP}:{MAPPING_PORT}"
         infra = {"control_plane": f"unix://{self.api_socket}", "token_file": str(self.admin_token_file)}
+        hyperplane = {"hyperplane": fleet, "hyperplane_shard_size": SHARD_SIZE}
         self._write_config(mapping, {"listen": endpoint, "state_file": str(self.dir / "mappings.json"), **infra})
         self._start(mapping, state)
         self._wait_ready([mapping])
         self._internet(edge.netns, state)
         self._write_config(edge, {"underlay_ip": edge.underlay_ip, "mapping": endpoint, "internet_device": "igw0",
-                                  "public_pool": PUBLIC_POOL, **infra})
+                                  "public_pool": PUBLIC_POOL, **infra, **hyperplane})
         self._start(edge, state)
+        for c in nodes:
+            self._write_config(c, {"underlay_ip": c.underlay_ip, "edge": str(EDGE_IP), **infra, **hyperplane})
+            self._start(c, state)
         for h in topo.hosts:
             c = hosts[h.name]
             self._write_config(c, {"underlay_ip": c.underlay_ip, "mapping": endpoint, "edge": str(EDGE_IP),
                                    "offload": h.offload, "instance_netns_prefix": self.ns("inst") + ".",
-                                   "region": REGION, **infra})
+                                   "region": REGION, **infra, **hyperplane})
             self._start(c, state)
         self._wait_ready(comps)
 

@@ -56,6 +56,13 @@ class EniConfig(_Strict):
     source_dest_check: bool = True
 
 
+class FleetNode(_Strict):
+    """One Hyperplane node, as every host, the edge and the nodes themselves list the fleet."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    underlay_ip: IPv4
+
+
 class DaemonConfig(_Strict):
     name: str
     control_socket: str
@@ -76,6 +83,9 @@ class HostAgentConfig(DaemonConfig):
     token_file: str | None = None  # the infrastructure (admin) token
     instance_netns_prefix: str = ""  # an instance's namespace is this + its name
     region: str = "lab-1"
+    # The Hyperplane fleet (NAT gateways, load balancers) and the size of each resource's shard.
+    hyperplane: list[FleetNode] = []
+    hyperplane_shard_size: int = Field(3, ge=1, le=64)
     vpcs: list[VpcConfig] = []
     enis: list[EniConfig] = []
 
@@ -98,6 +108,27 @@ class EdgeConfig(DaemonConfig):
     # Where the public addresses come from (the desired state); optional, like the host agent's.
     control_plane: str | None = None
     token_file: str | None = None
+    hyperplane: list[FleetNode] = []
+    hyperplane_shard_size: int = Field(3, ge=1, le=64)
+
+
+class HyperplaneConfig(DaemonConfig):
+    """A Hyperplane node: NAT gateway and load balancer flows of the resources whose shard holds it."""
+
+    underlay_ip: IPv4
+    underlay_port: int = Field(6081, gt=0, lt=65536)
+    edge: IPv4  # the Blackfoot edge (NAT gateways' packets to and from the internet)
+    hyperplane: list[FleetNode]  # the whole fleet, this node included (by name)
+    hyperplane_shard_size: int = Field(3, ge=1, le=64)
+    control_plane: str  # the desired state: NAT gateways, load balancers, ENIs, route tables
+    token_file: str | None = None
+    seed: int | None = None  # NAT port randomness; None: from the OS
+
+    @pydantic.model_validator(mode="after")
+    def _in_fleet(self):
+        if self.name not in {n.name for n in self.hyperplane}:
+            raise ValueError(f"name {self.name!r} is not in the hyperplane fleet list")
+        return self
 
 
 class ControlPlaneConfig(_Strict):

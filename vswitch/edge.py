@@ -6,6 +6,9 @@ used to launder spoofed packets — receivers trust its outer address), then for
 datagram to the host that owns the inner destination. The sender learns the mapping from the daemon
 meanwhile, so later packets go direct.
 
+A NAT gateway's packets to the internet come from a Hyperplane node (a ``relays`` address) with the
+gateway's private address as source, which no host owns: they are let through to the internet gateway.
+
 ``process`` returns the underlay address to forward to, ``INTERNET`` for a packet of a VPC with an
 internet gateway to an address outside it (the caller hands it to ``igw.InternetGateway``; ``vni``,
 ``inner_off`` and ``vnet_off`` locate it), or None (``last_drop`` says why).
@@ -26,6 +29,7 @@ class EdgeRelay:
     def __init__(self, cache: MappingCache, igw=None):
         self.cache = cache
         self.igw = igw
+        self.relays: frozenset[str] = frozenset()  # Hyperplane nodes' underlay addresses
         self.vni = 0
         self.inner_off = 0
         self.vnet_off = -1
@@ -57,6 +61,12 @@ class EdgeRelay:
         src, dst = addrs
         owner = table.get(src)
         if owner is None:
+            vni = hdr[geneve.DECODE_VNI]
+            if outer_ip in self.relays and self.igw is not None and self.igw.nat_source(vni, src):
+                if self.igw.serves(vni, dst):
+                    self.vni, self.inner_off, self.vnet_off = vni, inner, hdr[geneve.DECODE_VNET]
+                    return INTERNET
+                return self._drop(Drop.NO_ROUTE, trace)
             return self._drop(Drop.UNKNOWN_SOURCE, trace)
         if owner.host != outer_ip:
             return self._drop(Drop.OUTER_SOURCE_MISMATCH, trace)

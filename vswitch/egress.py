@@ -6,8 +6,10 @@ Stages, each an early return with a reason (see ``Drop``):
   2. src/dst    source/destination check: the source must be the ENI's own address
   3. route      inside the VPC: the ``local`` route (no broadcast, no multicast, not a reserved subnet
                 address); outside it: the subnet's route table (``eni.routes``), longest prefix first —
-                an internet gateway target goes to the edge (which translates, ``igw.py``), a
-                blackhole route drops, other targets (NAT gateway, ENI) are not served yet: no route.
+                an internet gateway target goes to the edge (which translates, ``igw.py``), a NAT
+                gateway target to the live Hyperplane node of the gateway's shard that holds flows to
+                that remote address (``hyperplane.Fleet``), a blackhole route drops, ENI targets are
+                not served yet: no route.
                 An ENI without a route table (a static host config) reaches its VPC only.
   4. firewall   the ENI's security groups and, leaving the subnet, its network ACL (``firewall.py``)
   5. local      an ENI of the same VPC on this host → its own firewall inbound, then deliver without
@@ -27,6 +29,7 @@ from __future__ import annotations
 from .drops import Drop, new_counters
 from .eni import TX_BYTES, TX_PACKETS, Eni
 from .firewall import Firewall
+from .hyperplane import Fleet
 from .addresses import eni_id, text
 from .headers import _V4_ADDRS
 from .mapping import MappingCache
@@ -36,9 +39,11 @@ _MCAST_MASK, _MCAST_NET = 0xF0000000, 0xE0000000  # 224.0.0.0/4
 
 
 class EgressPath:
-    def __init__(self, cache: MappingCache, edge: tuple[str, int] | None, firewall: Firewall | None = None):
+    def __init__(self, cache: MappingCache, edge: tuple[str, int] | None, firewall: Firewall | None = None,
+                 fleet: Fleet | None = None):
         self.cache = cache
         self.edge = edge
+        self.fleet = fleet or Fleet({}, 1, 0)
         self.firewall = firewall or Firewall()
         self.drops = new_counters()
         self.last_drop: Drop | None = None
@@ -100,10 +105,19 @@ class EgressPath:
         # 5. the internet gateway (the edge translates), a local ENI (through its own firewall),
         # 6. the mapping, or the edge on a miss
         if not inside:
-            target = self.edge
-            if trace is not None:
-                trace.append({"step": "internet gateway", "result": "allow",
-                              "detail": f"to the edge, which translates to the public address ({route.target_id})"})
+            if route.target_type == "igw":
+                target = self.edge
+                if trace is not None:
+                    trace.append({"step": "internet gateway", "result": "allow",
+                                  "detail": f"to the edge, which translates to the public address ({route.target_id})"})
+            else:
+                target = self.fleet.nat_node(route.target_id, buf[off + 9], dst)
+                if target is None:
+                    return self._drop(eni, Drop.NO_HYPERPLANE_NODE, trace)
+                if trace is not None:
+                    trace.append({"step": "NAT gateway", "result": "allow",
+                                  "detail": f"to Hyperplane node {self.fleet.by_ip[target[0]]} of "
+                                            f"{route.target_id}'s shard, which translates the source"})
         elif (target := vpc.local.get(dst)) is not None:
             if trace is not None:
                 trace.append({"step": "mapping", "result": "allow", "detail": f"{target.id} on this host"})
@@ -145,6 +159,7 @@ class EgressPath:
             trace.append({"step": "route", "result": "allow" if route.active else "deny", "rule": str(route)})
         if not route.active:
             return self._drop(eni, Drop.BLACKHOLE_ROUTE, trace)
-        if route.target_type != "igw" or self.edge is None:
-            return self._drop(eni, Drop.NO_ROUTE, trace)  # NAT gateway and ENI targets: not served yet
+        kind = route.target_type
+        if not (kind == "igw" and self.edge is not None or kind == "nat" and self.fleet):
+            return self._drop(eni, Drop.NO_ROUTE, trace)  # ENI targets: not served yet
         return route

@@ -46,9 +46,10 @@ class Binding:
     public: int
     private: int
     vni: int
-    host: str  # underlay IP of the host holding the ENI
+    host: str | None  # underlay IP of the host holding the ENI; None: a NAT gateway's (Hyperplane's)
     eni: int  # ENI number
     router: int  # the ENI's subnet router (.1): the source of the edge's ICMP errors
+    nat_gateway_id: str | None = None  # a NAT gateway's address: its flows live on Hyperplane nodes
 
 
 def _adjust_partial(partial: int, old: int, new: int) -> int:
@@ -84,14 +85,19 @@ class InternetGateway:
         by_public, by_private = {}, {}
         for p in view.get("public_ips", ()):
             e = enis.get(p["eni_id"])
-            if e is None or not e.get("underlay_ip"):
+            if e is None or not (e.get("underlay_ip") or p.get("nat_gateway_id")):
                 continue
             iface = ipaddress.IPv4Interface(f"{e['private_ip']}/{e['prefixlen']}")
-            b = Binding(int(ipaddress.IPv4Address(p["public_ip"])), int(iface.ip), e["vni"], e["underlay_ip"],
-                        int(e["id"][4:], 16), int(iface.network.network_address) + 1)
+            b = Binding(int(ipaddress.IPv4Address(p["public_ip"])), int(iface.ip), e["vni"], e.get("underlay_ip"),
+                        int(e["id"][4:], 16), int(iface.network.network_address) + 1, p.get("nat_gateway_id"))
             by_public[b.public] = b
             by_private[(b.vni, b.private)] = b
         self.by_public, self.by_private = by_public, by_private
+
+    def nat_source(self, vni: int, src: int) -> bool:
+        """``src`` is a NAT gateway's private address in VPC ``vni`` (only Hyperplane nodes send from it)."""
+        b = self.by_private.get((vni, src))
+        return b is not None and b.nat_gateway_id is not None
 
     def serves(self, vni: int, dst: int) -> bool:
         """Whether a packet of VPC ``vni`` to ``dst`` is for the internet: the VPC has a gateway and
@@ -119,7 +125,7 @@ class InternetGateway:
                 self.counters["too_big"] += count
                 return frag_needed(pkt, b.router, INTERNET_MTU)
             return Drop.TOO_BIG  # no fragmentation here (the cloud's gateway does not either for TCP)
-        self._rewrite(pkt, 12, b.public, partial)
+        rewrite_address(pkt, 12, b.public, partial)
         self.counters["out"] += count
         return None
 
@@ -133,7 +139,7 @@ class InternetGateway:
         b = self.by_public.get(dst)
         if b is None or b.vni not in self.vpcs:
             return Drop.NO_PUBLIC_ADDRESS
-        self._rewrite(pkt, 16, b.private, partial)
+        rewrite_address(pkt, 16, b.private, partial)
         ihl = (pkt[0] & 0xF) * 4
         if pkt[9] == PROTO_ICMP and len(pkt) >= ihl + 8 + 20 and pkt[ihl] in _ICMP_ERRORS:
             self._rewrite_quoted(pkt, ihl, b)
@@ -141,28 +147,6 @@ class InternetGateway:
         return b
 
     # --- checksums -------------------------------------------------------------------------------
-    @staticmethod
-    def _rewrite(pkt: bytearray, at: int, new: int, partial: bool) -> None:
-        """Replace the address at ``at`` (12: source, 16: destination) of the IPv4 header at 0."""
-        old = _I.unpack_from(pkt, at)[0]
-        if old == new:
-            return
-        _I.pack_into(pkt, at, new)
-        _H.pack_into(pkt, 10, _adjust(_H.unpack_from(pkt, 10)[0], old, new))
-        ihl = (pkt[0] & 0xF) * 4
-        if _H.unpack_from(pkt, 6)[0] & 0x1FFF:
-            return  # a non-first fragment: no transport header
-        proto = pkt[9]
-        if proto == PROTO_TCP and len(pkt) >= ihl + 18:
-            c = _H.unpack_from(pkt, ihl + 16)[0]
-            _H.pack_into(pkt, ihl + 16, _adjust_partial(c, old, new) if partial else _adjust(c, old, new))
-        elif proto == PROTO_UDP and len(pkt) >= ihl + 8:
-            c = _H.unpack_from(pkt, ihl + 6)[0]
-            if partial:
-                _H.pack_into(pkt, ihl + 6, _adjust_partial(c, old, new))
-            elif c:  # zero: no checksum (RFC 768); a computed 0 is sent as 0xFFFF
-                _H.pack_into(pkt, ihl + 6, _adjust(c, old, new) or 0xFFFF)
-
     def _rewrite_quoted(self, pkt: bytearray, ihl: int, b: Binding) -> None:
         """An ICMP error quoting a packet we translated: its source is the public address; make it
         private, with the quoted header's checksum and the ICMP checksum over the quote adjusted."""
@@ -177,6 +161,29 @@ class InternetGateway:
         icmp = _adjust(icmp, b.public, b.private)
         icmp = _adjust(icmp, old_hcsum, new_hcsum)
         _H.pack_into(pkt, ihl + 2, icmp)
+
+
+def rewrite_address(pkt, at: int, new: int, partial: bool) -> None:
+    """Replace the address at ``at`` (12: source, 16: destination) of the IPv4 header at 0, with the IPv4
+    header checksum and a TCP or UDP checksum (complete, or ``partial``: NEEDS_CSUM) adjusted."""
+    old = _I.unpack_from(pkt, at)[0]
+    if old == new:
+        return
+    _I.pack_into(pkt, at, new)
+    _H.pack_into(pkt, 10, _adjust(_H.unpack_from(pkt, 10)[0], old, new))
+    ihl = (pkt[0] & 0xF) * 4
+    if _H.unpack_from(pkt, 6)[0] & 0x1FFF:
+        return  # a non-first fragment: no transport header
+    proto = pkt[9]
+    if proto == PROTO_TCP and len(pkt) >= ihl + 18:
+        c = _H.unpack_from(pkt, ihl + 16)[0]
+        _H.pack_into(pkt, ihl + 16, _adjust_partial(c, old, new) if partial else _adjust(c, old, new))
+    elif proto == PROTO_UDP and len(pkt) >= ihl + 8:
+        c = _H.unpack_from(pkt, ihl + 6)[0]
+        if partial:
+            _H.pack_into(pkt, ihl + 6, _adjust_partial(c, old, new))
+        elif c:  # zero: no checksum (RFC 768); a computed 0 is sent as 0xFFFF
+            _H.pack_into(pkt, ihl + 6, _adjust(c, old, new) or 0xFFFF)
 
 
 def frag_needed(pkt: bytes, router: int, mtu: int) -> bytes:

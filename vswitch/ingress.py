@@ -7,7 +7,8 @@ Stages, each an early return with a reason (see ``Drop``):
   3. inner      an IPv4 (or IPv6) packet behind it
   4. source     the outer source must be the host that the mapping says owns the inner source, and the
                 SOURCE_ENI option must name that owner's ENI. Packets relayed by the edge are trusted for
-                the host check (the edge checked the original sender), not for the ENI check.
+                the host check (the edge checked the original sender), not for the ENI check; so are
+                packets from Hyperplane nodes (``relays``: NAT gateway replies from the internet).
                 An unknown source is not dropped at once: the reply to a first packet that went through
                 the edge often arrives before this host has learned the replier's mapping. Such packets
                 are held (a few per source, for HOLD_TIME) while the cache asks the daemon, and checked
@@ -55,6 +56,7 @@ class IngressPath:
         self.firewall = firewall or Firewall()
         self.vpcs = vpcs
         self.edge_ip = edge_ip
+        self.relays: frozenset[str] = frozenset((edge_ip,)) if edge_ip else frozenset()  # + the fleet's nodes
         self.drops = new_counters()
         self.last_drop: Drop | None = None
         self.inner_off = 0
@@ -93,7 +95,7 @@ class IngressPath:
         src, dst = addrs
         # 4. source: the sender must own the inner source
         owner = vpc.mappings.get(src)
-        relayed = outer_ip == self.edge_ip
+        relayed = outer_ip in self.relays
         if relayed:
             if owner is not None and owner.eni != hdr[geneve.DECODE_ENI]:
                 return self._drop(Drop.SOURCE_ENI_MISMATCH, trace)
@@ -114,7 +116,7 @@ class IngressPath:
             return self._drop(Drop.UNKNOWN_DESTINATION, trace)
         if trace is not None:
             trace.append({"step": "underlay", "result": "allow",
-                          "detail": f"from host {outer_ip}{' (the edge)' if relayed else ''}, to {eni.id}"})
+                          "detail": f"from host {outer_ip}{' (a relay)' if relayed else ''}, to {eni.id}"})
         vnet = hdr[geneve.DECODE_VNET]
         # A super-packet counts as the packets it carries (gso_type is the virtio header's 2nd byte).
         segments = wire_segments(buf, vnet, inner, n) if vnet >= 0 and buf[vnet + 1] else 1
