@@ -215,6 +215,7 @@ class HostAgent:
                     await self._attach_desired(e, vpcs[e["vni"]], view)
                 except Exception as exc:  # retried below; the rest of the host carries on
                     self.pending[e["id"]] = str(exc)
+            self._converge_balancers(view)
             applied = self.policy.apply(view, {p.eni.id: p.eni for p in self.ports.values()})
             self._converge_flow_logs(view)
             if applied.enis_changed:
@@ -223,6 +224,28 @@ class HostAgent:
             if self.pending:
                 self.log.warning("some ENIs not attached yet; retrying", pending=self.pending)
                 self._retry_soon()
+
+    def _converge_balancers(self, view: dict) -> None:
+        """Each VPC's load balancer addresses and targets (their replies go back through the balancer)."""
+        balancers: dict[int, dict] = {}
+        targets: dict[int, dict] = {}
+        groups = {g["id"]: g for g in view.get("target_groups", ())}
+        for lb in view.get("load_balancers", ()):
+            if not lb.get("private_ip"):
+                continue
+            balancers.setdefault(lb["vni"], {})[addresses.key(lb["private_ip"])] = lb["id"]
+            for li in lb.get("listeners", ()):
+                g = groups.get(li["target_group_id"])
+                proto = 6 if li["protocol"] == "tcp" else 17
+                check_port = ((g or {}).get("health_check") or {}).get("port")
+                for t in (g or {}).get("targets", ()):
+                    by_port = targets.setdefault(lb["vni"], {}).setdefault(addresses.key(t["ip"]), {})
+                    by_port.setdefault((proto, t["port"]), lb["id"])  # one balancer per target port
+                    if check_port:  # the health checks' answers, too
+                        by_port.setdefault((6, check_port), lb["id"])
+        for vni, vpc in self.vpcs.items():
+            vpc.balancers = balancers.get(vni, {})
+            vpc.lb_targets = targets.get(vni, {})
 
     async def _attach_desired(self, e: dict, vpc: dict, view: dict) -> None:
         netns = self.cfg.instance_netns_prefix + e["instance"]

@@ -87,7 +87,11 @@ class HyperplaneAgent:
             self.log.info("resync", alive=sorted(self.fleet.alive))
             self._last_resync = now
             self.core.resync(now)
-            self._flush_outputs()
+        self.core.health(now)
+        for target, old, new, reason in self.core.health_events:
+            self.log.info("target health", target=target, old=old, new=new, reason=reason)
+        self.core.health_events.clear()
+        self._flush_outputs()
         loop.call_later(HEARTBEAT_INTERVAL, self._beat)
 
     def _sweep(self) -> None:

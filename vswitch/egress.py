@@ -12,7 +12,10 @@ Stages, each an early return with a reason (see ``Drop``):
                 not served yet: no route.
                 An ENI without a route table (a static host config) reaches its VPC only.
   4. firewall   the ENI's security groups and, leaving the subnet, its network ACL (``firewall.py``)
-  5. local      an ENI of the same VPC on this host → its own firewall inbound, then deliver without
+  5. balancer   a load balancer's address, or a load balancer target's reply (client address
+                preserved, so addressed to the client): to the live Hyperplane node of the balancer's shard
+                that holds the flow, keyed by the client's address and port (``hyperplane.nlb_key``)
+     local      an ENI of the same VPC on this host → its own firewall inbound, then deliver without
                 encapsulation
   6. mapping    one dict lookup in the host's mapping cache; a miss goes to the edge, which knows
                 every mapping, while the cache asks the mapping daemon (first packet never lost)
@@ -118,6 +121,9 @@ class EgressPath:
                     trace.append({"step": "NAT gateway", "result": "allow",
                                   "detail": f"to Hyperplane node {self.fleet.by_ip[target[0]]} of "
                                             f"{route.target_id}'s shard, which translates the source"})
+        elif vpc.balancers and (target := self._balancer(vpc, buf, off, src, dst, trace)) is not False:
+            if target is None:
+                return self._drop(eni, Drop.NO_HYPERPLANE_NODE, trace)
         elif (target := vpc.local.get(dst)) is not None:
             if trace is not None:
                 trace.append({"step": "mapping", "result": "allow", "detail": f"{target.id} on this host"})
@@ -147,6 +153,29 @@ class EgressPath:
             stats = eni.stats
             stats[TX_PACKETS] += segments
             stats[TX_BYTES] += n
+        return target
+
+    def _balancer(self, vpc, buf, off: int, src: int, dst: int, trace):
+        """The node for a packet to a load balancer, or for a target's reply to its client; False if the
+        packet is neither (the caller goes on), None if no node of the shard is alive."""
+        proto = buf[off + 9]
+        lb = vpc.balancers.get(dst)
+        if lb is not None:  # client → load balancer
+            ihl = (buf[off] & 0xF) * 4
+            client, port = src, buf[off + ihl] << 8 | buf[off + ihl + 1]
+        else:
+            ports = vpc.lb_targets.get(src)
+            if ports is None:
+                return False
+            ihl = (buf[off] & 0xF) * 4
+            lb = ports.get((proto, buf[off + ihl] << 8 | buf[off + ihl + 1]))
+            if lb is None:
+                return False  # the target's other traffic
+            client, port = dst, buf[off + ihl + 2] << 8 | buf[off + ihl + 3]  # target → client
+        target = self.fleet.nlb_node(lb, proto, client, port)
+        if trace is not None and target is not None:
+            trace.append({"step": "load balancer", "result": "allow",
+                          "detail": f"to Hyperplane node {self.fleet.by_ip[target[0]]} of {lb}'s shard"})
         return target
 
     def _route_out(self, eni: Eni, dst: int, trace):

@@ -29,6 +29,10 @@ class VpcView:
     reserved: frozenset[int]  # addresses nobody answers yet (subnet network/.1/.2/.3/broadcast)
     mappings: dict  # MappingCache.table(vni): key -> Mapping, shared with the cache
     local: dict = dataclasses.field(default_factory=dict)  # key -> Eni on this host
+    # Load balancers (their flows live on Hyperplane nodes): address key -> load balancer id, and the
+    # targets whose replies go back through them: target address key -> {(proto, port): load balancer id}.
+    balancers: dict = dataclasses.field(default_factory=dict)
+    lb_targets: dict = dataclasses.field(default_factory=dict)
     net: int = 0
     mask: int = 0
 

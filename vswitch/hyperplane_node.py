@@ -25,6 +25,21 @@ NAT gateway (``natgw.NatGateway`` decides; here the packet work):
          subnet router, as the internet gateway does (PMTUD through the gateway).
     in   from the edge only: the destination becomes the instance's address and port; on to its host.
 
+Network load balancer (``nlb`` decides; the client address is preserved for the target):
+
+    client → lb      a packet to the balancer's address on a listener's port: ``Listener.forward`` picks
+                     the target (sticky per flow); the destination becomes the target's address and port;
+                     on to the target's host with the client's SOURCE_ENI (the client's own packet).
+    target → client  hosts send a target's replies here (not straight to the client: the client talks to
+                     the balancer's address); the source becomes the balancer's address and listener port.
+                     A target's packet that is not a reply of a balanced flow (someone reached the target
+                     directly) is relayed unchanged.
+    health checks    the nodes of a balancer's shard probe each target of its groups on their own
+                     (``health_probe.HealthProbe``: a userspace TCP client, since a node has no socket in
+                     the VPC), from the balancer's address and a port whose flows hash to this very node,
+                     so the target's answers come back here. A target turning unhealthy gets no new flows
+                     and its flows are removed; their next packet is answered with a RST.
+
 The SOURCE_ENI option of what the node sends names the gateway's ENI (out) or 0 (in: relayed, as the
 edge does); hosts and the edge trust fleet addresses as relays.
 """
@@ -33,11 +48,14 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import random
 import struct
 
 from . import geneve, hyperplane
+from . import nlb
 from .drops import Drop, new_counters
-from .headers import PROTO_ICMP, PROTO_TCP, PROTO_UDP
+from .headers import PROTO_ICMP, PROTO_TCP, PROTO_UDP, checksum, pseudo_header_sum
+from .health_probe import HealthProbe
 from .hyperplane import Fleet
 from .igw import INTERNET_MTU, _adjust, frag_needed, rewrite_address
 from .natgw import NatDrop, NatGateway
@@ -68,6 +86,49 @@ class _Nat:
     subnet_id: str
     core: NatGateway
     public: bool
+
+
+@dataclasses.dataclass(eq=False)
+class _Lb:
+    id: str
+    vni: int
+    ip: int
+    eni: int  # the balancer's ENI number
+    listeners: dict  # (proto, port) -> nlb.Listener
+
+
+@dataclasses.dataclass(eq=False)
+class _Probe:
+    probe: HealthProbe
+    group: nlb.TargetGroup
+    target_id: str
+    lb: _Lb
+    host: str  # the target's host
+
+
+def tcp_reset(pkt) -> bytes | None:
+    """The RST a TCP endpoint answers an unexpected segment with (RFC 9293 §3.10.7.1), from the segment's
+    destination to its source; None for a RST (never answered) or what is not a whole TCP header."""
+    if len(pkt) < 20 or pkt[9] != PROTO_TCP:
+        return None
+    ihl = (pkt[0] & 0xF) * 4
+    if len(pkt) < ihl + 20:
+        return None
+    sport, dport, seq, ack = struct.unpack_from("!HHII", pkt, ihl)
+    flags = pkt[ihl + 13]
+    if flags & 0x04:
+        return None
+    if flags & 0x10:
+        seq_out, ack_out, flags_out = ack, 0, 0x04
+    else:
+        size = _H.unpack_from(pkt, 2)[0] - ihl - (pkt[ihl + 12] >> 4) * 4
+        seq_out, ack_out, flags_out = 0, (seq + size + (flags & 0x02 and 1) + (flags & 0x01)) & 0xFFFFFFFF, 0x14
+    src, dst = bytes(pkt[16:20]), bytes(pkt[12:16])
+    tcp = bytearray(struct.pack("!HHIIBBHHH", dport, sport, seq_out, ack_out, 5 << 4, flags_out, 0, 0, 0))
+    _H.pack_into(tcp, 16, checksum(tcp, pseudo_header_sum(src, dst, PROTO_TCP, 20)))
+    head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, PROTO_TCP, 0, src, dst))
+    _H.pack_into(head, 10, checksum(head))
+    return bytes(head + tcp)
 
 
 def rewrite_port(pkt, ihl: int, at: int, new: int, partial: bool) -> int:
@@ -108,7 +169,16 @@ class NodeCore:
         self.nat_refusals: dict[str, int] = {}
         self.outbox: list[tuple[bytes, tuple[str, int]]] = []
         self.replicate: list[tuple[str, str, str, list]] = []  # (to node, kind, resource id, record)
-        self.counters = {"nat_out": 0, "nat_in": 0, "too_big": 0, "imported": 0}
+        self.groups: dict[str, nlb.TargetGroup] = {}  # by target group id, kept across views (health)
+        self.lbs: dict[str, _Lb] = {}
+        self.lb_by_addr: dict[tuple[int, int], _Lb] = {}
+        self.target_index: dict[tuple, list] = {}  # (vni, address, port, proto) -> [(lb, listener, target id)]
+        self.probes: dict[tuple[int, int, int], _Probe] = {}  # (vni, balancer address, probe port)
+        self.nlb_refusals: dict[str, int] = {}
+        self.health_events: list[tuple[str, str, str, str]] = []  # (group, target, old, new) for the log
+        self._rng = random.Random(seed)
+        self.counters = {"nat_out": 0, "nat_in": 0, "too_big": 0, "imported": 0, "nlb_in": 0, "nlb_out": 0,
+                         "relayed": 0, "resets_sent": 0, "probes": 0}
         self._hdr = [0, 0, 0, 0]
 
     # --- desired state ---------------------------------------------------------------------------
@@ -139,6 +209,44 @@ class NodeCore:
                        g.get("connectivity_type", "public") == "public")
             nats[g["id"]] = by_addr[(nat.vni, private)] = nat
         self.routes, self.enis, self.nats, self.nat_by_addr = routes, enis, nats, by_addr
+        self._update_balancers(view)
+
+    def _update_balancers(self, view: dict) -> None:
+        groups = {}
+        for g in view.get("target_groups", ()):
+            targets = [nlb.Target(f"{t['id']}:{t['port']}", int(ipaddress.IPv4Address(t["ip"])), t["port"])
+                       for t in g.get("targets", ()) if t.get("ip")]
+            try:
+                group = self.groups.get(g["id"])
+                if group is None:
+                    group = nlb.TargetGroup(targets, g.get("health_check"))
+                else:
+                    group.set_targets(targets)
+                    group.set_health_check(g.get("health_check"))
+            except ValueError:
+                continue  # the API validates; a record it would refuse serves nobody
+            groups[g["id"]] = group
+        lbs, by_addr, index = {}, {}, {}
+        for rec in view.get("load_balancers", ()):
+            if not rec.get("private_ip") or not rec.get("eni_id"):
+                continue
+            old = self.lbs.get(rec["id"])
+            lb = _Lb(rec["id"], rec["vni"], int(ipaddress.IPv4Address(rec["private_ip"])),
+                     int(rec["eni_id"][4:], 16), {})
+            for li in rec.get("listeners", ()):
+                group = groups.get(li["target_group_id"])
+                if group is None:
+                    continue
+                proto = PROTO_TCP if li["protocol"] == "tcp" else PROTO_UDP
+                listener = old.listeners.get((proto, li["port"])) if old is not None and old.ip == lb.ip else None
+                if listener is None or listener.group is not group:
+                    listener = nlb.Listener(li["protocol"], li["port"], group)
+                lb.listeners[(proto, li["port"])] = listener
+                for t in group.members.values():
+                    index.setdefault((lb.vni, t.target.address, t.target.port, proto), []).append(
+                        (lb, listener, t.target.id))
+            lbs[lb.id] = by_addr[(lb.vni, lb.ip)] = lb
+        self.groups, self.lbs, self.lb_by_addr, self.target_index = groups, lbs, by_addr, index
 
     # --- per packet ------------------------------------------------------------------------------
     def _drop(self, reason: Drop) -> None:
@@ -171,6 +279,14 @@ class NodeCore:
             return self._drop(Drop.OUTER_SOURCE_MISMATCH)
         if sender.number != hdr[geneve.DECODE_ENI]:
             return self._drop(Drop.SOURCE_ENI_MISMATCH)
+        if self.lbs:
+            lb = self.lb_by_addr.get((vni, dst))
+            if lb is not None:
+                return self._to_balancer(lb, buf, inner, n, vnet, partial, now)
+            if self.target_index:
+                verdict = self._from_target(vni, buf, inner, n, partial, now)
+                if verdict is not False:
+                    return verdict
         table = self.routes.get(sender.subnet_id)
         route = table.lookup(dst) if table is not None else None
         if route is None or route.target_type != "nat" or not route.active:
@@ -277,6 +393,158 @@ class NodeCore:
         _ENI_DATA.pack_into(buf, 12, 0)  # relayed: the receiving host trusts the fleet, like the edge
         return (eni.host, self.port)
 
+    # --- load balancers ---------------------------------------------------------------------------
+    def _nlb_refused(self, reason) -> None:
+        label = reason.label if hasattr(reason, "label") else reason
+        self.nlb_refusals[label] = self.nlb_refusals.get(label, 0) + 1
+        return self._drop(Drop.NLB_REFUSED)
+
+    def _to_balancer(self, lb: _Lb, buf, inner: int, n: int, vnet: int, partial: bool, now: float):
+        pkt = memoryview(buf)[inner:n]
+        ihl = (pkt[0] & 0xF) * 4
+        proto = pkt[9]
+        if proto != PROTO_TCP and proto != PROTO_UDP or len(pkt) < ihl + 8 or _H.unpack_from(pkt, 6)[0] & 0x1FFF:
+            return self._nlb_refused("unsupported")
+        sport, dport = _H.unpack_from(pkt, ihl)[0], _H.unpack_from(pkt, ihl + 2)[0]
+        probe = self.probes.get((lb.vni, lb.ip, dport)) if self.probes else None
+        if probe is not None:  # a target answering one of our health checks
+            self._probe_answer(probe, pkt, partial, now)
+            return None
+        listener = lb.listeners.get((proto, dport))
+        if listener is None:
+            return self._nlb_refused("no_listener")
+        client = _I.unpack_from(pkt, 12)[0]
+        tcp = proto == PROTO_TCP
+        if tcp and len(pkt) < ihl + 20:
+            return self._drop(Drop.MALFORMED_PACKET)
+        target = listener.forward(client, sport, lb.ip, now, tcp_flags=pkt[ihl + 13] if tcp else None,
+                                  seq=_I.unpack_from(pkt, ihl + 4)[0] if tcp else 0)
+        if target.__class__ is nlb.NlbDrop:
+            if target.rst:
+                self._reset(lb, pkt, _ENI_DATA.unpack_from(buf, 12)[0])
+            return self._nlb_refused(target)
+        where = self.enis.get((lb.vni, target.address))
+        if where is None or where.host is None:
+            return self._nlb_refused("target_not_placed")
+        if listener.created:
+            self._replicate_nlb(lb, listener, proto, client, sport, now)
+        rewrite_address(pkt, 16, target.address, partial)
+        rewrite_port(pkt, ihl, 2, target.port, partial)
+        self.counters["nlb_in"] += 1
+        return (where.host, self.port)  # the client's SOURCE_ENI stays: it is the client's packet
+
+    def _from_target(self, vni: int, buf, inner: int, n: int, partial: bool, now: float):
+        """A target's packet to a client: the reply of a balanced flow (the source becomes the balancer),
+        or the target's own traffic (relayed unchanged). False if the sender is no target."""
+        pkt = memoryview(buf)[inner:n]
+        ihl = (pkt[0] & 0xF) * 4
+        proto = pkt[9]
+        if len(pkt) < ihl + 4 or proto != PROTO_TCP and proto != PROTO_UDP:
+            return False
+        src, dst = _ADDRS.unpack_from(pkt, 12)
+        sport, dport = _H.unpack_from(pkt, ihl)[0], _H.unpack_from(pkt, ihl + 2)[0]
+        entries = self.target_index.get((vni, src, sport, proto))
+        if entries is None:
+            return False
+        client_host = self.enis.get((vni, dst))
+        if client_host is None or client_host.host is None:
+            return self._drop(Drop.UNKNOWN_DESTINATION)
+        for lb, listener, tid in entries:
+            if listener.reply(dst, dport, lb.ip, tid, now):
+                rewrite_address(pkt, 12, lb.ip, partial)
+                rewrite_port(pkt, ihl, 0, listener.port, partial)
+                _ENI_DATA.pack_into(buf, 12, lb.eni)
+                self.counters["nlb_out"] += 1
+                return (client_host.host, self.port)
+        self.counters["relayed"] += 1  # not a balanced flow: the target talking to the client directly
+        return (client_host.host, self.port)
+
+    def _reset(self, lb: _Lb, pkt, client_eni: int) -> None:
+        """Answer a client's TCP packet that has no flow (or lost its target) with a RST."""
+        rst = tcp_reset(pkt)
+        client = self.enis.get((lb.vni, _I.unpack_from(pkt, 12)[0]))
+        if rst is None or client is None or client.host is None:
+            return
+        self.counters["resets_sent"] += 1
+        self.outbox.append((geneve.prefix(lb.vni, lb.eni, False) + rst, (client.host, self.port)))
+
+    # --- health checks ---------------------------------------------------------------------------
+    def health(self, now: float) -> None:
+        """Start the probes that are due (targets of groups behind balancers whose shard holds this
+        node), run the probes' timers, and record what they decided."""
+        started = set()
+        for lb in self.lbs.values():
+            if self.name not in self.fleet.shard(lb.id):
+                continue
+            for listener in lb.listeners.values():
+                group = listener.group
+                if id(group) in started:
+                    continue
+                started.add(id(group))
+                for target in group.due(now):
+                    self._probe(lb, group, target, now)
+        for key, p in list(self.probes.items()):
+            for packet in p.probe.poll(now):
+                self._send_probe(p, packet)
+            if p.probe.done:
+                self._probe_done(key, p, now)
+
+    def _probe(self, lb: _Lb, group: nlb.TargetGroup, target: nlb.Target, now: float) -> None:
+        check = group.check(target.id)
+        where = self.enis.get((lb.vni, target.address))
+        port = self._probe_port(lb)
+        if where is None or where.host is None or port is None:
+            check.start(now)
+            group.record(target.id, False, now)  # nowhere to send it: a failed probe
+            return
+        check.start(now)
+        probe = HealthProbe(check.protocol, lb.ip, port, target.address, check.port or target.port, now,
+                            check.timeout, path=check.path, matcher=check.matcher)
+        p = self.probes[(lb.vni, lb.ip, port)] = _Probe(probe, group, target.id, lb, where.host)
+        self.counters["probes"] += 1
+        self._send_probe(p, probe.start())
+
+    def _probe_port(self, lb: _Lb) -> int | None:
+        """A port whose flows hash to this node (the target's answers then come here), not in use."""
+        for _ in range(64):
+            port = self._rng.randrange(32768, 61000)
+            if (lb.vni, lb.ip, port) in self.probes or (PROTO_TCP, port) in lb.listeners:
+                continue
+            if self.fleet.owners(lb.id, hyperplane.nlb_key(PROTO_TCP, lb.ip, port))[0] == self.name:
+                return port
+        return None
+
+    def _send_probe(self, p: _Probe, packet: bytes) -> None:
+        self.outbox.append((geneve.prefix(p.lb.vni, p.lb.eni, False) + packet, (p.host, self.port)))
+
+    def _probe_answer(self, p: _Probe, pkt, partial: bool, now: float) -> None:
+        for packet in p.probe.receive(pkt, now, partial=partial):
+            self._send_probe(p, packet)
+        if p.probe.done:
+            self._probe_done((p.lb.vni, p.lb.ip, p.probe.sport), p, now)
+
+    def _probe_done(self, key, p: _Probe, now: float) -> None:
+        del self.probes[key]
+        if p.target_id not in p.group.members:
+            return  # deregistered meanwhile
+        change = p.group.record(p.target_id, bool(p.probe.result), now)
+        if change is None:
+            return
+        self.health_events.append((p.target_id, change.old.value, change.new.value, p.probe.reason))
+        for lb in self.lbs.values():
+            for listener in lb.listeners.values():
+                if listener.group is p.group:
+                    listener.reset_unhealthy(now)
+
+    def _replicate_nlb(self, lb: _Lb, listener, proto: int, client: int, client_port: int, now: float) -> None:
+        record = listener.export(client, client_port, lb.ip, now)
+        if record is None:
+            return
+        primary, secondary = self.fleet.owners(lb.id, hyperplane.nlb_key(proto, client, client_port))
+        other = secondary if primary == self.name else primary
+        if other is not None and other != self.name:
+            self.replicate.append((other, "nlb", f"{lb.id}/{proto}/{listener.port}", list(record)))
+
     # --- replication -----------------------------------------------------------------------------
     def _replicate(self, nat: _Nat, proto: int, remote: int, record) -> None:
         if record is None:
@@ -297,6 +565,18 @@ class NodeCore:
                     done += nat.core.import_(record, now)
                 except (TypeError, ValueError):
                     continue
+        elif kind == "nlb":
+            lb_id, _, rest = resource.partition("/")
+            proto, _, port = rest.partition("/")
+            lb = self.lbs.get(lb_id)
+            listener = lb.listeners.get((int(proto), int(port))) if lb and proto.isdigit() and port.isdigit() else None
+            if listener is None:
+                return 0
+            for record in flows:
+                try:
+                    done += listener.import_(record, now)
+                except (TypeError, ValueError):
+                    continue
         self.counters["imported"] += done
         return done
 
@@ -307,14 +587,30 @@ class NodeCore:
             for record in nat.core.flows(now):
                 if record.remaining > 0:
                     self._replicate(nat, record.proto, record.dst, record)
+        for lb in self.lbs.values():
+            for (proto, _), listener in lb.listeners.items():
+                for record in listener.flows(now):
+                    if record.remaining > 0:
+                        self._replicate_nlb(lb, listener, proto, record.src, record.sport, now)
 
     def expire(self, now: float) -> None:
         for nat in self.nats.values():
             nat.core.expire(now)
+        for lb in self.lbs.values():
+            for listener in lb.listeners.values():
+                listener.expire(now)
 
     def status(self, now: float) -> dict:
         return {"nat_gateways": {nat.id: {"private_ip": str(ipaddress.IPv4Address(nat.private_ip)),
                                           "shard": self.fleet.shard(nat.id), **nat.core.stats()}
                                  for nat in self.nats.values()},
-                "counters": dict(self.counters), "refusals": dict(self.nat_refusals)}
+                "load_balancers": {lb.id: {"private_ip": str(ipaddress.IPv4Address(lb.ip)),
+                                           "shard": self.fleet.shard(lb.id),
+                                           "listeners": {f"{'tcp' if p == PROTO_TCP else 'udp'}/{port}": {
+                                               **li.stats(), "targets": {t: m.check.state.value
+                                                                         for t, m in li.group.members.items()}}
+                                               for (p, port), li in lb.listeners.items()}}
+                                   for lb in self.lbs.values()},
+                "counters": dict(self.counters), "refusals": dict(self.nat_refusals),
+                "nlb_refusals": dict(self.nlb_refusals), "probes_in_flight": len(self.probes)}
 

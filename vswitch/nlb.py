@@ -17,9 +17,9 @@ shell's name for instance-or-address + port), so a target keeps its flows' hashe
 Flows (``Listener``): the first packet picks, and the flow table keeps the choice for the flow's life —
 later packets go to the same target whatever happens to the others. A flow is (client address, client
 port, load balancer address) on the listener's (protocol, port).
-- Idle timeout: TCP 350 s, UDP 120 s (the reference's), measured from the last packet from the client
-  (the shell calls ``forward`` for client packets; replies from targets go straight back with client IP
-  preservation and do not pass here). A flow idle for exactly its timeout has expired.
+- Idle timeout: TCP 350 s, UDP 120 s (the reference's), measured from the last packet either way
+  (the shell calls ``forward`` for client packets and ``reply`` for the target's, which come back
+  through the node that holds the flow). A flow idle for exactly its timeout has expired.
 - TCP: only a SYN starts a flow (when the shell gives ``tcp_flags``; None lets any packet start one).
   A later TCP packet without a flow — late data after the idle timeout (IDLE_TIMEOUT), or never seen
   (NOT_A_FLOW_START) — is answered with a RST (``NlbDrop.rst``), as the reference does; a RST without
@@ -417,6 +417,15 @@ class Listener:
         self.new_flows += 1
         self.created = True
         return target
+
+    def reply(self, client: int, client_port: int, dst: int, target_id: str, now: float) -> bool:
+        """A target's reply to a client (client address preserved, so it comes back through the node):
+        whether the client's flow on this listener goes to that target. Keeps the flow alive."""
+        f = self._flows.get(client << 48 | dst << 16 | client_port)
+        if f is None or now >= f.expires or f.member.target.id != target_id:
+            return False
+        f.expires = now + self.idle_timeout
+        return True
 
     # --- resets and expiry ---------------------------------------------------------------------
     def _remove_if(self, doomed, now: float) -> list[NlbFlow]:
