@@ -22,6 +22,10 @@ Then, on the same lab, the policy figures (``agents/bench_policy.py``; ``--no-po
 of an established flow through a 1-rule vs a 1,000-rule security group, new flows admitted per second by
 the policy path, and the memory of 1,000,000 tracked flows.
 
+Then the Hyperplane figures (``agents/bench_hyperplane.py``; ``--no-hyperplane`` skips them), on a second lab
+of configs/hyperplane.yaml: new TCP connections per second through the NAT gateway and through the load
+balancer (floor 2,000/s), and one TCP stream through each as a ratio to instance to instance in that lab.
+
 Each iperf3 test gets its own server (``iperf3 -s -1``, started in the server's namespace and killed by
 pid if it outlives the test). A short warm-up ping on each path first proves it works and fills caches
 (ARP, the host agents' mapping cache), so the first measured run is not a cold one; each measurement
@@ -53,7 +57,7 @@ import time
 import uuid
 from pathlib import Path
 
-from agents import bench_policy
+from agents import bench_hyperplane, bench_policy
 from agents.lab import Lab, terminate
 from vswitch.topology import load_topology
 
@@ -396,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, default=5, help="length of each iperf3 test (default 5)")
     ap.add_argument("--json", action="store_true", help="print one JSON object (with every raw run)")
     ap.add_argument("--no-policy", action="store_true", help="skip the policy figures (agents/bench_policy.py)")
+    ap.add_argument("--no-hyperplane", action="store_true",
+                    help="skip the NAT gateway and load balancer figures (agents/bench_hyperplane.py)")
     args = ap.parse_args(argv)
     if args.runs < 1 or args.seconds < 1:
         ap.error("--runs and --seconds must be at least 1")
@@ -415,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tag = uuid.uuid4().hex[:8]
     paths = {"baseline": VethPath(f"bench-{tag}"), "ours": LabPath(f"b{tag}")}
+    hyperplane_lab = Lab(f"h{tag}")
     servers = Servers()
     raw: list[dict] = []
     errors: list[str] = []
@@ -445,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
         described = {name: p.describe() for name, p in paths.items()}
         if not args.no_policy:
             measure_policy(paths["ours"], servers, args, policy)
+        if not args.no_hyperplane:
+            paths["ours"].down()  # one lab at a time: the machine has two cores
+            measure_hyperplane(hyperplane_lab, servers, args, policy)
     except MeasureError as e:
         errors.append(f"setup: {e}")
         log(f"bench: {e}")
@@ -455,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:  # every step, even when an earlier one fails
-            for step in (servers.kill_all, paths["ours"].down, paths["baseline"].down):
+            for step in (servers.kill_all, paths["ours"].down, paths["baseline"].down,
+                         lambda: hyperplane_lab.down(quiet=True)):
                 try:
                     step()
                 except Exception as e:  # noqa: BLE001 - report, carry on cleaning
@@ -484,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             print_table(report)
             if not args.no_policy:
                 print("\n".join(bench_policy.report_lines(policy)))
+            print("\n".join(bench_hyperplane.report_lines(policy.get("hyperplane", {}))))
         else:
             for e in errors:
                 print(f"ERROR: {e}")
@@ -503,6 +515,20 @@ def measure_policy(ours: LabPath, servers: Servers, args, policy: dict) -> None:
         except (MeasureError, RuntimeError, subprocess.SubprocessError, OSError) as e:
             policy["errors"].append(f"policy {name}: {e}")
             log(f"bench: policy {name} FAILED: {e}")
+
+
+def measure_hyperplane(lab: Lab, servers: Servers, args, policy: dict) -> None:
+    """The figures of ``agents/bench_hyperplane.py`` on their own lab; a failure is recorded, not raised."""
+    log(f"bench: setting up the Hyperplane lab {lab.name} ({bench_hyperplane.TOPOLOGY.name})")
+    try:
+        topo = str(bench_hyperplane.TOPOLOGY)
+        lab.up(load_topology(topo), topo, say=lambda m: log(f"  {m}"))
+        policy["hyperplane"] = bench_hyperplane.measure(lab, iperf3, servers, args.runs, args.seconds, log, terminate)
+    except (MeasureError, RuntimeError, subprocess.SubprocessError, OSError, ValueError, KeyError) as e:
+        policy["errors"].append(f"hyperplane: {e}")
+        log(f"bench: hyperplane FAILED: {e}")
+    finally:
+        lab.down(quiet=True)
 
 
 if __name__ == "__main__":
