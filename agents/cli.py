@@ -17,6 +17,8 @@
                                 every decision on a packet's way (checks, rules, route, mapping),
                                 made by the data path's own code as a dry run; exit 1 if dropped
     vpc flows [INSTANCE]        the tracked flows of each ENI (conntrack): state, packets, time left
+    vpc hyperplane shards       the Hyperplane fleet, each NAT gateway's and load balancer's shard of
+                                nodes, and how much shards overlap (against random shards)
     vpc account create NAME     (admin) a new account and its token
 Every command takes ``--lab NAME`` (default $VPC_LAB or "vpc") so several labs can coexist. API
 commands use the lab's default account (``--admin`` for the admin token), or $VPC_API_URL with
@@ -92,6 +94,11 @@ def cmd_status(args) -> int:
             detail = f"revision={d.get('revision', '?')}"
         elif c["role"] == "edge_agent":
             detail = f"relayed={d.get('relayed', '?')} mappings={d.get('mapping', {}).get('entries', '?')}"
+        elif c["role"] == "hyperplane_agent":
+            flows = sum(g.get("ActiveConnectionCount", 0) for g in d.get("nat_gateways", {}).values()) + sum(
+                li.get("flows", 0) for lb in d.get("load_balancers", {}).values() for li in lb["listeners"].values())
+            alive = sum(1 for x in d.get("fleet", {}).get("nodes", {}).values() if x["alive"])
+            detail = f"flows={flows} nodes_alive={alive} drops={sum(d.get('drops', {}).values())}"
         else:
             detail = f"entries={d.get('entries', '?')} subscribers={d.get('subscribers', '?')}"
         healthy &= c["health"] == "ready"
@@ -258,6 +265,40 @@ def cmd_flows(args) -> int:
     return 0
 
 
+def cmd_hyperplane(args) -> int:
+    """The fleet, each NAT gateway's and load balancer's shard, and how much shards overlap."""
+    from vswitch import control, hyperplane_shard
+    answer = None
+    for name, c in Lab(args.lab).state()["components"].items():
+        if c["role"] == "hyperplane_agent":
+            try:
+                answer = control.request(c["socket"], {"op": "shards"}, timeout=3)
+                break
+            except (OSError, ValueError):
+                continue  # that node is down: ask the next
+    if answer is None:
+        raise LabError("no Hyperplane node answered")
+    shards = {rid: r["shard"] for rid, r in answer["resources"].items()}
+    n, k = len(answer["nodes"]), answer["shard_size"]
+    ov = hyperplane_shard.overlap(shards)
+    expected = hyperplane_shard.expected_overlap(n, min(k, n)) if n else {}
+    if args.json:
+        print(json.dumps({**answer, "overlap": ov.as_dict(), "expected_overlap": expected}, indent=2))
+        return 0
+    print(f"fleet: {n} nodes, shard size {k}; alive: {', '.join(answer['alive']) or 'none'}")
+    dead = sorted(set(answer["nodes"]) - set(answer["alive"]))
+    if dead:
+        print(f"dead: {', '.join(dead)}")
+    _table([("RESOURCE", "ACCOUNT", "SHARD")] + [(rid, r["account"], " ".join(r["shard"]))
+                                                  for rid, r in answer["resources"].items()])
+    if ov.pairs:
+        print(f"\noverlap over {ov.pairs} pairs of resources (nodes in common: share of pairs, and for random shards)")
+        for j in range(min(k, n) + 1):
+            print(f"  {j}: {ov.fraction(j):7.2%}   expected {expected.get(j, 0):7.2%}")
+        print(f"  pairs sharing their whole shard: {ov.sharing_all}")
+    return 0
+
+
 def cmd_account(args) -> int:
     args.admin = True
     _output(args, _api(args).call("POST", "/v1/accounts", {"name": args.name}))
@@ -327,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--limit", type=int, default=1000)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_flows)
+    s = sub.add_parser("hyperplane", help="the Hyperplane fleet: NAT gateways' and load balancers' shards")
+    s.add_argument("what", choices=["shards"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_hyperplane)
     s = sub.add_parser("account", help="accounts (admin)")
     s.add_argument("action", choices=["create"])
     s.add_argument("name")

@@ -151,6 +151,9 @@ class HyperplaneAgent:
 
     # --- control ---------------------------------------------------------------------------------
     def handle_control(self, request: dict) -> dict:
+        """``status``, or ``shards``: every resource's shard as this node computes it."""
+        if request.get("op") == "shards":
+            return self.core.shards()
         now = asyncio.get_running_loop().time()
         return {"role": "hyperplane", "name": self.cfg.name, "pid": os.getpid(),
                 "ready": bool(self.desired and self.desired.synced.is_set()),

@@ -169,6 +169,7 @@ class NodeCore:
         self.nat_refusals: dict[str, int] = {}
         self.outbox: list[tuple[bytes, tuple[str, int]]] = []
         self.replicate: list[tuple[str, str, str, list]] = []  # (to node, kind, resource id, record)
+        self.accounts: dict[str, str] = {}  # NAT gateway and load balancer ids -> their account
         self.groups: dict[str, nlb.TargetGroup] = {}  # by target group id, kept across views (health)
         self.lbs: dict[str, _Lb] = {}
         self.lb_by_addr: dict[tuple[int, int], _Lb] = {}
@@ -209,6 +210,8 @@ class NodeCore:
                        g.get("connectivity_type", "public") == "public")
             nats[g["id"]] = by_addr[(nat.vni, private)] = nat
         self.routes, self.enis, self.nats, self.nat_by_addr = routes, enis, nats, by_addr
+        self.accounts = {r["id"]: r.get("account", "") for kind in ("nat_gateways", "load_balancers")
+                         for r in view.get(kind, ())}
         self._update_balancers(view)
 
     def _update_balancers(self, view: dict) -> None:
@@ -599,6 +602,13 @@ class NodeCore:
         for lb in self.lbs.values():
             for listener in lb.listeners.values():
                 listener.expire(now)
+
+    def shards(self) -> dict:
+        """Every NAT gateway's and load balancer's shard (``vpc hyperplane shards``)."""
+        return {"nodes": sorted(self.fleet.nodes), "alive": sorted(self.fleet.alive),
+                "shard_size": self.fleet.shard_size,
+                "resources": {rid: {"account": account, "shard": self.fleet.shard(rid)}
+                              for rid, account in sorted(self.accounts.items())}}
 
     def status(self, now: float) -> dict:
         return {"nat_gateways": {nat.id: {"private_ip": str(ipaddress.IPv4Address(nat.private_ip)),

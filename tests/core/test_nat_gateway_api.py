@@ -240,7 +240,7 @@ def test_the_infrastructure_view_carries_nat_gateways_and_their_addresses(api, a
         "id": nat["eni_id"], "vni": vni, "vpc_id": vpc, "private_ip": "10.0.1.6", "prefixlen": 24, "host": None,
         "underlay_ip": None, "instance": "", "instance_id": None, "account": account, "source_dest_check": False,
         "interface_type": "nat_gateway", "subnet_id": w["subnet"]["id"], "security_group_ids": [],
-        "connection_tracking": None, "nat_gateway_id": nat["id"]}
+        "connection_tracking": None, "nat_gateway_id": nat["id"], "load_balancer_id": None}
     assert enis[w["web"]["eni_id"]]["nat_gateway_id"] is None
 
 
@@ -275,10 +275,14 @@ def test_the_data_plane_carries_on_with_host_less_enis(api, alice, tmp_path):
 
     asyncio.run(scenario())
 
-    # The edge binds the instance's elastic IP; the gateway's waits for the data path (no underlay yet).
+    # The edge binds the instance's elastic IP to its host, the gateway's to the gateway (its flows live
+    # on Hyperplane nodes: no host).
     igw = InternetGateway()
     igw.update(view)
-    assert [str(ipaddress.IPv4Address(p)) for p in igw.by_public] == [web_eip["public_ip"]]
+    bound = {str(ipaddress.IPv4Address(p)): (b.host, b.nat_gateway_id) for p, b in igw.by_public.items()}
+    assert bound[web_eip["public_ip"]][1] is None and bound[web_eip["public_ip"]][0]
+    assert sorted(bound) == sorted([web_eip["public_ip"], nat["public_ip"]])
+    assert bound[nat["public_ip"]] == (None, nat["id"])
     assert igw.serves(vni, int(ipaddress.IPv4Address("203.0.113.10")))
     # A host's policy compiles with the host-less ENI in the view (it is nobody's security group member).
     HostPolicy().apply(view, {})
