@@ -345,6 +345,9 @@ class NodeCore:
         verdict = core.translate_out(proto, src, sport, dst, dport, now, tcp_flags=flags,
                                      first_fragment=bool(frag & 0x2000))
         if verdict.__class__ is NatDrop:
+            if verdict.rst and (rst := tcp_reset(pkt)) is not None:  # idle timeout: the instance learns at once
+                self.counters["resets_sent"] += 1
+                self.outbox.append((geneve.prefix(nat.vni, 0, False) + rst, (sender.host, self.port)))
             return self._refused(verdict, "out")
         if core.created:
             self._replicate(nat, proto, dst, core.export(proto, src, sport, dst, dport, now))

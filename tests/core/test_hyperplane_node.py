@@ -301,3 +301,15 @@ def test_garbage_never_raises(data, outer):
     buf = bytearray(geneve.prefix(7, int(ENI[CLIENT][4:], 16), False)) + data
     core.process(buf, len(buf), outer, 1.0)
     core.process(bytearray(data), len(data), outer, 1.0)
+
+
+def test_a_tcp_packet_after_the_idle_timeout_is_answered_with_a_reset():
+    core = node()
+    send(core, datagram(CLIENT, REMOTE, TCP(40000, 80, seq=1, flags=TCP.SYN)), HOST_A, now=1.0)
+    late = datagram(CLIENT, REMOTE, TCP(40000, 80, seq=2, ack=50, flags=TCP.ACK))
+    assert send(core, late, HOST_A, now=1.0 + 350) is None
+    assert core.nat_refusals == {"out_idle_timeout": 1}
+    ((rst, to),) = core.outbox
+    pkt = rst[geneve.INNER_OFFSET_PLAIN:]
+    assert to == (HOST_A, 6081) and addrs(pkt) == (REMOTE, 80, CLIENT, 40000) and pkt[33] == 0x04 and valid(pkt)
+    assert core.nats["nat-1"].core.idle_timeouts == 1
