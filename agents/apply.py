@@ -1,39 +1,49 @@
-"""``vpc apply FILE``: make an account's VPCs, subnets, instances, their policy and their way to the
-internet what a topology file says.
+"""``vpc apply FILE``: make an account's VPCs, subnets, instances, their policy, their way to the
+internet and their load balancers what a topology file says.
 
 Idempotent: what already is as the file says is left alone, so applying twice changes nothing. A
 changed file converges: resources it no longer names are deleted, changed ones are modified in place
 when the API allows it (an instance's host, source/destination check, groups and connection tracking;
 a group's rules and description; an ACL's entries; a route table's routes; a subnet's ACL and route
-table; a gateway's name) and re-created when it does not (a subnet's CIDR, an instance's address or
-subnet; any change to a flow log, which has no update for its fields), and new ones are created.
-Rules, entries, routes and an instance's groups are compared as the API records them, normalized
-(``tcp`` is ``6``, an empty description is none; a table's implicit local route and each route's
-``state`` left out) and in any order.
+table; a gateway's name; a target group's targets and health check; a load balancer's listeners) and
+re-created when it does not (a subnet's CIDR, an instance's address or subnet; any change to a flow
+log, which has no update for its fields; a NAT gateway's subnet, connectivity or explicit address; a
+target group's protocol or port; a load balancer's subnets or explicit address), and new ones are
+created. Rules, entries, routes, targets, listeners and an instance's groups are compared as the API
+records them, normalized (``tcp`` is ``6``, an empty description is none; a table's implicit local
+route and each route's ``state`` left out) and in any order.
 
-Names are the identity: a VPC by its name, a subnet, group, network ACL, route table or flow log by (VPC
-name, its name), an instance by its name. A flow log belongs to the VPC of the resource it watches.
-The VPC's default group, default ACL and main route table are the file's ``default`` and ``main``: never
+Names are the identity: a VPC by its name, a subnet, group, network ACL, route table, flow log, NAT
+gateway, target group or load balancer by (VPC name, its name), an instance by its name. A flow log
+belongs to the VPC of the resource it watches. The VPC's default group, default ACL and main route table are the file's ``default`` and ``main``: never
 created or deleted here, and their rules (entries, routes) are changed only where the file names them
 with rules (entries, routes). A VPC's internet gateway is the one attached to it (at most one), named
 as the file says; a detached gateway of that name is attached again rather than a new one made, and
 other detached gateways are deleted. An instance's elastic IP is the one associated with it; one that
 was associated with it before the instance had to be re-created (or is named after it, as the ones made
-here are) is associated again, so a re-created instance keeps its public address. Elastic IPs the file
-does not ask for are disassociated and released. Hosts must be registered (the lab does it for its
-hosts).
+here are) is associated again, so a re-created instance keeps its public address. A public NAT
+gateway's elastic IP is named ``VPC/NAME`` after it, and a re-created gateway takes it again. Elastic IPs
+the file does not ask for are disassociated and released (a NAT gateway's only once its gateway is
+deleted: the API refuses before). A NAT gateway or a load balancer without an explicit address keeps
+the one it has. Deleting an instance leaves its targets in the target groups (the API's rule); the
+groups are then changed to name the instance the file names. Hosts must be registered (the lab does it
+for its hosts).
 
 Order, so that every reference exists when it is made and nothing is deleted while in use:
 
-1. flow logs the file does not name (or whose VPC goes), instances; elastic IPs the file does not ask
-   for (before any gateway is detached); subnets; then VPCs (with their groups, ACLs and route tables,
-   and their gateway detached and deleted);
+1. flow logs the file does not name (or whose VPC goes); load balancers, target groups of VPCs that go
+   and NAT gateways that go (before their subnets; a NAT gateway's elastic IP is then disassociated);
+   instances; elastic IPs the file does not ask for (before any gateway is detached); subnets; then
+   VPCs (with their groups, ACLs and route tables, and their gateway detached and deleted);
 2. VPCs; gateways, created attached; groups, created without the rules that name groups; ACLs with
    their entries; route tables, with the routes whose targets exist; subnets, with their ACL and route
-   table; every group's rules, now that all groups exist; instances, with their groups; every table's
-   routes, now that every instance's ENI exists; elastic IPs, allocated and associated;
-3. groups, ACLs and route tables the file no longer names (no instance or subnet uses them any more);
-   gateways the file no longer gives, once no route names them; flow logs.
+   table; every group's rules, now that all groups exist; instances, with their groups; NAT gateways,
+   with their elastic IPs; every table's routes, now that every instance's ENI and every NAT gateway
+   exists; elastic IPs, allocated and associated; target groups, now that their instances exist; load
+   balancers, now that their target groups exist;
+3. target groups the file no longer names (no listener names them any more); groups, ACLs and route
+   tables the file no longer names (no instance or subnet uses them any more); gateways the file no
+   longer gives, once no route names them; flow logs.
 """
 
 from __future__ import annotations
@@ -43,8 +53,8 @@ import ipaddress
 
 from vswitch.controlplane import resources
 from vswitch.controlplane.client import ApiClient
-from vswitch.topology import (DEFAULT, INTERNET_GATEWAY, MAIN, FlowLog, NetworkAclEntry, Route, SecurityGroupRule,
-                               Topology, Vpc)
+from vswitch.topology import (DEFAULT, INTERNET_GATEWAY, MAIN, NAT_GATEWAY, FlowLog, NetworkAclEntry, Route,
+                               SecurityGroupRule, Target, Topology, Vpc)
 
 
 def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
@@ -56,6 +66,8 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
     want_vpcs = {v.name: v for v in topo.vpcs}
     want_subnets = {(v.name, s.name): s for v in topo.vpcs for s in v.subnets}
     want_instances = {i.name: (v, i) for v in topo.vpcs for i in v.instances}
+    want_nats = {(v.name, n.name): n for v in topo.vpcs for n in v.nat_gateways}
+    want_lbs = {(v.name, b.name): b for v in topo.vpcs for b in v.load_balancers}
     subnet_names = {s["id"]: (vpc_name, s.get("name")) for vpc_name, vpc in vpcs.items()
                     for (vid, _), s in subnets.items() if vid == vpc["id"]}
     subnets_by_name = {subnet_names[s["id"]]: s for s in subnets.values() if s["id"] in subnet_names}
@@ -84,6 +96,42 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
         changes.append(f"deleted flow log {vpc_name}/{fl.get('name') or fl['id']}" if vpc_name is not None
                        else f"deleted flow log {fl.get('name') or fl['id']} (what it watched is gone)")
 
+    # Load balancers, then the target groups of VPCs that go, then NAT gateways: before the subnets and
+    # VPCs they are in. One is kept when the file names it (the oldest of its name) as it is: the same
+    # subnets, connectivity and, when the file gives one, address; else it goes (and is re-created below).
+    kept_lbs: set[tuple] = set()
+    for lb in api.call("GET", "/v1/load-balancers"):
+        vpc_name = vpc_names.get(lb["vpc_id"])
+        key = (vpc_name, lb.get("name"))
+        want = want_lbs.get(key)
+        where = [subnet_names.get(s) for s in lb["subnet_ids"]]
+        if (want is not None and key not in kept_lbs and where == [(vpc_name, s) for s in want.subnets]
+                and all(keep_subnet(x) for x in where)
+                and (want.private_ip is None or str(want.private_ip) == lb.get("private_ip"))):
+            kept_lbs.add(key)
+            continue
+        api.call("DELETE", f"/v1/load-balancers/{lb['id']}")
+        changes.append(f"deleted load balancer {vpc_name}/{lb.get('name')} ({lb['id']}, {lb.get('private_ip')})")
+    for tg in api.call("GET", "/v1/target-groups"):
+        vpc_name = vpc_names.get(tg["vpc_id"])
+        if not keep_vpc(vpc_name):  # the others: once the load balancers have left them (step 3)
+            api.call("DELETE", f"/v1/target-groups/{tg['id']}")
+            changes.append(f"deleted target group {vpc_name}/{tg.get('name')} ({tg['id']})")
+    kept_nats: dict[tuple, dict] = {}
+    for nat in api.call("GET", "/v1/nat-gateways"):
+        vpc_name = vpc_names.get(nat["vpc_id"])
+        key = (vpc_name, nat.get("name"))
+        want = want_nats.get(key)
+        where = subnet_names.get(nat["subnet_id"])
+        if (want is not None and key not in kept_nats and where == (vpc_name, want.subnet) and keep_subnet(where)
+                and nat.get("connectivity_type") == want.connectivity
+                and (want.private_ip is None or str(want.private_ip) == nat.get("private_ip"))):
+            kept_nats[key] = nat
+            continue
+        api.call("DELETE", f"/v1/nat-gateways/{nat['id']}")  # its elastic IP stays, disassociated: below
+        changes.append(f"deleted NAT gateway {vpc_name}/{nat.get('name') or nat['id']} ({nat['id']}, "
+                       f"{nat.get('private_ip')})")
+
     # An elastic IP belongs to the instance it is on, as that is now (deleting it disassociates the
     # address), else to the instance it is named after.
     instance_names = {i["id"]: name for name, i in instances.items()}
@@ -98,8 +146,11 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
             api.call("DELETE", f"/v1/instances/{inst['id']}")
             changes.append(f"deleted instance {name} ({inst['private_ip']})")
     instances = {i["name"]: i for i in api.call("GET", "/v1/instances")}
-    kept_eips = _release_elastic_ips(api, changes, eip_owner, instances,
-                                     {name for name, (_, i) in want_instances.items() if i.elastic_ip})
+    kept_eips = _release_elastic_ips(
+        api, changes, eip_owner, instances,
+        {name for name, (_, i) in want_instances.items() if i.elastic_ip}
+        | {_nat_eip_name(*key) for key, n in want_nats.items() if n.connectivity == "public"},
+        {nat["id"]: _nat_eip_name(*key) for key, nat in kept_nats.items()})
     for key, s in subnets_by_name.items():
         if not keep_subnet(key):
             api.call("DELETE", f"/v1/subnets/{s['id']}")
@@ -194,11 +245,19 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
     instances = {i["name"]: i for i in api.call("GET", "/v1/instances")}
     enis = {name: i["eni_id"] for name, i in instances.items()}
     for rt in routing.values():
+        rt.create_nat_gateways(subnet_ids, kept_eips)
+    for rt in routing.values():
         rt.converge_routes(enis)
     _associate_elastic_ips(api, changes, instances, kept_eips,
                            [name for name, (_, i) in want_instances.items() if i.elastic_ip])
+    balancing = [_Balancing(api, v, vpcs[name], changes) for name, v in want_vpcs.items()]
+    for b in balancing:
+        b.converge_target_groups(instances)
+        b.converge_load_balancers(subnet_ids)
 
     # 3. what no longer has users, and flow logs (their targets exist now)
+    for b in balancing:
+        b.delete_unnamed()
     for p in policies.values():
         p.delete_unnamed()
     for rt in routing.values():
@@ -321,6 +380,9 @@ class _Routing:
         for t in self.tables.values():  # the oldest of a name (the API lets names repeat); the others go
             if not t.get("main"):
                 self.table_ids.setdefault(t.get("name"), t["id"])
+        # The NAT gateways left by step 1 are the file's, one a name.
+        self.nat_ids = {n.get("name"): n["id"] for n in api.call("GET", "/v1/nat-gateways")
+                        if n["vpc_id"] == record["id"]}
 
     def converge_gateway(self, detached: list[dict]) -> None:
         """The file's gateway attached to the VPC: the one attached, renamed if need be; else a detached one
@@ -348,16 +410,43 @@ class _Routing:
                                          {"name": want.name, "vpc_id": self.record["id"]})
             self.changes.append(f"created internet gateway {where} ({self.gateway['id']})")
 
+    def create_nat_gateways(self, subnet_ids: dict[tuple[str, str], str], kept_eips: dict[str, dict]) -> None:
+        """The NAT gateways the file names and the VPC lacks (its subnets and gateway exist now); a public
+        one with the elastic IP it had (named ``VPC/NAME``), else a new one."""
+        for n in self.vpc.nat_gateways:
+            if n.name in self.nat_ids:
+                continue
+            where = f"{self.vpc.name}/{n.name}"
+            body = {"subnet_id": subnet_ids[(self.vpc.name, n.subnet)], "name": n.name,
+                    "connectivity_type": n.connectivity}
+            if n.private_ip is not None:
+                body["private_ip"] = str(n.private_ip)
+            if n.connectivity == "public":
+                eip = kept_eips.get(_nat_eip_name(self.vpc.name, n.name))
+                if eip is None:
+                    eip = self.api.call("POST", "/v1/elastic-ips", {"name": _nat_eip_name(self.vpc.name, n.name)})
+                    self.changes.append(f"allocated elastic IP {eip['public_ip']} ({eip['id']}) for NAT gateway "
+                                        f"{where}")
+                body["allocation_id"] = eip["id"]
+            rec = self.api.call("POST", "/v1/nat-gateways", body)
+            self.nat_ids[n.name] = rec["id"]
+            self.changes.append(f"created NAT gateway {where} ({rec['id']}, {rec['private_ip']} in subnet {n.subnet}"
+                                + (f", public {rec['public_ip']}" if rec.get("public_ip") else ", private") + ")")
+
     def _route_body(self, route: Route, enis: dict[str, str]) -> dict | None:
-        """A route as the API takes it; None while its instance has no ENI yet."""
+        """A route as the API takes it; None while its instance (NAT gateway) has no ENI (is not made) yet."""
         if route.target == INTERNET_GATEWAY:
             return {"destination": route.destination, "gateway_id": self.gateway["id"]}
-        eni = enis.get(route.target.partition("/")[2])
+        kind, _, name = route.target.partition("/")
+        if kind == NAT_GATEWAY:
+            nat = self.nat_ids.get(name)
+            return None if nat is None else {"destination": route.destination, "nat_gateway_id": nat}
+        eni = enis.get(name)
         return None if eni is None else {"destination": route.destination, "network_interface_id": eni}
 
     def create_tables(self, enis: dict[str, str]) -> None:
         """The tables the file names and the VPC lacks, with the routes whose targets exist (the others
-        are added by ``converge_routes``, once every instance exists)."""
+        are added by ``converge_routes``, once every instance and NAT gateway exists)."""
         for t in self.vpc.route_tables:
             if t.name in self.table_ids:
                 continue
@@ -413,17 +502,22 @@ def _delete_gateway(api: ApiClient, changes: list[str], vpc_name: str | None, ig
 
 
 def _release_elastic_ips(api: ApiClient, changes: list[str], owner: dict[str, tuple[str | None, bool]],
-                         instances: dict[str, dict], wanted: set[str]) -> dict[str, dict]:
-    """Keep one elastic IP for each instance in ``wanted``: the one on it, else the one that was on it
-    before it was deleted (``owner``: allocation id -> (instance name, whether it was associated with
-    it)), else one named after it; disassociate and release every other. Returns the kept ones by
-    instance name."""
+                         instances: dict[str, dict], wanted: set[str], nat_owners: dict[str, str]) -> dict[str, dict]:
+    """Keep one elastic IP for each owner in ``wanted`` — an instance by name, a public NAT gateway by
+    ``_nat_eip_name`` —: the one on it, else the one that was on it before it was deleted (``owner``:
+    allocation id -> (instance name, whether it was associated with it); else its name), else one named
+    after it; disassociate and release every other. A NAT gateway's address is never touched here (the
+    API refuses: it goes with its gateway, which step 1 deleted if it goes); ``nat_owners`` (NAT gateway
+    id -> its name here) says whose it is. Returns the kept ones by owner."""
     names = {i["id"]: name for name, i in instances.items()}
     kept: dict[str, dict] = {}
     eips = api.call("GET", "/v1/elastic-ips")
-    for e in sorted(eips, key=lambda e: (not e.get("instance_id"), not owner.get(e["id"], (None, False))[1])):
+    for e in sorted(eips, key=lambda e: (not (e.get("instance_id") or e.get("nat_gateway_id")),
+                                         not owner.get(e["id"], (None, False))[1])):
         if e.get("nat_gateway_id"):
-            continue  # a NAT gateway's: the file does not manage NAT gateways (yet), so not their addresses
+            if e["nat_gateway_id"] in nat_owners:
+                kept.setdefault(nat_owners[e["nat_gateway_id"]], e)
+            continue
         who = owner.get(e["id"], (None, False))[0]
         if who in wanted and who not in kept:
             kept[who] = e
@@ -451,6 +545,94 @@ def _associate_elastic_ips(api: ApiClient, changes: list[str], instances: dict[s
         else:
             e = api.call("POST", "/v1/elastic-ips", {"name": name, "instance_id": inst["id"]})
             changes.append(f"allocated elastic IP {e['public_ip']} ({e['id']}) to instance {name}")
+
+
+def _nat_eip_name(vpc: str, nat: str) -> str:
+    """The name of a NAT gateway's elastic IP: ``VPC/NAME`` (no instance's name has a '/')."""
+    return f"{vpc}/{nat}"
+
+
+class _Balancing:
+    """One VPC's target groups and load balancers, converged in the steps ``apply_topology`` orders."""
+
+    def __init__(self, api: ApiClient, vpc: Vpc, record: dict, changes: list[str]):
+        self.api, self.vpc, self.record, self.changes = api, vpc, record, changes
+        self.groups = api.call("GET", "/v1/target-groups", params={"vpc_id": record["id"]})  # oldest first
+        # The load balancers left by step 1 are the file's, one a name, in their subnets and address.
+        self.balancers = {b.get("name"): b for b in api.call("GET", "/v1/load-balancers",
+                                                             params={"vpc_id": record["id"]})}
+        self.group_ids: dict[str, str] = {}  # the file's name -> the group kept or made
+
+    def converge_target_groups(self, instances: dict[str, dict]) -> None:
+        """Each group the file names: the oldest of its name, protocol and port, its targets and health
+        check changed in place if need be; else a new one (one of its name but another protocol or port
+        goes in ``delete_unnamed``, once no listener names it)."""
+        for g in self.vpc.target_groups:
+            where = f"{self.vpc.name}/{g.name}"
+            targets = [_target_body(t, instances) for t in g.targets]
+            health_check = dataclasses.asdict(g.health_check)
+            found = next((x for x in self.groups if x.get("name") == g.name and x["protocol"] == g.protocol
+                          and x["port"] == g.port and x["id"] not in self.group_ids.values()), None)
+            if found is None:
+                found = self.api.call("POST", "/v1/target-groups", {
+                    "vpc_id": self.record["id"], "name": g.name, "protocol": g.protocol, "port": g.port,
+                    "targets": targets, "health_check": health_check})
+                self.changes.append(f"created target group {where} ({found['id']}, {g.protocol}/{g.port}, "
+                                    f"{len(targets)} target{'s' if len(targets) != 1 else ''})")
+            else:
+                patch = {}
+                if _targets_key(targets) != _targets_key(found["targets"]):
+                    patch["targets"] = targets
+                if found.get("health_check") != health_check:
+                    patch["health_check"] = health_check
+                if patch:
+                    found = self.api.call("PATCH", f"/v1/target-groups/{found['id']}", patch)
+                    self.changes.append(f"changed target group {where}: {', '.join(patch)}")
+            self.group_ids[g.name] = found["id"]
+
+    def converge_load_balancers(self, subnet_ids: dict[tuple[str, str], str]) -> None:
+        for b in self.vpc.load_balancers:
+            where = f"{self.vpc.name}/{b.name}"
+            listeners = [{"protocol": li.protocol, "port": li.port, "target_group_id": self.group_ids[li.target_group]}
+                         for li in b.listeners]
+            found = self.balancers.get(b.name)
+            if found is None:
+                body = {"name": b.name, "subnet_ids": [subnet_ids[(self.vpc.name, s)] for s in b.subnets],
+                        "listeners": listeners}
+                if b.private_ip is not None:
+                    body["private_ip"] = str(b.private_ip)
+                rec = self.api.call("POST", "/v1/load-balancers", body)
+                self.balancers[b.name] = rec
+                self.changes.append(f"created load balancer {where} ({rec['id']}, {rec.get('private_ip')} in subnet "
+                                    f"{b.subnets[0]}, {rec.get('dns_name')})")
+            elif _listeners_key(listeners) != _listeners_key(found["listeners"]):
+                self.balancers[b.name] = self.api.call("PATCH", f"/v1/load-balancers/{found['id']}",
+                                                       {"listeners": listeners})
+                self.changes.append(f"changed load balancer {where}: listeners")
+
+    def delete_unnamed(self) -> None:
+        """The target groups the file does not name (or names with another protocol or port, or names
+        twice by hand): no listener names them any more."""
+        kept = set(self.group_ids.values())
+        for g in self.groups:
+            if g["id"] not in kept:
+                self.api.call("DELETE", f"/v1/target-groups/{g['id']}")
+                self.changes.append(f"deleted target group {self.vpc.name}/{g.get('name')} ({g['id']})")
+
+
+def _target_body(target: Target, instances: dict[str, dict]) -> dict:
+    if target.instance is not None:
+        return {"instance_id": instances[target.instance]["id"], "port": target.port}
+    return {"ip": str(target.ip), "port": target.port}
+
+
+def _targets_key(targets: list[dict]) -> list:
+    """A group's targets as a sorted list of (instance id, address, port): equal keys, same targets."""
+    return sorted(repr((t.get("instance_id"), t.get("ip"), t["port"])) for t in targets)
+
+
+def _listeners_key(listeners: list[dict]) -> list:
+    return sorted(repr((li["protocol"], li["port"], li["target_group_id"])) for li in listeners)
 
 
 def _delete_groups(api: ApiClient, doomed: list[dict], others: list[dict]) -> None:

@@ -1,8 +1,10 @@
 """The topology file: which hosts exist, which VPCs, subnets and instances run on them, each VPC's
-policy (security groups, network ACLs, connection tracking per instance, flow logs) and its way to the
-internet (an internet gateway, route tables, elastic IPs).
+policy (security groups, network ACLs, connection tracking per instance, flow logs), its way to the
+internet (an internet gateway, route tables, elastic IPs, NAT gateways) and its load balancers (target
+groups, network load balancers).
 
-A YAML file such as ``configs/demo.yaml``, ``configs/policy.yaml`` or ``configs/internet.yaml``::
+A YAML file such as ``configs/demo.yaml``, ``configs/policy.yaml``, ``configs/internet.yaml`` or
+``configs/hyperplane.yaml``::
 
     hosts: [{name: host-a}, {name: host-b, offload: false}]
     underlay_mtu: 9000                      # optional, 1280..65535
@@ -47,14 +49,30 @@ A YAML file such as ``configs/demo.yaml``, ``configs/policy.yaml`` or ``configs/
           - {name: all, resource: vpc, interval: 60}
           - {name: rejects, resource: instance/web, traffic_type: REJECT, interval: 1,
              log_format: "${version} ${srcaddr} ${dstaddr} ${dstport} ${action}"}
+        nat_gateways:                       # optional
+          - {name: nat, subnet: app}        # public (the default): an elastic IP; the VPC needs its gateway
+          - {name: inner, subnet: ops, connectivity: private, private_ip: 10.0.2.200}
+        target_groups:                      # optional
+          - name: web
+            protocol: tcp                   # tcp (the default) or udp
+            port: 8080                      # a target's port when it gives none
+            targets: [instance/web, {instance: client, port: 8081}, {ip: 10.0.1.50}]
+            health_check: {protocol: http, path: /, interval: 1, healthy_threshold: 2,
+                           unhealthy_threshold: 2, timeout: 1}   # optional: the API's defaults
+        load_balancers:                     # optional
+          - name: lb
+            subnets: [app]                  # its address is in the first
+            private_ip: 10.0.1.100          # optional: else the API's choice, the first free one
+            listeners: [{protocol: tcp, port: 80, target_group: web}]
 
-Rules: names (hosts, VPCs, subnets, instances, groups, ACLs, flow logs, route tables, gateways) are
-1-20 characters of a-z, 0-9 and '-' starting with a letter; instance names are unique across the whole
-file, as instances are addressed by name alone; groups, ACLs, flow logs and route tables are named per
-VPC. CIDRs are network addresses with a /16../28 prefix; subnets lie inside their VPC and do not
-overlap. Two VPCs may use the same CIDR: they are told apart by VNI, and addresses are unique only per
-VPC. An instance without ``ip`` gets the first free address from .4 up in its subnet, in file order,
-after the explicit ones are placed; the other four of the cloud's five reserved addresses are .0-.3
+Rules: names (hosts, VPCs, subnets, instances, groups, ACLs, flow logs, route tables, gateways, target
+groups, load balancers) are 1-20 characters of a-z, 0-9 and '-' starting with a letter; instance names
+are unique across the whole file, as instances are addressed by name alone; groups, ACLs, flow logs,
+route tables, NAT gateways, target groups and load balancers are named per VPC. CIDRs are network
+addresses with a /16../28 prefix; subnets lie inside their VPC and do not overlap. Two VPCs may use the
+same CIDR: they are told apart by VNI, and addresses are unique only per VPC. An instance without
+``ip`` gets the first free address from .4 up in its subnet, in file order, after the explicit ones
+(instances', NAT gateways', load balancers') are placed; the other four of the cloud's five reserved addresses are .0-.3
 and the broadcast (``reserved_addresses``). ENI ids are derived from the VPC and instance names.
 
 Policy. Keys follow the API's field names, except where the file names things instead of ids
@@ -95,16 +113,36 @@ route's ``target`` as a flow log's ``resource``); the cloud's rules are the API'
   and deletes one it finds).
 - A route table has ``routes``, each a ``destination`` (a CIDR, IPv4 or IPv6, normalized as the API
   records it; one route a destination per table; at most 50, the API's limit) and a ``target``:
-  ``internet_gateway`` (the VPC's, which it must then have) or ``instance/NAME`` (that instance's ENI,
-  an instance of the VPC). Every table also has the implicit local route for the VPC's CIDR, which
-  the file does not list: a route for the VPC's CIDR itself is refused, and one inside it only for a
-  whole subnet's CIDR to an instance (the API's rules). A table's ``routes`` absent is none.
+  ``internet_gateway`` (the VPC's, which it must then have), ``instance/NAME`` (that instance's ENI,
+  an instance of the VPC) or ``nat_gateway/NAME`` (a NAT gateway of the VPC). Every table also has the
+  implicit local route for the VPC's CIDR, which the file does not list: a route for the VPC's CIDR
+  itself is refused, and one inside it only for a whole subnet's CIDR to an instance or a NAT gateway
+  (the API's rules). A table's ``routes`` absent is none.
 - ``main`` is reserved, as ``default`` is for groups: it is the VPC's main table, which every VPC has
   and ``vpc apply`` never creates or deletes. A ``route_tables`` entry named ``main`` replaces its
   routes when it gives them; what no entry sets stays as it is (but for routes to a gateway that
   ``vpc apply`` deletes: they go with it). A subnet's ``route_table`` absent is ``main``.
 - An instance's ``elastic_ip: true`` gives it an elastic IP (a public address from the region's pool),
   associated with it; its VPC must have an internet gateway.
+- A NAT gateway has a ``name``, a ``subnet`` of the VPC, a ``connectivity`` (the API's
+  ``connectivity_type``): ``public``, the default, with an elastic IP of its own (``vpc apply``
+  allocates it; the VPC must have an internet gateway), or ``private``; and an optional ``private_ip``
+  in its subnet (absent: the API's choice, the first free address when it is made).
+
+Load balancers. The API's rules, with names instead of ids:
+
+- A target group has a ``name``, a ``protocol`` (``tcp``, the default, or ``udp``), a ``port``, its
+  ``targets`` and a ``health_check`` (the API's keys, ranges and defaults: ``protocol`` tcp or http,
+  ``port``, ``path``, ``interval``, ``timeout``, ``healthy_threshold``, ``unhealthy_threshold``,
+  ``matcher``). A target is ``instance/NAME`` (an instance of the VPC, on the group's port), or
+  ``{instance: NAME, port: P}``, or ``{ip: ADDRESS, port: P}`` (an address inside the VPC's CIDR); a
+  target without ``port`` has the group's; the same target (and port) only once; at most 100.
+- A load balancer has a ``name``, ``subnets`` (1-10 subnets of the VPC, each once: its address is in
+  the first), ``listeners`` (each a ``protocol``, tcp or udp, a ``port`` and a ``target_group`` of the
+  VPC of the same protocol; one listener a protocol and port) and an optional ``private_ip`` (in its
+  first subnet; absent: the API's choice, the first free address when it is made).
+- Explicit addresses of instances, NAT gateways and load balancers are unique in the VPC; an instance
+  without ``ip`` gets the first address none of them asked for.
 
 The order of rules, entries, routes and an instance's groups carries no meaning.
 
@@ -115,8 +153,9 @@ references, containment), fills in the defaults that depend on the rest of the f
 addresses, ENI ids, gateway names), and validates the bodies ``vpc apply`` would send with the API's own
 models (``vswitch.controlplane.resources``: ``SecurityGroupUpdate`` with its ``SgRule``,
 ``NetworkAclUpdate`` with its ``AclEntry``, ``InstanceUpdate``, ``FlowLogCreate``, ``RouteTableUpdate``
-with its ``Route``), naming each of the API's complaints by its place in the file, so that a file the
-API would refuse fails before any call. Nothing is half-accepted: any problem raises ``TopologyError``
+with its ``Route``, ``NatGatewayCreate``, ``TargetGroupCreate`` with its ``Target`` and ``HealthCheck``,
+``LoadBalancerCreate`` with its ``Listener``), naming each of the API's complaints by its place in the
+file, so that a file the API would refuse fails before any call. Nothing is half-accepted: any problem raises ``TopologyError``
 listing all problems found, one per line, each starting with the field's path
 (``vpcs[0].subnets[1].cidr: ...``) so the reader can find it in the file.
 
@@ -263,6 +302,65 @@ class InternetGateway:
     name: str  # the gateway resource's name; the VPC it is attached to is its identity
 
 
+NAT_GATEWAY = "nat_gateway"  # a route's target: nat_gateway/NAME, a NAT gateway of the VPC
+
+
+@dataclasses.dataclass(frozen=True)
+class NatGateway:
+    name: str
+    subnet: str  # a subnet of the VPC by name
+    connectivity: str = "public"  # "public": with an elastic IP (the VPC has an internet gateway); "private"
+    private_ip: ipaddress.IPv4Address | None = None  # None: the API's choice, the subnet's first free address
+
+
+_HC = api.HealthCheck()  # the API's defaults
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthCheck:
+    """A target group's health check: the API's ``HealthCheck``, every field filled in."""
+    protocol: str = _HC.protocol  # "tcp" or "http"
+    port: int | None = _HC.port  # None: each target's port
+    path: str = _HC.path
+    interval: float = _HC.interval
+    timeout: float | None = _HC.timeout  # None: the API's default for the protocol
+    healthy_threshold: int = _HC.healthy_threshold
+    unhealthy_threshold: int = _HC.unhealthy_threshold
+    matcher: str = _HC.matcher
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """An instance of the VPC by name, or an address of the VPC, and its port (the group's when not given)."""
+    port: int
+    instance: str | None = None
+    ip: ipaddress.IPv4Address | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetGroup:
+    name: str
+    protocol: str  # "tcp" or "udp"
+    port: int
+    targets: tuple[Target, ...] = ()
+    health_check: HealthCheck = HealthCheck()
+
+
+@dataclasses.dataclass(frozen=True)
+class Listener:
+    protocol: str  # "tcp" or "udp": its target group's
+    port: int
+    target_group: str  # a target group of the VPC by name
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadBalancer:
+    name: str
+    subnets: tuple[str, ...]  # subnets of the VPC by name; its address is in the first
+    listeners: tuple[Listener, ...] = ()
+    private_ip: ipaddress.IPv4Address | None = None  # None: the API's choice, the first subnet's first free one
+
+
 @dataclasses.dataclass(frozen=True)
 class Vpc:
     name: str
@@ -275,6 +373,9 @@ class Vpc:
     flow_logs: tuple[FlowLog, ...] = ()
     internet_gateway: InternetGateway | None = None
     route_tables: tuple[RouteTable, ...] = ()  # the main table only if the file names it
+    nat_gateways: tuple[NatGateway, ...] = ()
+    target_groups: tuple[TargetGroup, ...] = ()
+    load_balancers: tuple[LoadBalancer, ...] = ()
 
     def subnet(self, name: str) -> Subnet:
         for s in self.subnets:
@@ -299,6 +400,24 @@ class Vpc:
             if t.name == name:
                 return t
         raise KeyError(f"VPC {self.name!r} names no route table {name!r}")
+
+    def nat_gateway(self, name: str) -> NatGateway:
+        for n in self.nat_gateways:
+            if n.name == name:
+                return n
+        raise KeyError(f"VPC {self.name!r} has no NAT gateway {name!r}")
+
+    def target_group(self, name: str) -> TargetGroup:
+        for g in self.target_groups:
+            if g.name == name:
+                return g
+        raise KeyError(f"VPC {self.name!r} has no target group {name!r}")
+
+    def load_balancer(self, name: str) -> LoadBalancer:
+        for b in self.load_balancers:
+            if b.name == name:
+                return b
+        raise KeyError(f"VPC {self.name!r} has no load balancer {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -557,6 +676,64 @@ class _RouteTableFile(_Model):
     routes: list[_RouteFile] | None = None
 
 
+class _NatGatewayFile(_Model):
+    name: _Name
+    subnet: str
+    connectivity: str = NatGateway.connectivity
+    private_ip: _Address | None = None
+
+
+class _HealthCheckFile(api.HealthCheck):
+    """The API's model itself (its keys, ranges and defaults), read as strictly as the rest of the file."""
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+
+class _TargetFile(_Model):
+    instance: str | None = None
+    ip: _Address | None = None
+    port: int | None = None  # None: the group's port
+
+    @pydantic.model_validator(mode="after")
+    def _one(self):
+        if (self.instance is None) == (self.ip is None):
+            raise ValueError("a target names exactly one of instance or ip")
+        return self
+
+
+def _target(value: Any) -> Any:
+    """A target: ``instance/NAME`` (on the group's port), or a mapping ``{instance: NAME, port: P}`` or
+    ``{ip: ADDRESS, port: P}``."""
+    if isinstance(value, str):
+        kind, _, name = value.partition("/")
+        if kind == "instance" and name:
+            return {"instance": name}
+    elif isinstance(value, dict):
+        return value
+    raise ValueError(f"expected instance/NAME or a mapping such as {{instance: web, port: 8080}} or "
+                     f"{{ip: 10.0.1.50, port: 80}}, got {reprlib.repr(value)}")
+
+
+class _TargetGroupFile(_Model):
+    name: _Name
+    protocol: str = "tcp"
+    port: int
+    targets: list[Annotated[_TargetFile, pydantic.BeforeValidator(_target)]] = []
+    health_check: _HealthCheckFile | None = None
+
+
+class _ListenerFile(_Model):
+    protocol: str = "tcp"
+    port: int
+    target_group: str
+
+
+class _LoadBalancerFile(_Model):
+    name: _Name
+    subnets: list[str] = pydantic.Field(min_length=1)
+    listeners: list[_ListenerFile] = []
+    private_ip: _Address | None = None
+
+
 class _VpcFile(_Model):
     name: _Name
     cidr: _Network
@@ -568,6 +745,9 @@ class _VpcFile(_Model):
     security_groups: list[_GroupFile] = []
     network_acls: list[_AclFile] = []
     flow_logs: list[_FlowLogFile] = []
+    nat_gateways: list[_NatGatewayFile] = []
+    target_groups: list[_TargetGroupFile] = []
+    load_balancers: list[_LoadBalancerFile] = []
 
 
 class _TopologyFile(_Model):
@@ -581,7 +761,9 @@ _ITEM_MODEL = {"hosts": _HostFile, "vpcs": _VpcFile, "subnets": _SubnetFile, "in
                "security_groups": _GroupFile, "ingress": _RuleFile, "egress": _RuleFile,
                "network_acls": _AclFile, "entries": _AclEntryFile, "flow_logs": _FlowLogFile,
                "connection_tracking": _ConnectionTrackingFile, "internet_gateway": _GatewayFile,
-               "route_tables": _RouteTableFile, "routes": _RouteFile}
+               "route_tables": _RouteTableFile, "routes": _RouteFile, "nat_gateways": _NatGatewayFile,
+               "target_groups": _TargetGroupFile, "targets": _TargetFile, "health_check": _HealthCheckFile,
+               "load_balancers": _LoadBalancerFile, "listeners": _ListenerFile}
 
 
 def _path(loc) -> str:
@@ -675,6 +857,12 @@ class _Builder:
             if inst.elastic_ip and vpc.internet_gateway is None:
                 self.problems.append(f"{ipath}.elastic_ip: an elastic IP needs the VPC's internet gateway, and "
                                      f"VPC {vpc.name!r} has none (give it internet_gateway: true)")
+        # NAT gateways' and load balancers' explicit addresses are taken too, before instances get theirs.
+        nat_gateways = self._nat_gateways(path, vpc, subnets, taken)
+        for b, lb in enumerate(vpc.load_balancers):
+            subnet = subnets.get(lb.subnets[0])
+            if lb.private_ip is not None and subnet is not None:
+                self._check_ip(f"{path}.load_balancers[{b}].private_ip", lb.private_ip, subnet, taken)
         ips = self._assign(path, vpc, subnets, taken)
         # An instance left without an address always comes with a reported problem, so build() raises.
         instances = tuple(
@@ -690,8 +878,10 @@ class _Builder:
         flow_logs = self._flow_logs(path, vpc)
         gateway = None if vpc.internet_gateway is None else \
             InternetGateway(vpc.internet_gateway.name or f"{vpc.name}-igw")
+        target_groups = self._target_groups(path, vpc)
+        load_balancers = self._load_balancers(path, vpc, subnets, target_groups)
         return Vpc(vpc.name, vpc.cidr, vni, tuple(subnets.values()), instances, groups, acls, flow_logs,
-                   gateway, tables)
+                   gateway, tables, nat_gateways, target_groups, load_balancers)
 
     def _subnets(self, path: str, vpc: _VpcFile) -> dict[str, Subnet]:
         subnets: dict[str, Subnet] = {}
@@ -791,6 +981,7 @@ class _Builder:
         where: dict[str, str] = {}
         instances = [i.name for i in vpc.instances]
         subnet_cidrs = {str(s.cidr) for s in vpc.subnets}
+        nat_gateways = list(dict.fromkeys(n.name for n in vpc.nat_gateways))
         for t, table in enumerate(vpc.route_tables):
             tpath = f"{path}.route_tables[{t}]"
             fresh = self._unique(f"{tpath}.name", "route table name", table.name, where)
@@ -802,9 +993,10 @@ class _Builder:
             routes = []
             for i, route in enumerate(table.routes):
                 rpath = f"{tpath}.routes[{i}]"
-                self._route_target(f"{rpath}.target", vpc, route.target, instances)
+                self._route_target(f"{rpath}.target", vpc, route.target, instances, nat_gateways)
                 # The route `vpc apply` sends, the target's id aside, checked by the API's model.
                 target = {"gateway_id": _PLACEHOLDER["igw"]} if route.target == INTERNET_GATEWAY \
+                    else {"nat_gateway_id": _PLACEHOLDER["nat"]} if route.target.startswith(f"{NAT_GATEWAY}/") \
                     else {"network_interface_id": _PLACEHOLDER["eni"]}
                 checked = self._api_check(api.Route, {"destination": route.destination, **target},
                                           lambda loc: _item_path(tpath, ("routes", i, *loc), {"routes": table.routes}))
@@ -822,18 +1014,21 @@ class _Builder:
                 out.append(RouteTable(table.name, tuple(routes)))
         return tuple(out)
 
-    def _route_target(self, path: str, vpc: _VpcFile, target: str, instances: list[str]) -> None:
+    def _route_target(self, path: str, vpc: _VpcFile, target: str, instances: list[str],
+                      nat_gateways: list[str]) -> None:
         kind, _, name = target.partition("/")
         if target == INTERNET_GATEWAY:
             if vpc.internet_gateway is None:
                 self.problems.append(f"{path}: {INTERNET_GATEWAY} is the VPC's internet gateway, and VPC "
                                      f"{vpc.name!r} has none (give it internet_gateway: true)")
-        elif kind == "instance" and name:
-            if name not in instances:
-                self.problems.append(f"{path}: unknown instance {name!r} in VPC {vpc.name!r} "
-                                     f"(instances: {', '.join(instances) or 'none'})")
+        elif kind in ("instance", NAT_GATEWAY) and name:
+            names, what = (instances, "instance") if kind == "instance" else (nat_gateways, "NAT gateway")
+            if name not in names:
+                self.problems.append(f"{path}: unknown {what} {name!r} in VPC {vpc.name!r} "
+                                     f"({what}s: {', '.join(names) or 'none'})")
         else:
-            self.problems.append(f"{path}: {target!r} is not {INTERNET_GATEWAY} or instance/NAME")
+            self.problems.append(f"{path}: {target!r} is not {INTERNET_GATEWAY}, instance/NAME or "
+                                 f"{NAT_GATEWAY}/NAME")
 
     def _local_route(self, path: str, vpc: _VpcFile, dest, target: str, subnet_cidrs: set[str]) -> None:
         """The API's rules for routes inside the VPC's CIDR (the implicit local route's)."""
@@ -842,9 +1037,117 @@ class _Builder:
         if dest == vpc.cidr:
             self.problems.append(f"{path}: {dest} is the VPC's CIDR: its route is the local route, which "
                                  "cannot be replaced")
-        elif not target.startswith("instance/") or str(dest) not in subnet_cidrs:
+        elif not target.startswith(("instance/", f"{NAT_GATEWAY}/")) or str(dest) not in subnet_cidrs:
             self.problems.append(f"{path}: {dest} is more specific than the local route ({vpc.cidr}): only a "
-                                 "route for a whole subnet's CIDR to an instance may be")
+                                 "route for a whole subnet's CIDR to an instance or a NAT gateway may be")
+
+    # --- NAT gateways and load balancers ------------------------------------------------------------
+
+    def _nat_gateways(self, path: str, vpc: _VpcFile, subnets: dict[str, Subnet],
+                      taken: dict) -> tuple[NatGateway, ...]:
+        out = []
+        where: dict[str, str] = {}
+        for n, nat in enumerate(vpc.nat_gateways):
+            npath = f"{path}.nat_gateways[{n}]"
+            fresh = self._unique(f"{npath}.name", "NAT gateway name", nat.name, where)
+            subnet = subnets.get(nat.subnet)
+            if subnet is None:
+                self.problems.append(f"{npath}.subnet: unknown subnet {nat.subnet!r} in VPC {vpc.name!r} "
+                                     f"(subnets: {', '.join(subnets) or 'none'})")
+            elif nat.private_ip is not None:
+                self._check_ip(f"{npath}.private_ip", nat.private_ip, subnet, taken)
+            public = nat.connectivity == "public"
+            if public and vpc.internet_gateway is None:
+                self.problems.append(f"{npath}.connectivity: a public NAT gateway needs the VPC's internet gateway "
+                                     f"(for its elastic IP), and VPC {vpc.name!r} has none (give it "
+                                     "internet_gateway: true, or the gateway connectivity: private)")
+            # What `vpc apply` sends, the ids aside, checked by the API's model.
+            checked = self._api_check(api.NatGatewayCreate, {
+                "subnet_id": _PLACEHOLDER["subnet"], "name": nat.name, "connectivity_type": nat.connectivity,
+                "allocation_id": _PLACEHOLDER["eipalloc"] if public else None,
+                "private_ip": None if nat.private_ip is None else str(nat.private_ip)},
+                lambda loc: _loc_path(npath, loc, _NAT_KEYS))
+            if fresh and checked is not None:
+                out.append(NatGateway(nat.name, nat.subnet, checked.connectivity_type, nat.private_ip))
+        return tuple(out)
+
+    def _target_groups(self, path: str, vpc: _VpcFile) -> tuple[TargetGroup, ...]:
+        out = []
+        where: dict[str, str] = {}
+        instances = [i.name for i in vpc.instances]
+        for g, tg in enumerate(vpc.target_groups):
+            gpath = f"{path}.target_groups[{g}]"
+            fresh = self._unique(f"{gpath}.name", "target group name", tg.name, where)
+            seen: dict[str, str] = {}
+            targets = []
+            for t, target in enumerate(tg.targets):
+                tpath = f"{gpath}.targets[{t}]"
+                port = tg.port if target.port is None else target.port
+                if target.instance is not None:
+                    if target.instance not in instances:
+                        self.problems.append(f"{tpath}.instance: unknown instance {target.instance!r} in VPC "
+                                             f"{vpc.name!r} (instances: {', '.join(instances) or 'none'})")
+                    shown = f"instance/{target.instance} port {port}"
+                else:
+                    if target.ip not in vpc.cidr:
+                        self.problems.append(f"{tpath}.ip: {target.ip} is outside VPC {vpc.name!r} ({vpc.cidr})")
+                    shown = f"{target.ip} port {port}"
+                self._unique(tpath, "target", shown, seen)
+                targets.append(Target(port, target.instance, target.ip))
+            # What `vpc apply` sends, the ids aside, checked by the API's model. A target without a port
+            # has the group's, whose problems are reported at the group's port.
+            body = {"vpc_id": _PLACEHOLDER["vpc"], "name": tg.name, "protocol": tg.protocol, "port": tg.port,
+                    "targets": [{"instance_id": None if t.instance is None else _PLACEHOLDER["i"],
+                                 "ip": None if t.ip is None else str(t.ip), "port": t.port} for t in targets],
+                    "health_check": (tg.health_check or _HealthCheckFile()).model_dump()}
+            checked = self._api_check(
+                api.TargetGroupCreate, body, lambda loc: _loc_path(gpath, loc, _TARGET_GROUP_KEYS),
+                skip=lambda err: err["loc"][:1] == ("targets",) and err["loc"][2:] == ("port",)
+                and tg.targets[err["loc"][1]].port is None)
+            if fresh and checked is not None:
+                out.append(TargetGroup(tg.name, checked.protocol, checked.port, tuple(targets),
+                                       HealthCheck(**checked.health_check.model_dump())))
+        return tuple(out)
+
+    def _load_balancers(self, path: str, vpc: _VpcFile, subnets: dict[str, Subnet],
+                        target_groups: tuple[TargetGroup, ...]) -> tuple[LoadBalancer, ...]:
+        out = []
+        where: dict[str, str] = {}
+        group_names = list(dict.fromkeys(g.name for g in vpc.target_groups))
+        groups = {g.name: g for g in target_groups}
+        for b, lb in enumerate(vpc.load_balancers):
+            bpath = f"{path}.load_balancers[{b}]"
+            fresh = self._unique(f"{bpath}.name", "load balancer name", lb.name, where)
+            seen_subnets: dict[str, str] = {}
+            for k, name in enumerate(lb.subnets):
+                if name not in subnets:
+                    self.problems.append(f"{bpath}.subnets[{k}]: unknown subnet {name!r} in VPC {vpc.name!r} "
+                                         f"(subnets: {', '.join(subnets) or 'none'})")
+                else:
+                    self._unique(f"{bpath}.subnets[{k}]", "subnet", name, seen_subnets)
+            seen: dict[str, str] = {}
+            for k, li in enumerate(lb.listeners):
+                lpath = f"{bpath}.listeners[{k}]"
+                if li.target_group not in group_names:
+                    self.problems.append(f"{lpath}.target_group: unknown target group {li.target_group!r} in VPC "
+                                         f"{vpc.name!r} (target groups: {', '.join(group_names) or 'none'})")
+                elif li.target_group in groups and li.protocol in ("tcp", "udp") and \
+                        groups[li.target_group].protocol != li.protocol:
+                    self.problems.append(f"{lpath}.protocol: target group {li.target_group!r} is "
+                                         f"{groups[li.target_group].protocol}, the listener {li.protocol}")
+                self._unique(f"{lpath}.port", "listener", f"{li.protocol}/{li.port}", seen)
+            # What `vpc apply` sends, the ids aside, checked by the API's model (its address: above).
+            checked = self._api_check(api.LoadBalancerCreate, {
+                "name": lb.name, "subnet_ids": [_PLACEHOLDER["subnet"]] * len(lb.subnets),
+                "listeners": [{"protocol": li.protocol, "port": li.port, "target_group_id": _PLACEHOLDER["tg"]}
+                              for li in lb.listeners],
+                "private_ip": None if lb.private_ip is None else str(lb.private_ip)},
+                lambda loc: _loc_path(bpath, loc, _LOAD_BALANCER_KEYS))
+            if fresh and checked is not None:
+                out.append(LoadBalancer(lb.name, tuple(lb.subnets), tuple(
+                    Listener(li.protocol, li.port, f.target_group) for li, f in zip(checked.listeners, lb.listeners)),
+                    lb.private_ip))
+        return tuple(out)
 
     def _flow_logs(self, path: str, vpc: _VpcFile) -> tuple[FlowLog, ...]:
         out = []
@@ -924,8 +1227,14 @@ class _Builder:
 
 # Ids standing for the resources a file names, so that bodies can be checked before they exist.
 _PLACEHOLDER = {"sg": "sg-" + "0" * 17, "vpc": "vpc-" + "0" * 17, "igw": "igw-" + "0" * 17,
+                "subnet": "subnet-" + "0" * 17, "eipalloc": "eipalloc-" + "0" * 17, "nat": "nat-" + "0" * 17,
+                "tg": "tg-" + "0" * 17, "i": "i-" + "0" * 17,
                 "eni": "eni-" + "0" * 16}
 _FLOW_LOG_KEYS = {"max_aggregation_interval": "interval", "resource_id": "resource"}
+# The file's keys for the API's fields, where they differ.
+_NAT_KEYS = {"connectivity_type": "connectivity", "subnet_id": "subnet"}
+_TARGET_GROUP_KEYS = {"instance_id": "instance"}
+_LOAD_BALANCER_KEYS = {"subnet_ids": "subnets", "target_group_id": "target_group"}
 # The file keys that can give an API body field of a rule or an entry, in the order they are looked for.
 _FILE_KEYS = {"from_port": ("ports", "icmp_type", "from_port"), "to_port": ("ports", "icmp_code", "to_port"),
               "source_group_id": ("source_group",), "rule_number": ("rule",),
@@ -959,6 +1268,16 @@ def _item_path(base: str, loc: tuple, lists: dict[str, list]) -> str:
             key = next((k for k in keys if getattr(item, k, None) is not None), None)
             if key is not None:
                 path += f".{key}"
+    return path
+
+
+def _loc_path(base: str, loc: tuple, keys: dict[str, str]) -> str:
+    """The file path of an API complaint at ``loc`` in a body whose fields are the file's keys renamed
+    (``keys``: API field → file key): ``("listeners", 0, "target_group_id")`` →
+    ``<base>.listeners[0].target_group``."""
+    path = base
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{keys.get(part, part)}"
     return path
 
 

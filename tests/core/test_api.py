@@ -238,9 +238,10 @@ def build_world(api: Api, token: str, n: int = 0) -> dict[str, str]:
     w["target-groups"] = api.create(token, "target-groups", {
         "vpc_id": vpc["id"], "name": "web", "protocol": "tcp", "port": 80,
         "targets": [{"instance_id": w["instances"], "port": 80}]})["id"]
-    w["load-balancers"] = api.create(token, "load-balancers", {
+    nlb = api.create(token, "load-balancers", {
         "name": "web", "subnet_ids": [w["subnets"]],
-        "listeners": [{"protocol": "tcp", "port": 80, "target_group_id": w["target-groups"]}]})["id"]
+        "listeners": [{"protocol": "tcp", "port": 80, "target_group_id": w["target-groups"]}]})
+    w["load-balancers"], w["nlb-eni"] = nlb["id"], nlb["eni_id"]
     w["flow-logs"] = api.create(token, "flow-logs", {"resource_id": vpc["id"], "traffic_type": "ALL"})["id"]
     w["dns-zones"] = api.create(token, "dns-zones", {
         "name": "corp.internal", "vpc_ids": [vpc["id"]],
@@ -253,7 +254,7 @@ def every_resource(w: dict[str, str]) -> list[tuple[str, str]]:
     out = [(c, rid) for c, rid in w.items() if c in resources.KINDS]
     return out + [("route-tables", w["main-route-table"]), ("network-acls", w["default-acl"]),
                   ("security-groups", w["default-sg"]), ("elastic-ips", w["nat-eip"]),
-                  ("network-interfaces", w["nat-eni"])]
+                  ("network-interfaces", w["nat-eni"]), ("network-interfaces", w["nlb-eni"])]
 
 
 # For each kind: a fresh resource's body (in a world), a change to it, and what the change must show.
@@ -373,11 +374,14 @@ def test_network_interfaces_come_with_instances_and_are_read_only(api, alice):
         {k: inst[k] for k in ("subnet_id", "vpc_id", "host", "private_ip", "security_group_ids",
                               "source_dest_check", "interface_type")}
     assert eni["instance_id"] == inst["id"]
-    # The NAT gateway's ENI comes with it (its shape: test_nat_gateway_api.py).
+    # The NAT gateway's and the load balancer's ENIs come with them (their shapes: test_nat_gateway_api.py,
+    # test_nlb_api.py).
     nat_eni = api.get(alice, "network-interfaces", w["nat-eni"])
     assert nat_eni["nat_gateway_id"] == w["nat-gateways"] and nat_eni["instance_id"] is None
-    assert api.list(alice, "network-interfaces") == [eni, nat_eni]
-    for e in (eni, nat_eni):
+    nlb_eni = api.get(alice, "network-interfaces", w["nlb-eni"])
+    assert nlb_eni["load_balancer_id"] == w["load-balancers"] and nlb_eni["instance_id"] is None
+    assert api.list(alice, "network-interfaces") == [eni, nat_eni, nlb_eni]
+    for e in (eni, nat_eni, nlb_eni):
         for method, path in (("POST", "/v1/network-interfaces"), ("PATCH", f"/v1/network-interfaces/{e['id']}"),
                              ("DELETE", f"/v1/network-interfaces/{e['id']}")):
             assert api.call(method, path, alice, {"subnet_id": w["subnets"]}).status_code == 405
@@ -1008,7 +1012,8 @@ def test_a_refused_request_writes_nothing_but_its_audit_record(api, alice, bob):
 def test_concurrent_creates_get_distinct_addresses(api, alice):
     w = build_world(api, alice)
     taken = [api.get(alice, "instances", w["instances"])["private_ip"],
-             api.get(alice, "nat-gateways", w["nat-gateways"])["private_ip"]]
+             api.get(alice, "nat-gateways", w["nat-gateways"])["private_ip"],
+             api.get(alice, "load-balancers", w["load-balancers"])["private_ip"]]
     start = threading.Barrier(20)
 
     def launch(i: int):
@@ -1022,7 +1027,7 @@ def test_concurrent_creates_get_distinct_addresses(api, alice):
     ips = [r.json()["private_ip"] for r in replies]
     assert len(set(ips)) == 20 and not set(taken) & set(ips)
     assert sorted(ipaddress.IPv4Address(ip) for ip in ips + taken) == \
-        [ipaddress.IPv4Address("10.0.1.0") + k for k in range(4, 26)]  # the first 22 free, no gap
+        [ipaddress.IPv4Address("10.0.1.0") + k for k in range(4, 27)]  # the first 23 free, no gap
     enis = api.list(alice, "network-interfaces", subnet_id=w["subnets"])
     assert sorted(e["private_ip"] for e in enis) == sorted(ips + taken)
 
@@ -1059,7 +1064,8 @@ def test_infra_desired_lists_hosts_vpcs_and_every_eni(api, alice, bob):
         assert v["cidr_block"] == "10.0.0.0/16"
         assert v["vni"] == api.get(alice if v["id"] == a["vpcs"] else bob, "vpcs", v["id"])["vni"]
     enis = {e["id"]: e for e in view["enis"]}
-    assert set(enis) == {a["network-interfaces"], b["network-interfaces"], moved["eni_id"], a["nat-eni"], b["nat-eni"]}
+    assert set(enis) == {a["network-interfaces"], b["network-interfaces"], moved["eni_id"], a["nat-eni"], b["nat-eni"],
+                         a["nlb-eni"], b["nlb-eni"]}
     e = enis[moved["eni_id"]]
     assert e == {"id": moved["eni_id"], "vni": vpcs[b["vpcs"]]["vni"], "vpc_id": b["vpcs"], "private_ip": "10.0.2.10",
                  "prefixlen": 24, "host": "h2", "underlay_ip": HOSTS["h2"], "instance": "db",
@@ -1067,7 +1073,8 @@ def test_infra_desired_lists_hosts_vpcs_and_every_eni(api, alice, bob):
                  "interface_type": "tap", "subnet_id": moved["subnet_id"],
                  "security_group_ids": moved["security_group_ids"],
                  "connection_tracking": {"tcp_established_timeout": 432000, "udp_stream_timeout": 180,
-                                         "udp_timeout": 30, "max_tracked_flows": 65536}, "nat_gateway_id": None}
+                                         "udp_timeout": 30, "max_tracked_flows": 65536}, "nat_gateway_id": None,
+                 "load_balancer_id": None}
     # Policy travels with the view: every group, ACL, subnet (with its ACL) and flow log.
     groups = {g["id"]: g for g in view["security_groups"]}
     assert set(moved["security_group_ids"]) <= set(groups)

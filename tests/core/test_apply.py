@@ -3,7 +3,7 @@
 The app is the real one, ``build_app(ControlPlane(store))`` on a SQLite store in a temporary directory,
 driven through Starlette's ``TestClient`` — an ``httpx.Client`` — set as the ``http`` of a real
 ``ApiClient``, so apply_topology makes the same calls as ``vpc apply`` does. Each test starts from a
-fresh store with two registered hosts and one account.
+fresh store with three registered hosts and one account.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def api(tmp_path):
     serve_store(app, cp, f"sqlite://{tmp_path}/control-plane.db")
     with TestClient(app, raise_server_exceptions=True) as http:
         admin = {"Authorization": f"Bearer {ADMIN}"}
-        for name, ip in (("host-a", "192.168.50.1"), ("host-b", "192.168.50.2")):
+        for name, ip in (("host-a", "192.168.50.1"), ("host-b", "192.168.50.2"), ("host-c", "192.168.50.3")):
             assert http.post("/v1/hosts", json={"name": name, "underlay_ip": ip}, headers=admin).status_code == 201
         token = http.post("/v1/accounts", json={"name": "alice"}, headers=admin).json()["token"]
         http.headers["Authorization"] = f"Bearer {token}"
@@ -469,15 +469,17 @@ class Net:
         self.subnets = {s["name"]: s for s in api.call("GET", "/v1/subnets")}
         self.instances = {i["name"]: i for i in api.call("GET", "/v1/instances")}
         self.eips = api.call("GET", "/v1/elastic-ips")
+        self.nats = {n["name"]: n for n in api.call("GET", "/v1/nat-gateways")}
         self.names = {**{i["eni_id"]: f"instance/{n}" for n, i in self.instances.items()},
-                      **{g["id"]: f"igw/{g['name']}" for g in self.gateways}, "local": "local"}
+                      **{g["id"]: f"igw/{g['name']}" for g in self.gateways},
+                      **{n["id"]: f"nat_gateway/{name}" for name, n in self.nats.items()}, "local": "local"}
         self.table_names = {t["id"]: n for n, t in self.tables.items()}
 
     def routes(self, table: str) -> list[tuple]:
         """(destination, target by name, state); a target gone shows as its id."""
         return [(r["destination"], self.names.get(target, target), r["state"])
                 for r in self.tables[table]["routes"]
-                for target in [r["gateway_id"] or r["network_interface_id"]]]
+                for target in [r["gateway_id"] or r["nat_gateway_id"] or r["network_interface_id"]]]
 
     def table_of(self, subnet: str) -> str:
         return self.table_names[self.subnets[subnet]["route_table_id"]]
@@ -751,3 +753,376 @@ def test_any_sequence_of_internet_files_converges(api, files):
         assert {s["name"]: n.table_of(s["name"]) for s in vpc["subnets"]} == {
             s["name"]: s["route_table"] for s in vpc["subnets"]}
         assert sorted(n.public_ips()) == sorted(i["name"] for i in vpc["instances"] if i["elastic_ip"])
+
+
+# --- NAT gateways, target groups, load balancers ------------------------------------------------------------
+
+
+def hyperplane() -> dict:
+    """configs/hyperplane.yaml, smaller: a public NAT gateway routed to from the private subnet, a target group
+    of two instances and an address, and a load balancer in the public subnet."""
+    return {
+        "hosts": [{"name": "host-a"}, {"name": "host-b"}, {"name": "host-c"}],
+        "vpcs": [{
+            "name": "demo",
+            "cidr": "10.0.0.0/16",
+            "internet_gateway": True,
+            "route_tables": [
+                {"name": "public", "routes": [{"destination": "0.0.0.0/0", "target": "internet_gateway"}]},
+                {"name": "private", "routes": [{"destination": "0.0.0.0/0", "target": "nat_gateway/nat"}]}],
+            "subnets": [{"name": "public", "cidr": "10.0.1.0/24", "route_table": "public"},
+                        {"name": "private", "cidr": "10.0.2.0/24", "route_table": "private"}],
+            "nat_gateways": [{"name": "nat", "subnet": "public"}],
+            "instances": [
+                {"name": "web1", "subnet": "private", "host": "host-b", "ip": "10.0.2.11"},
+                {"name": "web2", "subnet": "private", "host": "host-c", "ip": "10.0.2.12"},
+                {"name": "client", "subnet": "private", "host": "host-a", "ip": "10.0.2.4"},
+            ],
+            "target_groups": [{"name": "web", "protocol": "tcp", "port": 80,
+                               "targets": ["instance/web1", {"instance": "web2", "port": 8080},
+                                           {"ip": "10.0.2.50"}],
+                               "health_check": {"protocol": "http", "path": "/", "interval": 1,
+                                                "healthy_threshold": 2, "unhealthy_threshold": 2, "timeout": 1}}],
+            "load_balancers": [{"name": "lb", "subnets": ["public"], "private_ip": "10.0.1.100",
+                                "listeners": [{"protocol": "tcp", "port": 80, "target_group": "web"}]}],
+        }],
+    }
+
+
+class Lb:
+    """The account's NAT gateways, target groups and load balancers by name, read back through the API."""
+
+    def __init__(self, api):
+        self.net = Net(api)
+        self.nats = self.net.nats
+        self.groups = {g["name"]: g for g in api.call("GET", "/v1/target-groups")}
+        self.balancers = {b["name"]: b for b in api.call("GET", "/v1/load-balancers")}
+        self.group_names = {g["id"]: n for n, g in self.groups.items()}
+        self.instance_names = {i["id"]: n for n, i in self.net.instances.items()}
+
+    def targets(self, group: str) -> list[tuple]:
+        return sorted((self.instance_names.get(t["instance_id"], t["instance_id"]) if t["instance_id"] else t["ip"],
+                       t["port"]) for t in self.groups[group]["targets"])
+
+    def listeners(self, lb: str) -> list[tuple]:
+        return [(li["protocol"], li["port"], self.group_names.get(li["target_group_id"], li["target_group_id"]))
+                for li in self.balancers[lb]["listeners"]]
+
+    def eips(self) -> dict:
+        """Elastic IP name -> (public address, what it is associated with)."""
+        return {e["name"]: (e["public_ip"], e["nat_gateway_id"] or e["instance_id"]) for e in self.net.eips}
+
+
+def _ids(changes: list[str]) -> list[str]:
+    return [re.sub(r"-[0-9a-f]{16,17}", "-ID", c) for c in changes]
+
+
+def test_hyperplane_applies_then_a_second_apply_changes_nothing(api):
+    changes = _ids(applied(api, hyperplane()))
+    order = [changes.index(line) for line in (
+        "created internet gateway demo/demo-igw (igw-ID)",
+        "created subnet demo/public (10.0.1.0/24, route table public)",
+        "created instance client (10.0.2.4 on host-a)",
+        "allocated elastic IP 198.51.100.1 (eipalloc-ID) for NAT gateway demo/nat",
+        "created NAT gateway demo/nat (nat-ID, 10.0.1.4 in subnet public, public 198.51.100.1)",
+        "changed route table demo/private: routes",  # once the gateway exists
+        "created target group demo/web (tg-ID, tcp/80, 3 targets)",
+        "created load balancer demo/lb (nlb-ID, 10.0.1.100 in subnet public, lb-ID.elb.lab-1.vpc.internal)")]
+    assert order == sorted(order), changes
+    w = Lb(api)
+    nat = w.nats["nat"]
+    assert (nat["connectivity_type"], nat["private_ip"], nat["public_ip"]) == ("public", "10.0.1.4", "198.51.100.1")
+    assert nat["subnet_id"] == w.net.subnets["public"]["id"]
+    assert w.eips() == {"demo/nat": ("198.51.100.1", nat["id"])}
+    assert w.net.routes("private") == [("10.0.0.0/16", "local", "active"), ("0.0.0.0/0", "nat_gateway/nat", "active")]
+    web = w.groups["web"]
+    assert (web["protocol"], web["port"]) == ("tcp", 80)
+    assert w.targets("web") == [("10.0.2.50", 80), ("web1", 80), ("web2", 8080)]
+    assert web["health_check"] == {"protocol": "http", "port": None, "path": "/", "interval": 1, "timeout": 1,
+                                   "healthy_threshold": 2, "unhealthy_threshold": 2, "matcher": "200-399"}
+    lb = w.balancers["lb"]
+    assert (lb["private_ip"], lb["subnet_ids"]) == ("10.0.1.100", [w.net.subnets["public"]["id"]])
+    assert w.listeners("lb") == [("tcp", 80, "web")]
+
+
+def test_the_hyperplane_example_applies(api):
+    topo = load_topology(CONFIGS / "hyperplane.yaml")
+    changes = apply_topology(api, topo)
+    assert apply_topology(api, topo) == []
+    assert len([c for c in changes if c.startswith("created instance")]) == 5
+    w = Lb(api)
+    assert w.net.routes("private")[1:] == [("0.0.0.0/0", "nat_gateway/nat", "active")]
+    assert w.net.routes("public")[1:] == [("0.0.0.0/0", "igw/demo-igw", "active")]
+    assert w.targets("web") == [("web1", 80), ("web2", 80), ("web3", 80)]
+    assert w.balancers["lb"]["private_ip"] == "10.0.1.100" and w.listeners("lb") == [("tcp", 80, "web")]
+    assert {n: (i["private_ip"], i["host"]) for n, i in w.net.instances.items()} == {
+        "web1": ("10.0.2.11", "host-b"), "web2": ("10.0.2.12", "host-c"), "web3": ("10.0.2.13", "host-a"),
+        "client": ("10.0.2.4", "host-a"), "client2": ("10.0.2.5", "host-b")}
+    groups = {g["name"]: g["id"] for g in api.call("GET", "/v1/security-groups")}
+    assert all(w.net.instances[n]["security_group_ids"] == [groups["web"]] for n in ("web1", "web2", "web3"))
+
+
+def test_targets_health_checks_and_listeners_are_modified_in_place(api):
+    applied(api, hyperplane())
+    before = Lb(api)
+    data = hyperplane()
+    vpc = data["vpcs"][0]
+    vpc["target_groups"][0]["targets"] = [{"instance": "web2", "port": 8080}, "instance/client"]
+    vpc["target_groups"][0]["health_check"]["interval"] = 5
+    vpc["target_groups"].append({"name": "dns", "protocol": "udp", "port": 53, "targets": ["instance/client"]})
+    vpc["load_balancers"][0]["listeners"].append({"protocol": "udp", "port": 53, "target_group": "dns"})
+    changes = _ids(applied(api, data))
+    assert changes == ["changed target group demo/web: targets, health_check",
+                       "created target group demo/dns (tg-ID, udp/53, 1 target)",
+                       "changed load balancer demo/lb: listeners"]
+    after = Lb(api)
+    assert after.groups["web"]["id"] == before.groups["web"]["id"]
+    assert after.balancers["lb"]["id"] == before.balancers["lb"]["id"]
+    assert after.targets("web") == [("client", 80), ("web2", 8080)]
+    assert after.groups["web"]["health_check"]["interval"] == 5
+    assert after.listeners("lb") == [("tcp", 80, "web"), ("udp", 53, "dns")]
+    # Targets and listeners in another order, or spelled otherwise, are the same.
+    vpc["target_groups"][0]["targets"] = [{"instance": "client", "port": 80}, {"instance": "web2", "port": 8080}]
+    vpc["load_balancers"][0]["listeners"].reverse()
+    assert apply(api, data) == []
+
+
+def test_a_re_created_instance_is_named_again_by_its_target_group(api):
+    applied(api, hyperplane())
+    before = Lb(api)
+    data = hyperplane()
+    data["vpcs"][0]["instances"][0]["ip"] = "10.0.2.21"  # a new address: web1 is re-created
+    changes = applied(api, data)
+    assert changes == ["deleted instance web1 (10.0.2.11)", "created instance web1 (10.0.2.21 on host-b)",
+                       "changed target group demo/web: targets"]
+    after = Lb(api)
+    assert after.groups["web"]["id"] == before.groups["web"]["id"]
+    assert after.targets("web") == [("10.0.2.50", 80), ("web1", 80), ("web2", 8080)]
+    assert after.instance_names[after.groups["web"]["targets"][0]["instance_id"]] == "web1"
+
+
+def test_a_target_group_whose_port_changes_is_re_created_once_its_listener_moves(api):
+    applied(api, hyperplane())
+    old = Lb(api).groups["web"]
+    data = hyperplane()
+    data["vpcs"][0]["target_groups"][0]["port"] = 8000
+    changes = applied(api, data)
+    new = Lb(api).groups["web"]
+    assert _ids(changes) == ["created target group demo/web (tg-ID, tcp/8000, 3 targets)",
+                             "changed load balancer demo/lb: listeners",
+                             "deleted target group demo/web (tg-ID)"]
+    assert changes[-1] == f"deleted target group demo/web ({old['id']})" and new["id"] != old["id"]
+    assert Lb(api).targets("web") == [("10.0.2.50", 8000), ("web1", 8000), ("web2", 8080)]
+    assert Lb(api).listeners("lb") == [("tcp", 80, "web")]
+
+
+def test_removing_the_load_balancer_and_its_target_group_deletes_them_in_order(api):
+    applied(api, hyperplane())
+    before = Lb(api)
+    data = hyperplane()
+    data["vpcs"][0]["load_balancers"] = []
+    data["vpcs"][0]["target_groups"] = []
+    assert applied(api, data) == [
+        f"deleted load balancer demo/lb ({before.balancers['lb']['id']}, 10.0.1.100)",
+        f"deleted target group demo/web ({before.groups['web']['id']})"]
+    after = Lb(api)
+    assert after.balancers == {} and after.groups == {}
+    # Its ENI went with it: its address is free again.
+    assert "10.0.1.100" not in {e["private_ip"] for e in api.call("GET", "/v1/network-interfaces")}
+
+
+def test_a_load_balancer_whose_address_or_subnets_change_is_re_created(api):
+    applied(api, hyperplane())
+    first = Lb(api).balancers["lb"]
+    data = hyperplane()
+    lb = data["vpcs"][0]["load_balancers"][0]
+    lb["private_ip"] = "10.0.1.101"
+    changes = _ids(applied(api, data))
+    assert changes == ["deleted load balancer demo/lb (nlb-ID, 10.0.1.100)",
+                       "created load balancer demo/lb (nlb-ID, 10.0.1.101 in subnet public, "
+                       "lb-ID.elb.lab-1.vpc.internal)"]
+    second = Lb(api).balancers["lb"]
+    assert second["id"] != first["id"]
+    # Without an explicit address it keeps the one it has; in other subnets it is made again.
+    del lb["private_ip"]
+    assert apply(api, data) == []
+    lb["subnets"] = ["private", "public"]
+    changes = applied(api, data)
+    third = Lb(api).balancers["lb"]
+    assert changes[0] == f"deleted load balancer demo/lb ({second['id']}, 10.0.1.101)"
+    assert (third["subnet_id"], third["private_ip"]) == (Lb(api).net.subnets["private"]["id"], "10.0.2.5")
+
+
+def test_a_re_created_nat_gateway_keeps_its_elastic_ip_and_its_routes(api):
+    applied(api, hyperplane())
+    before = Lb(api)
+    nat = before.nats["nat"]
+    data = hyperplane()
+    data["vpcs"][0]["nat_gateways"][0]["private_ip"] = "10.0.1.200"
+    changes = applied(api, data)
+    after = Lb(api)
+    assert _ids(changes) == ["deleted NAT gateway demo/nat (nat-ID, 10.0.1.4)",
+                             "created NAT gateway demo/nat (nat-ID, 10.0.1.200 in subnet public, public 198.51.100.1)",
+                             "changed route table demo/private: routes"]
+    assert after.nats["nat"]["id"] != nat["id"] and after.nats["nat"]["allocation_id"] == nat["allocation_id"]
+    assert after.eips() == {"demo/nat": ("198.51.100.1", after.nats["nat"]["id"])}
+    assert after.net.routes("private")[1] == ("0.0.0.0/0", "nat_gateway/nat", "active")
+    # Without an explicit address it keeps the one it has.
+    del data["vpcs"][0]["nat_gateways"][0]["private_ip"]
+    assert apply(api, data) == []
+
+
+def test_a_nat_gateway_made_private_gives_up_its_elastic_ip(api):
+    applied(api, hyperplane())
+    (eip,) = Net(api).eips
+    data = hyperplane()
+    data["vpcs"][0]["nat_gateways"][0]["connectivity"] = "private"
+    changes = applied(api, data)
+    assert changes[1] == f"released elastic IP 198.51.100.1 ({eip['id']})"
+    assert _ids(changes) == ["deleted NAT gateway demo/nat (nat-ID, 10.0.1.4)",
+                             "released elastic IP 198.51.100.1 (eipalloc-ID)",
+                             "created NAT gateway demo/nat (nat-ID, 10.0.1.4 in subnet public, private)",
+                             "changed route table demo/private: routes"]
+    w = Lb(api)
+    assert w.nats["nat"]["connectivity_type"] == "private" and w.nats["nat"]["public_ip"] is None
+    assert w.net.eips == []
+    # And public again: a new address.
+    changes = _ids(applied(api, hyperplane()))
+    assert "allocated elastic IP 198.51.100.1 (eipalloc-ID) for NAT gateway demo/nat" in changes
+
+
+def test_removing_the_nat_gateway_and_the_internet_gateway(api):
+    applied(api, hyperplane())
+    before = Lb(api)
+    data = hyperplane()
+    vpc = data["vpcs"][0]
+    vpc["nat_gateways"] = []
+    vpc["route_tables"][1]["routes"] = []
+    del vpc["internet_gateway"]
+    del vpc["route_tables"][0]["routes"][0]
+    changes = applied(api, data)
+    (eip,), (igw,) = before.net.eips, before.net.gateways
+    assert changes == [
+        f"deleted NAT gateway demo/nat ({before.nats['nat']['id']}, 10.0.1.4)",
+        f"released elastic IP 198.51.100.1 ({eip['id']})",
+        "changed route table demo/public: routes", "changed route table demo/private: routes",
+        f"deleted internet gateway demo/demo-igw ({igw['id']}, detached)"]
+    w = Lb(api)
+    assert w.nats == {} and w.net.eips == [] and w.net.gateways == []
+
+
+def test_a_subnet_re_created_takes_its_nat_gateway_and_load_balancer_along(api):
+    applied(api, hyperplane())
+    before = Lb(api)
+    data = hyperplane()
+    data["vpcs"][0]["subnets"][0]["cidr"] = "10.0.3.0/24"
+    data["vpcs"][0]["load_balancers"][0]["private_ip"] = "10.0.3.100"
+    changes = applied(api, data)
+    assert changes.index(f"deleted load balancer demo/lb ({before.balancers['lb']['id']}, 10.0.1.100)") < \
+        changes.index("deleted subnet demo/public (10.0.1.0/24)")
+    assert changes.index(f"deleted NAT gateway demo/nat ({before.nats['nat']['id']}, 10.0.1.4)") < \
+        changes.index("deleted subnet demo/public (10.0.1.0/24)")
+    w = Lb(api)
+    assert (w.nats["nat"]["private_ip"], w.nats["nat"]["public_ip"]) == ("10.0.3.4", "198.51.100.1")
+    assert w.balancers["lb"]["private_ip"] == "10.0.3.100" and w.listeners("lb") == [("tcp", 80, "web")]
+    assert w.groups["web"]["id"] == before.groups["web"]["id"]
+
+
+def test_a_vpc_with_hyperplane_is_deleted_whole(api):
+    applied(api, hyperplane())
+    changes = applied(api, {"hosts": [{"name": "host-a"}], "vpcs": []})
+    assert changes[-1].startswith("deleted VPC demo")
+    for collection in ("vpcs", "subnets", "instances", "nat-gateways", "target-groups", "load-balancers",
+                       "elastic-ips", "internet-gateways", "network-interfaces"):
+        assert api.call("GET", f"/v1/{collection}") == [], collection
+
+
+def test_nat_gateways_target_groups_and_load_balancers_made_by_hand_are_converged_too(api):
+    applied(api, hyperplane())
+    before = Lb(api)
+    vpc_id, public = before.net.vpc["id"], before.net.subnets["public"]["id"]
+    stray_nat = api.call("POST", "/v1/nat-gateways", {"subnet_id": public, "name": "stray",
+                                                      "connectivity_type": "private"})
+    second_nat = api.call("POST", "/v1/nat-gateways", {"subnet_id": public, "name": "nat",
+                                                       "connectivity_type": "private"})
+    stray_eip = api.call("POST", "/v1/elastic-ips", {"name": "demo/nat"})  # named as the gateway's, unused
+    stray_tg = api.call("POST", "/v1/target-groups", {"vpc_id": vpc_id, "name": "web", "port": 80})
+    second_lb = api.call("POST", "/v1/load-balancers", {"name": "lb", "subnet_ids": [public], "listeners": [
+        {"port": 80, "target_group_id": stray_tg["id"]}]})
+    changes = applied(api, hyperplane())
+    assert sorted(changes) == sorted([
+        f"deleted load balancer demo/lb ({second_lb['id']}, {second_lb['private_ip']})",
+        f"deleted NAT gateway demo/stray ({stray_nat['id']}, {stray_nat['private_ip']})",
+        f"deleted NAT gateway demo/nat ({second_nat['id']}, {second_nat['private_ip']})",
+        f"released elastic IP {stray_eip['public_ip']} ({stray_eip['id']})",
+        f"deleted target group demo/web ({stray_tg['id']})"]), changes
+    after = Lb(api)
+    assert after.nats["nat"]["id"] == before.nats["nat"]["id"]
+    assert after.groups["web"]["id"] == before.groups["web"]["id"]
+    assert after.balancers["lb"]["id"] == before.balancers["lb"]["id"]
+    assert after.eips() == before.eips()
+
+
+@st.composite
+def hyperplane_files(draw) -> dict:
+    """A valid file of random NAT gateways, target groups and load balancers over a fixed VPC."""
+    gateway = draw(st.booleans())
+    nat = draw(st.sampled_from([None, "public", "private"] if gateway else [None, "private"]))
+    nats = [] if nat is None else [{"name": "nat", "subnet": draw(st.sampled_from(["app", "ops"])),
+                                    "connectivity": nat,
+                                    **({"private_ip": "10.0.1.200"} if draw(st.booleans()) else {})}]
+    if nats and nats[0].get("private_ip") and nats[0]["subnet"] == "ops":
+        nats[0]["private_ip"] = "10.0.2.200"
+    instances = draw(st.lists(st.sampled_from(["i1", "i2", "i3"]), unique=True, max_size=3))
+    groups = []
+    for name in draw(st.lists(st.sampled_from(["g1", "g2"]), unique=True, max_size=2)):
+        chosen = draw(st.lists(st.sampled_from(instances), unique=True)) if instances else []
+        targets = [draw(st.sampled_from([f"instance/{i}", {"instance": i, "port": 8080}])) for i in chosen]
+        if draw(st.booleans()):
+            targets.append({"ip": "10.0.1.50"})
+        groups.append({"name": name, "protocol": draw(st.sampled_from(["tcp", "udp"])),
+                       "port": draw(st.sampled_from([80, 81])), "targets": targets,
+                       "health_check": {"interval": draw(st.sampled_from([1, 5]))}})
+    balancers = []
+    for name in draw(st.lists(st.sampled_from(["b1", "b2"]), unique=True, max_size=2)):
+        chosen = draw(st.lists(st.sampled_from(groups), unique_by=lambda g: g["name"])) if groups else []
+        listeners = [{"protocol": g["protocol"], "port": 80 + k, "target_group": g["name"]}
+                     for k, g in enumerate(chosen)]
+        balancers.append({"name": name, "subnets": draw(st.sampled_from([["app"], ["ops"], ["app", "ops"]])),
+                          "listeners": listeners,
+                          **({"private_ip": f"10.0.{1 if name == 'b1' else 2}.{110 if name == 'b1' else 120}"}
+                             if draw(st.booleans()) else {})})
+        if balancers[-1].get("private_ip") and balancers[-1]["subnets"][0] != (
+                "app" if name == "b1" else "ops"):
+            del balancers[-1]["private_ip"]
+    routes = [{"destination": "0.0.0.0/0", "target": "nat_gateway/nat"}] if nats and draw(st.booleans()) else []
+    return {"hosts": [{"name": "host-a"}], "vpcs": [{
+        "name": "demo", "cidr": "10.0.0.0/16", "internet_gateway": gateway,
+        "route_tables": [{"name": "private", "routes": routes}],
+        "subnets": [{"name": "app", "cidr": "10.0.1.0/24"},
+                    {"name": "ops", "cidr": "10.0.2.0/24", "route_table": "private"}],
+        "instances": [{"name": i, "subnet": draw(st.sampled_from(["app", "ops"])), "host": "host-a"}
+                      for i in instances],
+        "nat_gateways": nats, "target_groups": groups, "load_balancers": balancers}]}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(hyperplane_files(), min_size=2, max_size=3))
+def test_any_sequence_of_hyperplane_files_converges(api, files):
+    for data in files:
+        apply(api, data)
+        assert apply(api, data) == []
+        w, (vpc,) = Lb(api), data["vpcs"]
+        assert {n: (x["connectivity_type"], w.net.subnets and x["subnet_id"]) for n, x in w.nats.items()} == {
+            n["name"]: (n["connectivity"], w.net.subnets[n["subnet"]]["id"]) for n in vpc["nat_gateways"]}
+        assert sorted(w.eips()) == (["demo/nat"] if any(n["connectivity"] == "public" for n in vpc["nat_gateways"])
+                                    else [])
+        assert {n: (g["protocol"], g["port"], len(g["targets"])) for n, g in w.groups.items()} == {
+            g["name"]: (g["protocol"], g["port"], len(g["targets"])) for g in vpc["target_groups"]}
+        assert {n: w.listeners(n) for n in w.balancers} == {
+            b["name"]: [(li["protocol"], li["port"], li["target_group"]) for li in b["listeners"]]
+            for b in vpc["load_balancers"]}
+        for b in vpc["load_balancers"]:
+            assert w.balancers[b["name"]]["subnet_ids"] == [w.net.subnets[s]["id"] for s in b["subnets"]]
+            if b.get("private_ip"):
+                assert w.balancers[b["name"]]["private_ip"] == b["private_ip"]

@@ -11,9 +11,9 @@ from hypothesis import given, settings, strategies as st
 
 import vswitch.topology
 from vswitch.topology import (
-    ALLOW_ALL_EGRESS, ConnectionTracking, FlowLog, Host, InternetGateway, NetworkAcl, NetworkAclEntry, Route,
-    RouteTable, SecurityGroup, SecurityGroupRule, Subnet, Topology, TopologyError, load_topology, parse_topology,
-    reserved_addresses,
+    ALLOW_ALL_EGRESS, ConnectionTracking, FlowLog, HealthCheck, Host, InternetGateway, Listener, LoadBalancer,
+    NatGateway, NetworkAcl, NetworkAclEntry, Route, RouteTable, SecurityGroup, SecurityGroupRule, Subnet, Target,
+    TargetGroup, Topology, TopologyError, load_topology, parse_topology, reserved_addresses,
 )
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -725,6 +725,10 @@ def test_the_docstring_example_parses():
     (vpc,) = parse_topology(yaml.safe_load(example)).vpcs
     assert vpc.internet_gateway == InternetGateway("demo-igw") and vpc.instances[0].elastic_ip
     assert vpc.route_table("main").routes == (Route("192.168.0.0/16", "instance/db"),)
+    assert vpc.nat_gateways == (NatGateway("nat", "app"), NatGateway("inner", "ops", "private", IP("10.0.2.200")))
+    assert vpc.target_group("web").targets == (Target(8080, "web"), Target(8081, "client"),
+                                               Target(8080, ip=IP("10.0.1.50")))
+    assert vpc.load_balancer("lb") == LoadBalancer("lb", ("app",), (Listener("tcp", 80, "web"),), IP("10.0.1.100"))
 
 
 def test_internet_defaults():
@@ -827,9 +831,10 @@ INTERNET_ERRORS = {
             {"destination": "0.0.0.0/0", "target": "instance/web"}]}]),
         ["vpcs[1].route_tables[0].routes[0].target: unknown instance 'web' in VPC 'other' (instances: none)"]),
     "route target unknown kind": (_route(0, destination="0.0.0.0/0", target="igw"),
-                                  [f"{T}[0].target: 'igw' is not internet_gateway or instance/NAME"]),
+                                  [f"{T}[0].target: 'igw' is not internet_gateway, instance/NAME or nat_gateway/NAME"]),
     "route target without a name": (_route(0, destination="0.0.0.0/0", target="instance/"),
-                                     [f"{T}[0].target: 'instance/' is not internet_gateway or instance/NAME"]),
+                                     [f"{T}[0].target: 'instance/' is not internet_gateway, instance/NAME or "
+                                      "nat_gateway/NAME"]),
     "destination not a cidr": (_route(0, destination="anywhere", target="internet_gateway"),
                                [f"{T}[0].destination: 'anywhere' is not a CIDR block"]),
     "destination host bits": (_route(0, destination="10.1.0.1/24", target="internet_gateway"),
@@ -847,7 +852,7 @@ INTERNET_ERRORS = {
     "destination inside the vpc, not a subnet": (
         _route(1, destination="10.0.3.0/24", target="instance/client"),
         [f"{T}[1].destination: 10.0.3.0/24 is more specific than the local route (10.0.0.0/16): only a route "
-         "for a whole subnet's CIDR to an instance may be"]),
+         "for a whole subnet's CIDR to an instance or a NAT gateway may be"]),
     "a subnet's cidr to the gateway": (_route(0, destination="10.0.2.0/24", target="internet_gateway"),
                                        [f"{T}[0].destination: 10.0.2.0/24 is more specific than the local route"]),
     "too many routes (the API's limit)": (
@@ -1000,6 +1005,304 @@ INTERNET_SHAPED = st.fixed_dictionaries({
 @settings(max_examples=300, deadline=None)
 @given(ANY_YAML | WELL_SHAPED | POLICY_SHAPED | INTERNET_SHAPED)
 def test_any_input_either_parses_or_raises_topology_error(data):
+    try:
+        parse_topology(data)
+    except TopologyError as e:
+        assert str(e)
+
+
+# --- NAT gateways, target groups, load balancers --------------------------------------------------------
+
+
+def hyperplane() -> dict:
+    """internet() with a NAT gateway routed to, a target group and a load balancer."""
+    data = internet()
+    vpc = data["vpcs"][0]
+    vpc["route_tables"].append({"name": "private", "routes": [{"destination": "0.0.0.0/0",
+                                                               "target": "nat_gateway/nat"}]})
+    vpc["subnets"][1]["route_table"] = "private"
+    vpc["nat_gateways"] = [{"name": "nat", "subnet": "app"}]
+    vpc["target_groups"] = [{"name": "web", "protocol": "tcp", "port": 80,
+                             "targets": ["instance/web", {"instance": "client", "port": 8080}, {"ip": "10.0.1.50"}],
+                             "health_check": {"protocol": "http", "path": "/", "interval": 1, "healthy_threshold": 2,
+                                              "unhealthy_threshold": 2, "timeout": 1}}]
+    vpc["load_balancers"] = [{"name": "lb", "subnets": ["app"], "private_ip": "10.0.1.100",
+                              "listeners": [{"protocol": "tcp", "port": 80, "target_group": "web"}]}]
+    return data
+
+
+def test_the_hyperplane_example():
+    t = load_topology(CONFIGS / "hyperplane.yaml")
+    assert [h.name for h in t.hosts] == ["host-a", "host-b", "host-c"]
+    (vpc,) = t.vpcs
+    assert vpc.internet_gateway == InternetGateway("demo-igw")
+    assert vpc.route_tables == (RouteTable("public", (Route("0.0.0.0/0", "internet_gateway"),)),
+                                RouteTable("private", (Route("0.0.0.0/0", "nat_gateway/nat"),)))
+    assert vpc.subnet("public") == Subnet("public", ipaddress.IPv4Network("10.0.1.0/24"), route_table="public")
+    assert vpc.subnet("private") == Subnet("private", ipaddress.IPv4Network("10.0.2.0/24"), route_table="private")
+    assert vpc.nat_gateways == (NatGateway("nat", "public", "public"),)
+    assert {i.name: (i.subnet, str(i.ip), i.host, i.security_groups) for i in vpc.instances} == {
+        "web1": ("private", "10.0.2.11", "host-b", ("web",)), "web2": ("private", "10.0.2.12", "host-c", ("web",)),
+        "web3": ("private", "10.0.2.13", "host-a", ("web",)), "client": ("private", "10.0.2.4", "host-a", ("default",)),
+        "client2": ("private", "10.0.2.5", "host-b", ("default",))}
+    assert vpc.security_group("web").ingress == (SecurityGroupRule("tcp", 80, 80, "10.0.0.0/16"),)
+    assert vpc.target_groups == (TargetGroup(
+        "web", "tcp", 80, (Target(80, "web1"), Target(80, "web2"), Target(80, "web3")),
+        HealthCheck("http", None, "/", 1, 1, 2, 2, "200-399")),)
+    assert vpc.load_balancers == (LoadBalancer("lb", ("public",), (Listener("tcp", 80, "web"),), IP("10.0.1.100")),)
+
+
+def test_hyperplane_defaults():
+    (vpc,) = parse_topology(demo()).vpcs
+    assert (vpc.nat_gateways, vpc.target_groups, vpc.load_balancers) == ((), (), ())
+    data = hyperplane()
+    vpc = data["vpcs"][0]
+    vpc["target_groups"] = [{"name": "web", "port": 80}]
+    vpc["load_balancers"] = [{"name": "lb", "subnets": ["app"]}]
+    (parsed,) = parse_topology(data).vpcs
+    # The API's defaults: tcp, no targets, its health check; no listeners, the API's choice of address.
+    assert parsed.target_group("web") == TargetGroup("web", "tcp", 80, (), HealthCheck())
+    assert HealthCheck() == HealthCheck("tcp", None, "/", 30, None, 5, 2, "200-399")
+    assert parsed.load_balancer("lb") == LoadBalancer("lb", ("app",), (), None)
+    assert parsed.nat_gateway("nat") == NatGateway("nat", "app", "public", None)
+    for lookup in (parsed.nat_gateway, parsed.target_group, parsed.load_balancer):
+        with pytest.raises(KeyError):
+            lookup("nope")
+
+
+def test_every_hyperplane_key():
+    data = hyperplane()
+    vpc = data["vpcs"][0]
+    vpc["subnets"].append({"name": "spare", "cidr": "10.0.3.0/24"})
+    vpc["nat_gateways"] += [{"name": "inner", "subnet": "db", "connectivity": "private", "private_ip": "10.0.2.4"}]
+    vpc["target_groups"].append({"name": "dns", "protocol": "udp", "port": 53, "targets": [
+        {"ip": "10.0.2.53", "port": 5353}, {"instance": "web", "port": 53}, "instance/client"],
+        "health_check": {"protocol": "tcp", "port": 8053, "interval": 0.5, "timeout": 2, "healthy_threshold": 3,
+                         "unhealthy_threshold": 4, "matcher": "200"}})
+    vpc["load_balancers"][0]["subnets"] = ["app", "spare"]
+    vpc["load_balancers"][0]["listeners"].append({"protocol": "udp", "port": 53, "target_group": "dns"})
+    vpc["load_balancers"].append({"name": "inner", "subnets": ["db"], "listeners": [
+        {"port": 8080, "target_group": "web"}]})
+    (parsed,) = parse_topology(data).vpcs  # client, without ip: the first address in db no NAT gateway took
+    assert parsed.nat_gateways == (NatGateway("nat", "app"), NatGateway("inner", "db", "private", IP("10.0.2.4")))
+    assert parsed.instances[1].ip == IP("10.0.2.5")
+    assert parsed.route_table("private").routes == (Route("0.0.0.0/0", "nat_gateway/nat"),)
+    assert parsed.target_groups == (
+        TargetGroup("web", "tcp", 80, (Target(80, "web"), Target(8080, "client"), Target(80, ip=IP("10.0.1.50"))),
+                    HealthCheck("http", None, "/", 1, 1, 2, 2)),
+        TargetGroup("dns", "udp", 53, (Target(5353, ip=IP("10.0.2.53")), Target(53, "web"), Target(53, "client")),
+                    HealthCheck("tcp", 8053, "/", 0.5, 2, 3, 4, "200")))
+    assert parsed.load_balancers == (
+        LoadBalancer("lb", ("app", "spare"), (Listener("tcp", 80, "web"), Listener("udp", 53, "dns")),
+                     IP("10.0.1.100")),
+        LoadBalancer("inner", ("db",), (Listener("tcp", 8080, "web"),)))
+
+
+def test_routes_to_a_nat_gateway_may_name_a_subnets_cidr():
+    data = hyperplane()
+    data["vpcs"][0]["route_tables"][0]["routes"].append({"destination": "10.0.2.0/24", "target": "nat_gateway/nat"})
+    assert Route("10.0.2.0/24", "nat_gateway/nat") in parse_topology(data).vpcs[0].route_table("public").routes
+
+
+N, TG, LB = "vpcs[0].nat_gateways[0]", "vpcs[0].target_groups[0]", "vpcs[0].load_balancers[0]"
+HYPERPLANE_ERRORS = {
+    # shape (first pass)
+    "unknown nat key": (_set("vpcs.0.nat_gateways.0.allocation_id", "x"),
+                        [f"{N}: unknown key 'allocation_id' (allowed: name, subnet, connectivity, private_ip)"]),
+    "nat name missing": (_delete("vpcs.0.nat_gateways.0.name"), [f"{N}.name: required"]),
+    "nat name bad": (_set("vpcs.0.nat_gateways.0.name", "NAT"), [f"{N}.name: 'NAT' is not a valid name"]),
+    "nat subnet missing": (_delete("vpcs.0.nat_gateways.0.subnet"), [f"{N}.subnet: required"]),
+    "nat address not an address": (_set("vpcs.0.nat_gateways.0.private_ip", "10.0.1"),
+                                   [f"{N}.private_ip: '10.0.1' is not an IPv4 address"]),
+    "unknown target group key": (_set("vpcs.0.target_groups.0.vpc_id", "x"),
+                                 [f"{TG}: unknown key 'vpc_id' (allowed: name, protocol, port, targets, health_check)"]),
+    "target group port missing": (_delete("vpcs.0.target_groups.0.port"), [f"{TG}.port: required"]),
+    "target group port a string": (_set("vpcs.0.target_groups.0.port", "80"), [f"{TG}.port: ", "'80'"]),
+    "target a number": (_set("vpcs.0.target_groups.0.targets.0", 5),
+                        [f"{TG}.targets[0]: expected instance/NAME or a mapping such as {{instance: web, port: 8080}} "
+                         "or {ip: 10.0.1.50, port: 80}, got 5"]),
+    "target a bare name": (_set("vpcs.0.target_groups.0.targets.0", "web"), [f"{TG}.targets[0]: expected instance/NAME"]),
+    "target instance/": (_set("vpcs.0.target_groups.0.targets.0", "instance/"), [f"{TG}.targets[0]: expected"]),
+    "target both": (_set("vpcs.0.target_groups.0.targets.0", {"instance": "web", "ip": "10.0.1.9"}),
+                    [f"{TG}.targets[0]: a target names exactly one of instance or ip"]),
+    "target neither": (_set("vpcs.0.target_groups.0.targets.0", {"port": 80}),
+                       [f"{TG}.targets[0]: a target names exactly one of instance or ip"]),
+    "unknown target key": (_set("vpcs.0.target_groups.0.targets.0", {"instance_id": "i-1"}),
+                           [f"{TG}.targets[0]: unknown key 'instance_id' (allowed: instance, ip, port)"]),
+    "target ip not an address": (_set("vpcs.0.target_groups.0.targets.2", {"ip": "web"}),
+                                 [f"{TG}.targets[2].ip: 'web' is not an IPv4 address"]),
+    "unknown health check key": (_set("vpcs.0.target_groups.0.health_check.retries", 3),
+                                 [f"{TG}.health_check: unknown key 'retries'", "unhealthy_threshold"]),
+    "health check protocol": (_set("vpcs.0.target_groups.0.health_check.protocol", "udp"),
+                              [f"{TG}.health_check.protocol: Input should be 'tcp' or 'http', got 'udp'"]),
+    "health check interval": (_set("vpcs.0.target_groups.0.health_check.interval", 0),
+                              [f"{TG}.health_check.interval: ", "0.1", "got 0"]),
+    "health check threshold": (_set("vpcs.0.target_groups.0.health_check.healthy_threshold", 1),
+                               [f"{TG}.health_check.healthy_threshold: ", "got 1"]),
+    "health check matcher": (_set("vpcs.0.target_groups.0.health_check.matcher", "2xx"),
+                             [f"{TG}.health_check.matcher: "]),
+    "unknown load balancer key": (_set("vpcs.0.load_balancers.0.subnet_ids", []),
+                                  [f"{LB}: unknown key 'subnet_ids' (allowed: name, subnets, listeners, private_ip)"]),
+    "load balancer subnets missing": (_delete("vpcs.0.load_balancers.0.subnets"), [f"{LB}.subnets: required"]),
+    "load balancer subnets empty": (_set("vpcs.0.load_balancers.0.subnets", []), [f"{LB}.subnets: ", "at least 1"]),
+    "unknown listener key": (_set("vpcs.0.load_balancers.0.listeners.0.target_group_id", "tg-1"),
+                             [f"{LB}.listeners[0]: unknown key 'target_group_id' (allowed: protocol, port, target_group)"]),
+    "listener target group missing": (_delete("vpcs.0.load_balancers.0.listeners.0.target_group"),
+                                      [f"{LB}.listeners[0].target_group: required"]),
+    # the file as a whole (second pass)
+    "duplicate nat": (_append("vpcs.0.nat_gateways", {"name": "nat", "subnet": "db", "connectivity": "private"}),
+                      ["vpcs[0].nat_gateways[1].name: duplicate NAT gateway name 'nat' (first used at "
+                       f"{N}.name)"]),
+    "nat in an unknown subnet": (_set("vpcs.0.nat_gateways.0.subnet", "pub"),
+                                 [f"{N}.subnet: unknown subnet 'pub' in VPC 'demo' (subnets: app, db)"]),
+    "nat connectivity": (_set("vpcs.0.nat_gateways.0.connectivity", "bridged"),
+                         [f"{N}.connectivity: Input should be 'public' or 'private', got 'bridged'"]),
+    "public nat without a gateway": (
+        lambda d: _set("vpcs.0.internet_gateway", False)(d) or _set("vpcs.0.instances.0.elastic_ip", False)(d)
+        or _set("vpcs.0.route_tables.0.routes", [])(d),
+        [f"{N}.connectivity: a public NAT gateway needs the VPC's internet gateway (for its elastic IP), and "
+         "VPC 'demo' has none"]),
+    "nat address outside its subnet": (_set("vpcs.0.nat_gateways.0.private_ip", "10.0.2.9"),
+                                       [f"{N}.private_ip: 10.0.2.9 is outside subnet 'app' (10.0.1.0/24)"]),
+    "nat address reserved": (_set("vpcs.0.nat_gateways.0.private_ip", "10.0.1.3"),
+                             [f"{N}.private_ip: 10.0.1.3 is one of the 5 reserved addresses"]),
+    "nat address an instance's": (_set("vpcs.0.nat_gateways.0.private_ip", "10.0.1.10"),
+                                  [f"{N}.private_ip: duplicate address 10.0.1.10 in this VPC (first used at "
+                                   "vpcs[0].instances[0].ip)"]),
+    "route to an unknown nat": (_set("vpcs.0.route_tables.1.routes.0.target", "nat_gateway/nope"),
+                                ["vpcs[0].route_tables[1].routes[0].target: unknown NAT gateway 'nope' in VPC 'demo' "
+                                 "(NAT gateways: nat)"]),
+    "route to nat_gateway/": (_set("vpcs.0.route_tables.1.routes.0.target", "nat_gateway/"),
+                              ["vpcs[0].route_tables[1].routes[0].target: 'nat_gateway/' is not internet_gateway, "
+                               "instance/NAME or nat_gateway/NAME"]),
+    "duplicate target group": (_append("vpcs.0.target_groups", {"name": "web", "port": 81}),
+                               [f"vpcs[0].target_groups[1].name: duplicate target group name 'web' (first used at "
+                                f"{TG}.name)"]),
+    "target group protocol": (_set("vpcs.0.target_groups.0.protocol", "http"),
+                              [f"{TG}.protocol: Input should be 'tcp' or 'udp', got 'http'"]),
+    "target group port out of range": (_set("vpcs.0.target_groups.0.port", 0), [f"{TG}.port: ", "got 0"]),
+    "target port out of range": (_set("vpcs.0.target_groups.0.targets.1.port", 65536),
+                                 [f"{TG}.targets[1].port: ", "got 65536"]),
+    "target of an unknown instance": (_set("vpcs.0.target_groups.0.targets.0", "instance/nope"),
+                                      [f"{TG}.targets[0].instance: unknown instance 'nope' in VPC 'demo' (instances: "
+                                       "web, client)"]),
+    "target outside the vpc": (_set("vpcs.0.target_groups.0.targets.2", {"ip": "192.168.1.5"}),
+                               [f"{TG}.targets[2].ip: 192.168.1.5 is outside VPC 'demo' (10.0.0.0/16)"]),
+    "duplicate target": (_append("vpcs.0.target_groups.0.targets", {"instance": "web", "port": 80}),
+                         [f"{TG}.targets[3]: duplicate target 'instance/web port 80' (first used at {TG}.targets[0])"]),
+    "too many targets (the API's limit)": (
+        _set("vpcs.0.target_groups.0.targets", [{"ip": "10.0.3.1", "port": p} for p in range(1, 102)]),
+        [f"{TG}.targets: List should have at most 100 items"]),
+    "duplicate load balancer": (_append("vpcs.0.load_balancers", {"name": "lb", "subnets": ["db"]}),
+                                ["vpcs[0].load_balancers[1].name: duplicate load balancer name 'lb' (first used at "
+                                 f"{LB}.name)"]),
+    "load balancer in an unknown subnet": (_set("vpcs.0.load_balancers.0.subnets", ["app", "nope"]),
+                                           [f"{LB}.subnets[1]: unknown subnet 'nope' in VPC 'demo' (subnets: app, db)"]),
+    "load balancer in a subnet twice": (_set("vpcs.0.load_balancers.0.subnets", ["app", "app"]),
+                                        [f"{LB}.subnets[1]: duplicate subnet 'app' (first used at {LB}.subnets[0])"]),
+    "load balancer in too many subnets (the API's limit)": (
+        lambda d: d["vpcs"][0]["subnets"].extend({"name": f"s{n}", "cidr": f"10.0.{n}.0/24"} for n in range(3, 12))
+        or _set("vpcs.0.load_balancers.0.subnets", ["app", "db", *(f"s{n}" for n in range(3, 12))])(d),
+        [f"{LB}.subnets: List should have at most 10 items"]),
+    "load balancer address outside its first subnet": (_set("vpcs.0.load_balancers.0.subnets", ["db", "app"]),
+                                                       [f"{LB}.private_ip: 10.0.1.100 is outside subnet 'db' "
+                                                        "(10.0.2.0/24)"]),
+    "load balancer address reserved": (_set("vpcs.0.load_balancers.0.private_ip", "10.0.1.255"),
+                                       [f"{LB}.private_ip: 10.0.1.255 is one of the 5 reserved addresses"]),
+    "load balancer address an instance's": (_set("vpcs.0.load_balancers.0.private_ip", "10.0.1.10"),
+                                            [f"{LB}.private_ip: duplicate address 10.0.1.10 in this VPC (first used "
+                                             "at vpcs[0].instances[0].ip)"]),
+    "listener of an unknown target group": (_set("vpcs.0.load_balancers.0.listeners.0.target_group", "nope"),
+                                            [f"{LB}.listeners[0].target_group: unknown target group 'nope' in VPC "
+                                             "'demo' (target groups: web)"]),
+    "listener of another protocol": (_set("vpcs.0.load_balancers.0.listeners.0.protocol", "udp"),
+                                     [f"{LB}.listeners[0].protocol: target group 'web' is tcp, the listener udp"]),
+    "listener protocol": (_set("vpcs.0.load_balancers.0.listeners.0.protocol", "http"),
+                          [f"{LB}.listeners[0].protocol: Input should be 'tcp' or 'udp', got 'http'"]),
+    "listener port": (_set("vpcs.0.load_balancers.0.listeners.0.port", 70000), [f"{LB}.listeners[0].port: ", "70000"]),
+    "duplicate listener": (_append("vpcs.0.load_balancers.0.listeners", {"port": 80, "target_group": "web"}),
+                           [f"{LB}.listeners[1].port: duplicate listener 'tcp/80' (first used at "
+                            f"{LB}.listeners[0].port)"]),
+}
+
+
+@pytest.mark.parametrize("change,expected", HYPERPLANE_ERRORS.values(), ids=HYPERPLANE_ERRORS.keys())
+def test_invalid_hyperplane_keys_name_the_field_and_value(change, expected):
+    data = hyperplane()
+    change(data)
+    with pytest.raises(TopologyError) as e:
+        parse_topology(data)
+    message = str(e.value)
+    for part in expected:
+        assert part in message, message
+    assert all(re.match(r"[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: ", line) for line in message.splitlines()), message
+
+
+def test_explicit_addresses_of_gateways_and_balancers_are_taken_before_instances_get_theirs():
+    data = hyperplane()
+    vpc = data["vpcs"][0]
+    vpc["nat_gateways"][0]["private_ip"] = "10.0.1.4"
+    vpc["load_balancers"][0]["private_ip"] = "10.0.1.5"
+    vpc["instances"].append({"name": "extra", "subnet": "app", "host": "host-a"})
+    assert parse_topology(data).instance("extra").ip == IP("10.0.1.6")
+
+
+def test_every_hyperplane_problem_is_reported_with_its_path():
+    data = hyperplane()
+    vpc = data["vpcs"][0]
+    vpc["nat_gateways"][0]["subnet"] = "nope"
+    vpc["route_tables"][1]["routes"][0]["target"] = "nat_gateway/other"
+    vpc["target_groups"][0]["targets"][0] = "instance/nope"
+    vpc["target_groups"][0]["protocol"] = "sctp"
+    vpc["load_balancers"][0]["private_ip"] = "10.0.1.10"
+    vpc["load_balancers"][0]["listeners"][0]["target_group"] = "nope"
+    lines = str(pytest.raises(TopologyError, parse_topology, data).value).splitlines()
+    assert [line.split(": ")[0] for line in lines] == [
+        f"{N}.subnet", f"{LB}.private_ip", "vpcs[0].route_tables[1].routes[0].target", f"{TG}.targets[0].instance",
+        f"{TG}.protocol", f"{LB}.listeners[0].target_group"]
+
+
+# NAT gateways, target groups and load balancers from a few plausible values each, valid or not.
+HYPERPLANE_SHAPED = st.fixed_dictionaries({
+    "hosts": st.just([{"name": "a"}]),
+    "vpcs": st.lists(st.fixed_dictionaries({
+        "name": NAMES,
+        "cidr": st.just("10.0.0.0/16"),
+        "subnets": st.lists(st.fixed_dictionaries(
+            {"name": NAMES, "cidr": st.sampled_from(["10.0.1.0/24", "10.0.2.0/24"])}), max_size=2),
+        "instances": st.lists(st.fixed_dictionaries(
+            {"name": st.from_regex(r"[a-z][0-9]", fullmatch=True), "subnet": NAMES, "host": st.just("a")},
+            optional={"ip": ADDRESSES}), max_size=3),
+        "nat_gateways": st.lists(st.fixed_dictionaries({"name": NAMES, "subnet": NAMES}, optional={
+            "connectivity": st.sampled_from(["public", "private", "x", 1]), "private_ip": ADDRESSES}), max_size=2),
+        "target_groups": st.lists(st.fixed_dictionaries({"name": NAMES, "port": st.sampled_from([0, 80, "80", 70000])},
+                                                        optional={
+            "protocol": st.sampled_from(["tcp", "udp", "http"]),
+            "targets": st.lists(st.one_of(
+                st.sampled_from(["instance/a1", "instance/b2", "instance/", "a1", 5, None]),
+                st.fixed_dictionaries({}, optional={"instance": st.sampled_from(["a1", "zz"]), "ip": ADDRESSES,
+                                                    "port": st.sampled_from([1, 80, 0, "80"])})), max_size=4),
+            "health_check": st.dictionaries(st.sampled_from(["protocol", "interval", "matcher", "x"]),
+                                            st.sampled_from(["http", "tcp", 1, 0, "200", "2xx"]), max_size=3)}),
+            max_size=2),
+        "load_balancers": st.lists(st.fixed_dictionaries({"name": NAMES}, optional={
+            "subnets": st.lists(NAMES, max_size=3), "private_ip": ADDRESSES,
+            "listeners": st.lists(st.fixed_dictionaries({}, optional={
+                "protocol": st.sampled_from(["tcp", "udp", "x"]), "port": st.sampled_from([80, 0, "80"]),
+                "target_group": NAMES}), max_size=3)}), max_size=2),
+    }, optional={
+        "internet_gateway": st.booleans(),
+        "route_tables": st.lists(st.fixed_dictionaries({"name": NAMES}, optional={"routes": st.lists(
+            st.fixed_dictionaries({"destination": st.sampled_from(["0.0.0.0/0", "10.0.1.0/24"]),
+                                   "target": st.sampled_from(["nat_gateway/a", "nat_gateway/zz", "nat_gateway/"])}),
+            max_size=2)}), max_size=2),
+    }), max_size=2),
+})
+
+
+@settings(max_examples=200, deadline=None)
+@given(HYPERPLANE_SHAPED)
+def test_any_hyperplane_input_either_parses_or_raises_topology_error(data):
     try:
         parse_topology(data)
     except TopologyError as e:

@@ -391,9 +391,12 @@ class Listener(Body):
 
 
 class LoadBalancerCreate(Body):
+    """A network load balancer in one or more subnets of a VPC. Its address (``private_ip``, default the
+    first free one, as for instances) is in its FIRST subnet, held by a requester-managed ENI."""
     name: Name
     subnet_ids: list[SubnetId] = Field(min_length=1, max_length=10)
     listeners: list[Listener] = Field(default_factory=list, max_length=50)
+    private_ip: Optional[IPv4] = None  # in subnet_ids[0]; default: its first free address
 
 
 class LoadBalancerUpdate(Body):

@@ -64,6 +64,22 @@ NAT gateways (``nat-gateways``, ``nat-…``): created in one transaction with th
 - The record: ``subnet_id, vpc_id, connectivity_type, private_ip, public_ip, allocation_id, eni_id,
   state: "available"``. Deleting it deletes its ENI and disassociates its elastic IP (which stays
   allocated to the account); routes to it stay, and read ``"state": "blackhole"``.
+
+Load balancers (``load-balancers``, ``nlb-…``) and target groups (``target-groups``, ``tg-…``):
+- A load balancer's subnets belong to one VPC; its listeners name target groups of that VPC, of their
+  protocol, one listener a (protocol, port). A target group in use by a listener cannot be deleted.
+- It is created in one transaction with its address and ENI, like a NAT gateway: ``private_ip`` (the
+  requested address, 422 outside its FIRST subnet or reserved, 409 taken; else that subnet's first free
+  one) is held by a requester-managed ENI (``interface_type: "network_load_balancer"``,
+  ``load_balancer_id``, ``host: None``, ``instance_id: None``, no security groups,
+  ``source_dest_check: False``), read-only like every ENI, that goes with it.
+- The record adds ``vpc_id, subnet_id`` (the first subnet's), ``private_ip, eni_id, state: "active"``
+  and ``dns_name``: ``NAME-<id digits>.elb.<region>.vpc.internal``, fixed at creation. Its name and
+  listeners change; its subnets and address do not (re-create it). A subnet it names cannot be deleted.
+- Targets are instances of the group's VPC (``instance_id``) or addresses (``ip``), each with a port.
+  Deleting an instance is allowed and leaves its targets in the groups that name it, unused: the
+  infrastructure view leaves them out, and an update of the group may keep them as they are (only new
+  or changed targets are checked).
 """
 
 from __future__ import annotations
@@ -273,8 +289,14 @@ class ControlPlane:
         the policy (groups, ACLs, flow logs), route tables (each subnet names its ``route_table_id``;
         a table's ``routes`` are ``{destination, target_type, target_id, state}``, its local route
         first), attached internet gateways, associated elastic IPs (``public_ips``: an instance's, or a
-        NAT gateway's with its ``nat_gateway_id``) and NAT gateways (``nat_gateways``). A NAT gateway's
-        ENI is among ``enis`` with ``host``/``underlay_ip`` None: no host attaches it, nothing maps it.
+        NAT gateway's with its ``nat_gateway_id``), NAT gateways (``nat_gateways``), load balancers
+        (``load_balancers``: ``{id, account, vpc_id, vni, subnet_id, private_ip, eni_id, listeners:
+        [{protocol, port, target_group_id}]}``) and target groups (``target_groups``: ``{id, account,
+        vpc_id, vni, protocol, port, health_check, targets: [{id, ip, port}]}``, a target's ``id`` its
+        instance's id and ``ip`` that instance's ENI's address, or both the target's address; targets
+        whose instance is gone are left out). A NAT gateway's or a load balancer's ENI is among ``enis``
+        with ``host``/``underlay_ip`` None (and its ``nat_gateway_id``/``load_balancer_id``): no host
+        attaches it, nothing maps it.
 
         Host agents take their own ENIs from it; the mapping daemon derives (VPC, address) → host.
         ``revision`` is the write serial it reflects at least: pass it to ``wait_for_change``.
@@ -302,7 +324,8 @@ class ControlPlane:
                          "interface_type": e["interface_type"], "subnet_id": e["subnet_id"],
                          "security_group_ids": e["security_group_ids"],
                          "connection_tracking": e.get("connection_tracking"),
-                         "nat_gateway_id": e.get("nat_gateway_id")})
+                         "nat_gateway_id": e.get("nat_gateway_id"),
+                         "load_balancer_id": e.get("load_balancer_id")})
 
         def of(prefix: str, *fields: str) -> list[dict]:
             return [{f: x.get(f) for f in ("id", "account", *fields)} for x in recs if kind_of(x["id"]) == prefix]
@@ -326,6 +349,29 @@ class ControlPlane:
                          "allocation_id": n.get("allocation_id"), "eni_id": n.get("eni_id"),
                          "connectivity_type": n.get("connectivity_type", "public")}
                         for n in recs if kind_of(n["id"]) == "nat"]
+        load_balancers = [{"id": b["id"], "account": b["account"], "vpc_id": b["vpc_id"],
+                           "vni": by_id[b["vpc_id"]]["vni"], "subnet_id": b.get("subnet_id", b["subnet_ids"][0]),
+                           "private_ip": b.get("private_ip"), "eni_id": b.get("eni_id"),
+                           "listeners": [{"protocol": li["protocol"], "port": li["port"],
+                                          "target_group_id": li["target_group_id"]} for li in b["listeners"]]}
+                          for b in recs if kind_of(b["id"]) == "nlb"]
+        target_groups = []
+        for g in recs:
+            if kind_of(g["id"]) != "tg":
+                continue
+            targets = []
+            for t in g["targets"]:
+                if t.get("instance_id"):
+                    inst = by_id.get(t["instance_id"])
+                    eni = by_id.get(inst["eni_id"]) if inst is not None else None
+                    if eni is None:  # the instance is gone: its target stays in the group, unused
+                        continue
+                    targets.append({"id": inst["id"], "ip": eni["private_ip"], "port": t["port"]})
+                else:
+                    targets.append({"id": t["ip"], "ip": t["ip"], "port": t["port"]})
+            target_groups.append({"id": g["id"], "account": g["account"], "vpc_id": g["vpc_id"],
+                                  "vni": by_id[g["vpc_id"]]["vni"], "protocol": g["protocol"], "port": g["port"],
+                                  "health_check": g["health_check"], "targets": targets})
         return {"revision": serial.mod_revision if serial else 0, "hosts": list(hosts.values()),
                 "vpcs": vpcs, "enis": enis,
                 "subnets": of("subnet", "vpc_id", "cidr_block", "network_acl_id", "route_table_id"),
@@ -334,7 +380,8 @@ class ControlPlane:
                 "flow_logs": of("fl", "resource_id", "traffic_type", "log_format", "max_aggregation_interval"),
                 "route_tables": route_tables,
                 "internet_gateways": [x for x in of("igw", "vpc_id") if x["vpc_id"]],
-                "public_ips": public_ips, "nat_gateways": nat_gateways}
+                "public_ips": public_ips, "nat_gateways": nat_gateways,
+                "load_balancers": load_balancers, "target_groups": target_groups}
 
     async def wait_for_change(self, after: int, timeout: float) -> None:
         """Return once a write newer than serial revision ``after`` exists, or after ``timeout``."""
@@ -599,10 +646,11 @@ class ControlPlane:
         return ids
 
     @staticmethod
-    def _private_ip(snap, subnet: dict, requested: str | None) -> str:
+    def _private_ip(snap, subnet: dict, requested: str | None, subnet_field: str = "subnet_id") -> str:
         """An ENI's address in ``subnet``: ``requested`` if it is free (422 outside the subnet or
-        reserved, 409 taken), else the first free one from .4 (409 when there is none). Taken: the
-        addresses of the subnet's ENIs, whoever's (instances', NAT gateways')."""
+        reserved, 409 taken), else the first free one from .4 (409 naming ``subnet_field`` when there is
+        none). Taken: the addresses of the subnet's ENIs, whoever's (instances', NAT gateways', load
+        balancers')."""
         net = ipaddress.IPv4Network(subnet["cidr_block"])
         reserved = {net.network_address + k for k in range(4)} | {net.broadcast_address}
         taken = {x["private_ip"] for x in snap.of("eni", subnet_id=subnet["id"])}
@@ -617,7 +665,7 @@ class ControlPlane:
             return str(ip)
         ip = next((a for a in net.hosts() if a not in reserved and str(a) not in taken), None)
         if ip is None:
-            raise ApiError(409, f"subnet {subnet['id']} has no free address", "subnet_id")
+            raise ApiError(409, f"subnet {subnet['id']} has no free address", subnet_field)
         return str(ip)
 
     async def _create_i(self, caller, snap, rid, body: r.InstanceCreate):
@@ -654,7 +702,8 @@ class ControlPlane:
 
     async def _delete_i(self, caller, snap, inst, puts):
         # Its ENI goes with it; a route that targets the ENI stays and becomes a blackhole, as in the cloud.
-        # Its elastic IP stays allocated to the account, disassociated.
+        # Its elastic IP stays allocated to the account, disassociated. Target groups that name it keep
+        # its targets, unused (the infrastructure view leaves them out).
         for eip in snap.of("eipalloc", instance_id=inst["id"]):
             puts[self._key(caller, eip["id"])] = {**eip, **UNASSOCIATED, "updated": time.time()}
         return [self._key(caller, inst["eni_id"])]
@@ -880,9 +929,11 @@ class ControlPlane:
                                 "disassociate it first")
         return [f"/public-ips/{eip['public_ip']}"]
 
-    def _check_targets(self, snap, vpc_id: str, targets: list[dict]) -> None:
+    def _check_targets(self, snap, vpc_id: str, targets: list[dict], old: list[dict] = ()) -> None:
+        """Instance targets name instances of the VPC. A target kept exactly as it is in ``old`` is not
+        checked again: its instance may be gone (deleting an instance leaves its targets in place)."""
         for i, t in enumerate(targets):
-            if t.get("instance_id"):
+            if t.get("instance_id") and t not in old:
                 self._same_vpc(snap, vpc_id, t["instance_id"], "i", f"targets[{i}].instance_id")
 
     async def _create_tg(self, caller, snap, rid, body: r.TargetGroupCreate):
@@ -893,7 +944,7 @@ class ControlPlane:
 
     async def _update_tg(self, caller, snap, old, changes, puts):
         rec = {**old, **changes}
-        self._check_targets(snap, old["vpc_id"], rec["targets"])
+        self._check_targets(snap, old["vpc_id"], rec["targets"], old["targets"])
         return rec
 
     async def _delete_tg(self, caller, snap, tg, puts):
@@ -917,9 +968,31 @@ class ControlPlane:
         vpcs = {s["vpc_id"] for s in subnets}
         if len(vpcs) != 1:
             raise ApiError(422, "all subnets of a load balancer belong to one VPC", "subnet_ids")
-        fields = {**body.model_dump(), "vpc_id": vpcs.pop()}
-        self._check_listeners(snap, fields["vpc_id"], fields["listeners"])
-        return {}, [], self._rec(caller, r.KINDS["load-balancers"], rid, fields)
+        vpc_id = vpcs.pop()
+        fields = {**body.model_dump(), "vpc_id": vpc_id}
+        self._check_listeners(snap, vpc_id, fields["listeners"])
+        subnet = subnets[0]  # its address is in its first subnet
+        ip = self._private_ip(snap, subnet, body.private_ip, "subnet_ids[0]")
+        eni = new_id("eni")
+        puts = {self._key(caller, eni): self._rec(caller, r.KINDS["network-interfaces"], eni, {
+            "subnet_id": subnet["id"], "vpc_id": vpc_id, "host": None, "private_ip": ip,
+            "security_group_ids": [], "source_dest_check": False, "interface_type": "network_load_balancer",
+            "connection_tracking": None, "instance_id": None, "nat_gateway_id": None, "load_balancer_id": rid,
+            "requester_managed": True, "description": f"ELB net/{body.name}/{rid}"})}
+        return puts, [], self._rec(caller, r.KINDS["load-balancers"], rid, {
+            **fields, "subnet_id": subnet["id"], "private_ip": ip, "eni_id": eni,
+            "dns_name": self._dns_name(body.name, rid), "state": "active"})
+
+    def _dns_name(self, name: str, rid: str) -> str:
+        """``NAME-<id digits>.elb.<region>.vpc.internal``: the name made a DNS label (lower case, other
+        characters as '-', at most 32), fixed when the load balancer is made (a rename keeps it)."""
+        label = "".join(c if c.isascii() and c.isalnum() else "-" for c in name.lower())
+        label = "-".join(part for part in label.split("-") if part)[:32].strip("-")
+        return f"{label}-{rid.split('-', 1)[1]}.elb.{self.region}.vpc.internal"
+
+    async def _delete_nlb(self, caller, snap, nlb, puts):
+        # Its ENI goes with it, and with it its address.
+        return [self._key(caller, nlb["eni_id"])] if nlb.get("eni_id") else []
 
     async def _update_nlb(self, caller, snap, old, changes, puts):
         rec = {**old, **changes}
