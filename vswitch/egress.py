@@ -156,22 +156,21 @@ class EgressPath:
         return target
 
     def _balancer(self, vpc, buf, off: int, src: int, dst: int, trace):
-        """The node for a packet to a load balancer, or for a target's reply to its client; False if the
-        packet is neither (the caller goes on), None if no node of the shard is alive."""
+        """The node for a packet to a load balancer, or for a target's reply to its client (or to the
+        balancer itself: a health check's answer); False if the packet is neither (the caller goes on),
+        None if no node of the shard is alive. Flows are keyed by the client's address and port."""
         proto = buf[off + 9]
-        lb = vpc.balancers.get(dst)
-        if lb is not None:  # client → load balancer
-            ihl = (buf[off] & 0xF) * 4
-            client, port = src, buf[off + ihl] << 8 | buf[off + ihl + 1]
-        else:
-            ports = vpc.lb_targets.get(src)
-            if ports is None:
-                return False
-            ihl = (buf[off] & 0xF) * 4
+        ihl = (buf[off] & 0xF) * 4
+        lb = None
+        ports = vpc.lb_targets.get(src)
+        if ports is not None:  # from a target's port: the reply direction
             lb = ports.get((proto, buf[off + ihl] << 8 | buf[off + ihl + 1]))
+            client, port = dst, buf[off + ihl + 2] << 8 | buf[off + ihl + 3]
+        if lb is None:
+            lb = vpc.balancers.get(dst)
             if lb is None:
-                return False  # the target's other traffic
-            client, port = dst, buf[off + ihl + 2] << 8 | buf[off + ihl + 3]  # target → client
+                return False  # neither: the target's other traffic, or nothing to do with a balancer
+            client, port = src, buf[off + ihl] << 8 | buf[off + ihl + 1]
         target = self.fleet.nlb_node(lb, proto, client, port)
         if trace is not None and target is not None:
             trace.append({"step": "load balancer", "result": "allow",
