@@ -29,7 +29,7 @@ import uvloop
 TOPOLOGY = Path(__file__).resolve().parent.parent / "configs" / "hyperplane.yaml"
 INTERNET_WEB = "203.0.113.10"
 SINK_PORT = 9100
-CONNECTIONS, CONCURRENCY = 3000, 32
+CONNECTIONS, CONCURRENCY = 5000, 32
 FLOOR_CONNS = 2000
 WEBS = ("web1", "web2", "web3")
 
@@ -104,6 +104,10 @@ def measure(lab, iperf3, servers, runs: int, seconds: int, log, terminate) -> di
     listeners = lb["listeners"]
     api.call("PATCH", f"/v1/load-balancers/{lb['id']}",
              {"listeners": [*listeners, {"protocol": "tcp", "port": 5201, "target_group_id": tg["id"]}]})
+    # web1's group admits tcp/80 only: iperf3 (5201) from the VPC too, for the run.
+    group = api.call("GET", f"/v1/security-groups/{inst['web1']['security_group_ids'][0]}")
+    api.call("PATCH", f"/v1/security-groups/{group['id']}", {"ingress": [
+        *group["ingress"], {"protocol": "tcp", "from_port": 5201, "to_port": 5201, "cidr": "10.0.0.0/16"}]})
     try:
         time.sleep(3.0)  # sinks up; the web targets turn healthy (interval 1 s, threshold 2)
         for name, address, port in (("nat", INTERNET_WEB, SINK_PORT), ("lb", lb["private_ip"], 80)):
@@ -133,6 +137,7 @@ def measure(lab, iperf3, servers, runs: int, seconds: int, log, terminate) -> di
         out["tcp"] = {name: {"median_bits_per_second": medians[name], "runs": tcp[name],
                              "ratio_to_direct": medians[name] / medians["direct"]} for name in paths}
     finally:
+        api.call("PATCH", f"/v1/security-groups/{group['id']}", {"ingress": group["ingress"]})
         api.call("PATCH", f"/v1/load-balancers/{lb['id']}", {"listeners": listeners})
         api.call("DELETE", f"/v1/target-groups/{tg['id']}")
         for p in sinks:

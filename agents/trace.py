@@ -63,6 +63,12 @@ def trace(state: dict, instances: dict, source: str, destination: str, protocol:
         raise RuntimeError(out["error"])
     steps = [{"host": src_inst["host"], **s} for s in out["steps"]]
     delivered = out.get("delivered", False)
+    nodes = {c["underlay_ip"]: name for name, c in state["components"].items() if c["role"] == "hyperplane_agent"}
+    if "underlay" in out and out["underlay"] in nodes:  # a NAT gateway or load balancer: flow state, not traced
+        steps.append({"host": nodes[out["underlay"]], "step": "hyperplane node", "result": "allow",
+                      "detail": "the node translates with its flow state; the path beyond it is not traced"})
+        delivered = True
+        out = {}
     if "underlay" in out and out["underlay"] not in hosts:  # the edge: the internet, or a mapping miss
         edge = next((c for c in state["components"].values()
                      if c["role"] == "edge_agent" and c["underlay_ip"] == out["underlay"]), None)

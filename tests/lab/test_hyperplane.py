@@ -6,6 +6,7 @@ Hyperplane node with kill -9 in the middle of a transfer leaves the transfer int
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -92,6 +93,13 @@ def test_a_private_instance_reaches_the_internet_through_the_nat_gateway(lab):
         == [INTERNET_WEB]
 
 
+def test_trace_follows_a_packet_to_the_nat_gateways_node(lab):
+    from agents.trace import trace
+    result = trace(lab.lab.state(), lab.lab.instances(), "client", INTERNET_WEB, "tcp", 80)
+    steps = [s["step"] for s in result["steps"]]
+    assert "NAT gateway" in steps and steps[-1] == "hyperplane node" and result["verdict"] == "delivered", result
+
+
 def test_path_mtu_discovery_through_the_nat_gateway_finds_1500(lab):
     p = lab.run("client2", "tracepath", "-n", "-m", "5", INTERNET_WEB, timeout=60)
     assert re.search(r"pmtu 1500", p.stdout), p.stdout
@@ -140,6 +148,15 @@ def test_a_dead_target_stops_receiving_new_flows(lab):
         assert p.returncode == 0, p.stderr
         seen[p.stdout.strip()] += 1
     assert set(seen) == {"web1", "web3"}, seen
+
+
+def test_vpc_hyperplane_shards_names_each_resources_nodes(lab, capsys):
+    from agents.cli import main
+    assert main(["--lab", lab.name, "hyperplane", "shards", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert set(answer["resources"]) == {lab.nat["id"], lab.lb["id"]}
+    assert all(len(r["shard"]) == SHARD_SIZE and set(r["shard"]) <= set(nodes(lab)) for r in answer["resources"].values())
+    assert answer["overlap"]["pairs"] == 1 and sum(answer["expected_overlap"].values()) == pytest.approx(1.0)
 
 
 def instance_id(lab, name: str) -> str:
