@@ -448,7 +448,8 @@ def test_tshark_dissects_our_packets_as_geneve(demo_lab):
     fields = ("frame.protocols", "ip.src", "ip.dst", "udp.dstport", "geneve.version", "geneve.vni",
               "geneve.proto_type", "geneve.option.class", "icmp.type")
     cmd = ["ip", "netns", "exec", ns(h, "underlay"), "tshark", "-i", "br0", "-l", "-n", "-c", "8",
-           "-a", "duration:15", "-f", f"udp port {PORT}", "-T", "fields", "-E", "separator=|"]
+           "-a", "duration:15", "-f", f"udp port {PORT} and host {a_ip} and host {b_ip}",  # not heartbeats
+           "-T", "fields", "-E", "separator=|"]
     for f in fields:
         cmd += ["-e", f]
     tshark = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

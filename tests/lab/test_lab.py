@@ -88,7 +88,8 @@ def test_status_reports_every_component(demo_lab):
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     status = json.loads(p.stdout)
-    assert set(status["components"]) == {"control-plane", "mapping", "edge", "host-a", "host-b"}
+    assert set(status["components"]) == {"control-plane", "mapping", "edge", "host-a", "host-b",
+                                         "hp-1", "hp-2", "hp-3", "hp-4"}  # the Hyperplane fleet
     assert all(c["health"] == "ready" and c["alive"] for c in status["components"].values())
     p = subprocess.run([sys.executable, "-m", "agents.cli", "--lab", demo_lab.name, "status"],
                        capture_output=True, text=True)
