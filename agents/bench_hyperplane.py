@@ -1,7 +1,8 @@
 """The Hyperplane figures of ``scripts/bench``: the NAT gateway and the load balancer, on a lab of
 configs/hyperplane.yaml (client on host-a; web1 on host-b; the gateway and balancer on Hyperplane nodes).
 
-    conns     new TCP connections per second, each connect + close, 32 at a time, from ``client``:
+    conns     new TCP connections per second, each connect + close, 64 at a time, from ``client``
+              (after a warm-up of 500 untimed, and a second of quiet):
               ``nat``  to a sink in the internet namespace (203.0.113.10:9100) through the NAT gateway,
               ``lb``   to the load balancer's listener 80, whose targets web1..3 run the same sink.
               The floor: 2,000/s each.
@@ -29,7 +30,7 @@ import uvloop
 TOPOLOGY = Path(__file__).resolve().parent.parent / "configs" / "hyperplane.yaml"
 INTERNET_WEB = "203.0.113.10"
 SINK_PORT = 9100
-CONNECTIONS, CONCURRENCY = 5000, 32
+CONNECTIONS, CONCURRENCY, WARM_UP = 5000, 64, 500
 FLOOR_CONNS = 2000
 WEBS = ("web1", "web2", "web3")
 
@@ -110,14 +111,18 @@ def measure(lab, iperf3, servers, runs: int, seconds: int, log, terminate) -> di
         *group["ingress"], {"protocol": "tcp", "from_port": 5201, "to_port": 5201, "cidr": "10.0.0.0/16"}]})
     try:
         time.sleep(3.0)  # sinks up; the web targets turn healthy (interval 1 s, threshold 2)
+        def connect(address: str, port: int, n: int) -> dict:
+            p = subprocess.run(lab.exec_argv("client", [sys.executable, "-m", "agents.bench_hyperplane", "connect",
+                                                        address, str(port), str(n), str(CONCURRENCY)]),
+                               capture_output=True, text=True, timeout=300)
+            return json.loads(p.stdout)
+
         for name, address, port in (("nat", INTERNET_WEB, SINK_PORT), ("lb", lb["private_ip"], 80)):
             rates = []
+            connect(address, port, WARM_UP)
             for i in range(runs):
-                p = subprocess.run(lab.exec_argv("client", [sys.executable, "-m", "agents.bench_hyperplane",
-                                                            "connect", address, str(port), str(CONNECTIONS),
-                                                            str(CONCURRENCY)]),
-                                   capture_output=True, text=True, timeout=300)
-                result = json.loads(p.stdout)
+                time.sleep(1.0)
+                result = connect(address, port, CONNECTIONS)
                 rates.append(result)
                 log(f"bench: hyperplane conns {name} run {i + 1}/{runs}: {result['per_second']:,.0f}/s "
                     f"errors {result['errors']}")

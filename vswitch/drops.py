@@ -45,9 +45,8 @@ class Drop(enum.IntEnum):
     NO_PUBLIC_ADDRESS = 27  # to or from the internet without a public (elastic) address
     # --- Hyperplane (NAT gateway, load balancer) ---
     NO_HYPERPLANE_NODE = 28  # no live node in the gateway's or load balancer's shard
-    NOT_FROM_FLEET = 29  # a packet only a Hyperplane node may send (e.g. to a NAT gateway's address)
-    NAT_REFUSED = 30  # the NAT gateway refused the flow (port allocation, idle timeout, no flow...)
-    NLB_REFUSED = 31  # the load balancer refused the flow (no listener, no targets, no flow...)
+    NAT_REFUSED = 29  # the NAT gateway refused the flow (port allocation, idle timeout, no flow...)
+    NLB_REFUSED = 30  # the load balancer refused the flow (no listener, no targets, no flow...)
 
     @property
     def label(self) -> str:
