@@ -63,6 +63,7 @@ from .offload import F_NEEDS_CSUM, GSO_NONE, GSO_ECN
 from .routes import RouteTable
 
 _H = struct.Struct("!H")
+_ICMP_ERRORS = (3, 4, 5, 11, 12)
 _I = struct.Struct("!I")
 _ADDRS = struct.Struct("!II")
 _ENI_OPT_HEAD = struct.pack("!HBB", geneve.OPTION_CLASS, geneve.OPT_SOURCE_ENI, 2)  # SOURCE_ENI at [8:12]
@@ -373,7 +374,9 @@ class NodeCore:
                 return self._refused("no_flow", "in")
             return self._deliver(nat, buf, pkt, inside, partial)
         if proto == PROTO_ICMP:
-            if len(pkt) < ihl + 8 or pkt[ihl] != 0:  # echo replies (errors quoting our packets: later)
+            if len(pkt) >= ihl + 8 and pkt[ihl] in _ICMP_ERRORS:
+                return self._nat_icmp_error(nat, buf, pkt, ihl, now)
+            if len(pkt) < ihl + 8 or pkt[ihl] != 0:  # echo replies
                 return self._refused(NatDrop.UNSUPPORTED_PROTOCOL, "in")
             port, rport, flags, at = _H.unpack_from(pkt, ihl + 4)[0], 0, None, 4
         elif proto == PROTO_TCP or proto == PROTO_UDP:
@@ -390,6 +393,44 @@ class NodeCore:
         rewrite_port(pkt, ihl, at, inside[1], partial)
         self.counters["nat_in"] += 1
         return self._deliver(nat, buf, pkt, inside[0], partial)
+
+    def _nat_icmp_error(self, nat: _Nat, buf, pkt, ihl: int, now: float):
+        """An ICMP error from the internet about one of the gateway's packets (port unreachable, time
+        exceeded...): it quotes that packet as translated — the gateway's address and port — which
+        becomes the instance's again, so its kernel finds the socket. The flow is not refreshed.
+
+            [IPv4 remote → gateway][ICMP type code csum rest][quoted IPv4 gateway → remote][ports ...]
+        """
+        q = ihl + 8
+        if len(pkt) < q + 20 or pkt[q] >> 4 != 4 or _I.unpack_from(pkt, q + 12)[0] != nat.private_ip:
+            return self._refused("icmp_error_unrelated", "in")
+        qihl = (pkt[q] & 0xF) * 4
+        qproto = pkt[q + 9]
+        if len(pkt) < q + qihl + 8:
+            return self._refused("icmp_error_short", "in")
+        remote = _I.unpack_from(pkt, q + 16)[0]
+        if qproto == PROTO_ICMP:  # an echo request of ours: its identifier is the port
+            at, port, rport = 4, _H.unpack_from(pkt, q + qihl + 4)[0], 0
+        elif qproto == PROTO_TCP or qproto == PROTO_UDP:
+            at, port, rport = 0, _H.unpack_from(pkt, q + qihl)[0], _H.unpack_from(pkt, q + qihl + 2)[0]
+        else:
+            return self._refused("icmp_error_unrelated", "in")
+        inside = nat.core.translate_in(qproto, port, remote, rport, now, refresh=False)
+        if inside is None:
+            return self._refused("no_flow", "in")
+        # The quote: source address (and its header checksum), source port; the ICMP checksum covers both.
+        icmp = _H.unpack_from(pkt, ihl + 2)[0]
+        old_hcsum = _H.unpack_from(pkt, q + 10)[0]
+        new_hcsum = _adjust(old_hcsum, nat.private_ip, inside[0])
+        _I.pack_into(pkt, q + 12, inside[0])
+        _H.pack_into(pkt, q + 10, new_hcsum)
+        old_port = _H.unpack_from(pkt, q + qihl + at)[0]
+        _H.pack_into(pkt, q + qihl + at, inside[1])  # the quoted transport checksum is left: nobody checks it
+        for old, new in ((nat.private_ip, inside[0]), (old_hcsum, new_hcsum), (old_port, inside[1])):
+            icmp = _adjust(icmp, old, new)
+        _H.pack_into(pkt, ihl + 2, icmp)
+        self.counters["nat_in"] += 1
+        return self._deliver(nat, buf, pkt, inside[0], False)
 
     def _deliver(self, nat: _Nat, buf, pkt, inside: int, partial: bool):
         rewrite_address(pkt, 16, inside, partial)

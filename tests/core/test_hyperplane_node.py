@@ -313,3 +313,21 @@ def test_a_tcp_packet_after_the_idle_timeout_is_answered_with_a_reset():
     pkt = rst[geneve.INNER_OFFSET_PLAIN:]
     assert to == (HOST_A, 6081) and addrs(pkt) == (REMOTE, 80, CLIENT, 40000) and pkt[33] == 0x04 and valid(pkt)
     assert core.nats["nat-1"].core.idle_timeouts == 1
+
+
+def test_an_icmp_error_from_the_internet_reaches_the_instance_with_its_own_addresses_in_the_quote():
+    core = node()
+    out = datagram(CLIENT, REMOTE, UDP(5353, 9999, b"hello"))
+    send(core, out, HOST_A)
+    quoted = inner(out)[:28]  # what the remote got: the gateway's address and port
+    nat_port = struct.unpack_from("!H", quoted, 20)[0]
+    err = datagram(REMOTE, NAT_IP, ICMP(3, 3, bytes(4) + quoted), eni=0)  # port unreachable
+    assert send(core, err, EDGE) == (HOST_A, 6081)
+    pkt = inner(err)
+    assert addrs(pkt)[::2] == (REMOTE, CLIENT) and valid(pkt)
+    q = pkt[28:]
+    assert q[12:16] == ipaddress.IPv4Address(CLIENT).packed and struct.unpack_from("!H", q, 20)[0] == 5353
+    assert checksum(q[:20]) == 0 and nat_port != 0
+    # An error quoting nothing of ours is refused.
+    stray = datagram(REMOTE, NAT_IP, ICMP(3, 3, bytes(4) + ipv4_packet(REMOTE, "203.0.113.99", UDP(1, 2))[:28]), eni=0)
+    assert send(core, stray, EDGE) is None and core.nat_refusals.get("in_icmp_error_unrelated") == 1
