@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 
 from agents import daemon
 from agents.host_agent import BATCH
@@ -22,11 +23,12 @@ from vswitch.drops import Drop, counters_as_dict, new_counters
 from vswitch.edge import INTERNET, EdgeRelay
 from vswitch.hyperplane import HEARTBEAT_INTERVAL, Fleet
 from vswitch.igw import INTERNET_MTU, InternetGateway
-
-ZERO_VNET = bytes(geneve.VNET_HDR_LEN)
 from vswitch.mapping import MappingCache
 from vswitch.mapping_client import MappingClient
 from vswitch.underlay import UnderlaySocket
+
+ZERO_VNET = bytes(geneve.VNET_HDR_LEN)
+_I = struct.Struct("!I")
 
 
 class EdgeAgent:
@@ -102,14 +104,11 @@ class EdgeAgent:
             head = bytes(buf[vnet:vnet + geneve.VNET_HDR_LEN]) if vnet >= 0 else ZERO_VNET
             pkt = bytearray(buf[inner:n])
             gso = head[1] & ~offload.GSO_ECN
-            segment = 0
-            if gso == offload.GSO_TCPV4 and len(pkt) > 40:
-                ihl = (pkt[0] & 0xF) * 4
-                segment = ihl + (pkt[ihl + 12] >> 4) * 4 + (head[4] | head[5] << 8)
-            elif gso != offload.GSO_NONE:
+            if gso != offload.GSO_NONE and gso != offload.GSO_TCPV4:
                 self.internet_drops[Drop.MALFORMED_PACKET] += 1  # IPv6 or UDP offloads: not through NAT
                 return
-            self._out(vni, pkt, outer_ip, head, bool(head[0] & offload.F_NEEDS_CSUM), segment)
+            self._out(vni, pkt, outer_ip, head, bool(head[0] & offload.F_NEEDS_CSUM),
+                      offload.segment_size(buf, vnet, inner, n))
             return
         try:  # without: finish the super-packet here, segment by segment
             if vnet >= 0 and offload.needs_work(buf[vnet:vnet + geneve.VNET_HDR_LEN]):
@@ -169,8 +168,7 @@ class EdgeAgent:
             if b.host is not None:
                 target = (b.host, self.cfg.underlay_port)
             else:  # a NAT gateway's address: to the node of its shard that holds flows with this remote
-                target = self.fleet.nat_node(b.nat_gateway_id, buf[inner + 9],
-                                             int.from_bytes(buf[inner + 12:inner + 16], "big"))
+                target = self.fleet.nat_node(b.nat_gateway_id, buf[inner + 9], _I.unpack_from(buf, inner + 12)[0])
                 if target is None:
                     self.internet_drops[Drop.NO_HYPERPLANE_NODE] += 1
                     continue

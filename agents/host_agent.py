@@ -32,6 +32,7 @@ from vswitch.egress import EgressPath
 from vswitch.eni import Eni, VpcView, reserved_keys
 from vswitch.firewall import Firewall
 from vswitch.flowlog import EniIdentity, FlowLogAggregator, FlowLogSpec
+from vswitch.headers import PROTO_TCP, PROTO_UDP
 from vswitch.flowlog_shipper import FlowLogShipper
 from vswitch.host_policy import HostPolicy
 from vswitch.hyperplane import HEARTBEAT_INTERVAL, Fleet
@@ -236,13 +237,13 @@ class HostAgent:
             balancers.setdefault(lb["vni"], {})[addresses.key(lb["private_ip"])] = lb["id"]
             for li in lb.get("listeners", ()):
                 g = groups.get(li["target_group_id"])
-                proto = 6 if li["protocol"] == "tcp" else 17
+                proto = PROTO_TCP if li["protocol"] == "tcp" else PROTO_UDP
                 check_port = ((g or {}).get("health_check") or {}).get("port")
                 for t in (g or {}).get("targets", ()):
                     by_port = targets.setdefault(lb["vni"], {}).setdefault(addresses.key(t["ip"]), {})
                     by_port.setdefault((proto, t["port"]), lb["id"])  # one balancer per target port
                     if check_port:  # the health checks' answers, too
-                        by_port.setdefault((6, check_port), lb["id"])
+                        by_port.setdefault((PROTO_TCP, check_port), lb["id"])
         for vni, vpc in self.vpcs.items():
             vpc.balancers = balancers.get(vni, {})
             vpc.lb_targets = targets.get(vni, {})

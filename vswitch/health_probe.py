@@ -63,12 +63,11 @@ import secrets
 import struct
 from typing import Sequence
 
-from .headers import PROTO_TCP, checksum, pseudo_header_sum
+from .headers import PROTO_TCP, IPv4, TCP, checksum, pseudo_header_sum
 from .nlb import http_request, http_status, matches, parse_matcher
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
-_IP = struct.Struct("!BBHHHBBHII")
 _TCP = struct.Struct("!HHIIHHHH")
 _H = struct.Struct("!H")
 _I = struct.Struct("!I")
@@ -143,6 +142,7 @@ class HealthProbe:
         self.src, self.sport = _address(src), sport
         self.dst, self.dport = _address(dst), dport
         self._src4, self._dst4 = _I.pack(self.src), _I.pack(self.dst)
+        self._src_addr, self._dst_addr = ipaddress.IPv4Address(self.src), ipaddress.IPv4Address(self.dst)
         self.started = now
         self.deadline = now + timeout
         self.ranges = parse_matcher(matcher) if isinstance(matcher, str) else tuple(matcher)
@@ -333,16 +333,10 @@ class HealthProbe:
         return out
 
     def _packet(self, flags: int, seq: int, ack: int, payload: bytes = b"", options: bytes = b"") -> bytes:
-        tcp = bytearray(_TCP.pack(self.sport, self.dport, seq, ack if flags & ACK else 0,
-                                  (5 + len(options) // 4) << 12 | flags, self.WINDOW, 0, 0))
-        tcp += options
-        tcp += payload
-        _H.pack_into(tcp, 16, checksum(tcp, pseudo_header_sum(self._src4, self._dst4, PROTO_TCP, len(tcp))))
+        segment = TCP(self.sport, self.dport, seq, ack if flags & ACK else 0, flags, self.WINDOW, payload, options)
         self._ident = (self._ident + 1) & 0xFFFF
-        ip = bytearray(_IP.pack(0x45, 0, 20 + len(tcp), self._ident, 0x4000, self.TTL, PROTO_TCP, 0,
-                                self.src, self.dst))
-        _H.pack_into(ip, 10, checksum(ip))
-        return bytes(ip + tcp)
+        return IPv4(self._src_addr, self._dst_addr, PROTO_TCP, segment.emit(self._src4, self._dst4), self.TTL,
+                    self._ident).emit()
 
     # --- packets in ------------------------------------------------------------------------------
     def _parse(self, pkt, partial: bool) -> _Segment | None:

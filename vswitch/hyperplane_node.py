@@ -51,15 +51,14 @@ import ipaddress
 import random
 import struct
 
-from . import geneve, hyperplane
-from . import nlb
+from . import addresses, geneve, hyperplane, nlb
 from .drops import Drop, new_counters
-from .headers import PROTO_ICMP, PROTO_TCP, PROTO_UDP, checksum, pseudo_header_sum
+from .headers import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP, ipv4_packet
 from .health_probe import HealthProbe
 from .hyperplane import Fleet
 from .igw import INTERNET_MTU, _adjust, frag_needed, rewrite_address
 from .natgw import NatDrop, NatGateway
-from .offload import F_NEEDS_CSUM, GSO_NONE, GSO_ECN
+from .offload import F_NEEDS_CSUM, segment_size
 from .routes import RouteTable
 
 _H = struct.Struct("!H")
@@ -117,19 +116,16 @@ def tcp_reset(pkt) -> bytes | None:
         return None
     sport, dport, seq, ack = struct.unpack_from("!HHII", pkt, ihl)
     flags = pkt[ihl + 13]
-    if flags & 0x04:
+    if flags & TCP.RST:
         return None
-    if flags & 0x10:
-        seq_out, ack_out, flags_out = ack, 0, 0x04
+    if flags & TCP.ACK:
+        reset = TCP(dport, sport, seq=ack, flags=TCP.RST, window=0)
     else:
         size = _H.unpack_from(pkt, 2)[0] - ihl - (pkt[ihl + 12] >> 4) * 4
-        seq_out, ack_out, flags_out = 0, (seq + size + (flags & 0x02 and 1) + (flags & 0x01)) & 0xFFFFFFFF, 0x14
-    src, dst = bytes(pkt[16:20]), bytes(pkt[12:16])
-    tcp = bytearray(struct.pack("!HHIIBBHHH", dport, sport, seq_out, ack_out, 5 << 4, flags_out, 0, 0, 0))
-    _H.pack_into(tcp, 16, checksum(tcp, pseudo_header_sum(src, dst, PROTO_TCP, 20)))
-    head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, PROTO_TCP, 0, src, dst))
-    _H.pack_into(head, 10, checksum(head))
-    return bytes(head + tcp)
+        reset = TCP(dport, sport, ack=(seq + size + (flags & TCP.SYN and 1) + (flags & TCP.FIN)) & 0xFFFFFFFF,
+                    flags=TCP.RST | TCP.ACK, window=0)
+    src, dst = _ADDRS.unpack_from(pkt, 12)
+    return ipv4_packet(addresses.text(dst), addresses.text(src), reset)
 
 
 def rewrite_port(pkt, ihl: int, at: int, new: int, partial: bool) -> int:
@@ -198,16 +194,16 @@ class NodeCore:
         enis = {}
         for e in view.get("enis", ()):
             iface = ipaddress.IPv4Interface(f"{e['private_ip']}/{e['prefixlen']}")
-            enis[(e["vni"], int(iface.ip))] = _Eni(int(e["id"][4:], 16), e.get("underlay_ip"), e["subnet_id"],
+            enis[(e["vni"], int(iface.ip))] = _Eni(addresses.eni_number(e["id"]), e.get("underlay_ip"), e["subnet_id"],
                                                     int(iface.network.network_address) + 1)
         nats, by_addr = {}, {}
         for g in view.get("nat_gateways", ()):
             if not g.get("private_ip") or not g.get("eni_id"):
                 continue
-            private = int(ipaddress.IPv4Address(g["private_ip"]))
+            private = addresses.key(g["private_ip"])
             old = self.nats.get(g["id"])
             core = old.core if old is not None and old.private_ip == private else NatGateway(private, seed=self.seed)
-            nat = _Nat(g["id"], g["vni"], private, int(g["eni_id"][4:], 16), g["subnet_id"], core,
+            nat = _Nat(g["id"], g["vni"], private, addresses.eni_number(g["eni_id"]), g["subnet_id"], core,
                        g.get("connectivity_type", "public") == "public")
             nats[g["id"]] = by_addr[(nat.vni, private)] = nat
         self.routes, self.enis, self.nats, self.nat_by_addr = routes, enis, nats, by_addr
@@ -218,7 +214,7 @@ class NodeCore:
     def _update_balancers(self, view: dict) -> None:
         groups = {}
         for g in view.get("target_groups", ()):
-            targets = [nlb.Target(f"{t['id']}:{t['port']}", int(ipaddress.IPv4Address(t["ip"])), t["port"])
+            targets = [nlb.Target(f"{t['id']}:{t['port']}", addresses.key(t["ip"]), t["port"])
                        for t in g.get("targets", ()) if t.get("ip")]
             try:
                 group = self.groups.get(g["id"])
@@ -235,8 +231,7 @@ class NodeCore:
             if not rec.get("private_ip") or not rec.get("eni_id"):
                 continue
             old = self.lbs.get(rec["id"])
-            lb = _Lb(rec["id"], rec["vni"], int(ipaddress.IPv4Address(rec["private_ip"])),
-                     int(rec["eni_id"][4:], 16), {})
+            lb = _Lb(rec["id"], rec["vni"], addresses.key(rec["private_ip"]), addresses.eni_number(rec["eni_id"]), {})
             for li in rec.get("listeners", ()):
                 group = groups.get(li["target_group_id"])
                 if group is None:
@@ -265,17 +260,21 @@ class NodeCore:
             return self._drop(Drop(-1 - inner))
         if hdr[geneve.DECODE_PROTO] != geneve.PROTO_IPV4:
             return self._drop(Drop.UNSUPPORTED_PROTOCOL)
-        if n - inner < 20 or buf[inner] >> 4 != 4 or bytes(buf[8:12]) != _ENI_OPT_HEAD:
+        if n - inner < 20 or buf[inner] >> 4 != 4 or buf[8] != _ENI_OPT_HEAD[0] or buf[9] != _ENI_OPT_HEAD[1] \
+                or buf[10] != _ENI_OPT_HEAD[2] or buf[11] != _ENI_OPT_HEAD[3]:
             return self._drop(Drop.MALFORMED_PACKET)  # our senders always put SOURCE_ENI first
+        if buf.__class__ is not memoryview:
+            buf = memoryview(buf)  # the packet is rewritten in place, through views of it
+        pkt = buf[inner:n]
         vni = hdr[geneve.DECODE_VNI]
         vnet = hdr[geneve.DECODE_VNET]
         partial = vnet >= 0 and bool(buf[vnet] & F_NEEDS_CSUM)
-        src, dst = _ADDRS.unpack_from(buf, inner + 12)
+        src, dst = _ADDRS.unpack_from(pkt, 12)
         if outer_ip == self.edge_ip:
             nat = self.nat_by_addr.get((vni, dst))
             if nat is None:
                 return self._drop(Drop.UNKNOWN_DESTINATION)
-            return self._nat_in(nat, buf, inner, n, partial, now)
+            return self._nat_in(nat, buf, pkt, src, partial, now)
         sender = self.enis.get((vni, src))
         if sender is None:
             return self._drop(Drop.UNKNOWN_SOURCE)
@@ -286,9 +285,9 @@ class NodeCore:
         if self.lbs:
             lb = self.lb_by_addr.get((vni, dst))
             if lb is not None:
-                return self._to_balancer(lb, buf, inner, n, vnet, partial, now)
+                return self._to_balancer(lb, pkt, src, partial, now)
             if self.target_index:
-                verdict = self._from_target(vni, buf, inner, n, partial, now)
+                verdict = self._from_target(vni, buf, pkt, src, dst, partial, now)
                 if verdict is not False:
                     return verdict
         table = self.routes.get(sender.subnet_id)
@@ -298,33 +297,34 @@ class NodeCore:
         nat = self.nats.get(route.target_id)
         if nat is None:
             return self._drop(Drop.BLACKHOLE_ROUTE)
-        return self._nat_out(nat, sender, buf, inner, n, vnet, partial, now)
+        return self._nat_out(nat, sender, buf, pkt, src, dst, segment_size(buf, vnet, inner, n), partial, now)
 
-    def _refused(self, nat_reason, kind: str) -> None:
-        label = f"{kind}_{nat_reason.label if hasattr(nat_reason, 'label') else nat_reason}"
-        self.nat_refusals[label] = self.nat_refusals.get(label, 0) + 1
-        return self._drop(Drop.NAT_REFUSED)
+    def _refuse(self, counts: dict, reason, drop: Drop) -> None:
+        """A refusal by the NAT gateway or the load balancer: counted by reason, dropped as ``drop``."""
+        label = reason.label if hasattr(reason, "label") else reason
+        counts[label] = counts.get(label, 0) + 1
+        return self._drop(drop)
 
-    def _nat_out(self, nat: _Nat, sender: _Eni, buf, inner: int, n: int, vnet: int, partial: bool, now: float):
-        pkt = memoryview(buf)[inner:n]
+    def _refused(self, reason, direction: str) -> None:
+        return self._refuse(self.nat_refusals, f"{direction}_{reason.label if hasattr(reason, 'label') else reason}",
+                            Drop.NAT_REFUSED)
+
+    def _nat_out(self, nat: _Nat, sender: _Eni, buf, pkt, src: int, dst: int, segment: int, partial: bool,
+                 now: float):
+        """``segment``: a TCP super-packet's size on the wire per segment (0: not one)."""
         ihl = (pkt[0] & 0xF) * 4
         proto = pkt[9]
         # Where the gateway sends it: its own subnet's route for the destination.
         table = self.routes.get(nat.subnet_id)
-        dst = _I.unpack_from(pkt, 16)[0]
         route = table.lookup(dst) if table is not None else None
         if route is None or not route.active or route.target_type != "igw" or not nat.public:
             return self._drop(Drop.NO_ROUTE)  # private NAT gateways (within the VPC): not served yet
-        segment = len(pkt)
-        if vnet >= 0 and buf[vnet + 1] & ~GSO_ECN != GSO_NONE and proto == PROTO_TCP and len(pkt) > ihl + 20:
-            segment = ihl + (pkt[ihl + 12] >> 4) * 4 + (buf[vnet + 4] | buf[vnet + 5] << 8)
-        if segment > INTERNET_MTU and pkt[6] & 0x40:
+        if (segment or len(pkt)) > INTERNET_MTU and pkt[6] & 0x40:
             self.counters["too_big"] += 1
             icmp = frag_needed(pkt, sender.router, INTERNET_MTU)
             self.outbox.append((geneve.prefix(nat.vni, 0, False) + icmp, (sender.host, self.port)))
             return self._drop(Drop.TOO_BIG)
         frag = _H.unpack_from(pkt, 6)[0]
-        src = _I.unpack_from(pkt, 12)[0]
         core = nat.core
         if frag & 0x1FFF:  # a non-first fragment: no ports; UDP ones keep going, with the new source
             verdict = core.fragment_out(proto)
@@ -332,17 +332,10 @@ class NodeCore:
                 return self._refused(verdict, "out")
             rewrite_address(pkt, 12, nat.private_ip, partial)
             return self._send_out(buf, nat)
-        if proto == PROTO_ICMP:
-            if len(pkt) < ihl + 8 or pkt[ihl] != 8:  # echo requests only
-                return self._refused(NatDrop.UNSUPPORTED_PROTOCOL, "out")
-            sport, dport, flags, at = _H.unpack_from(pkt, ihl + 4)[0], 0, None, 4
-        elif proto == PROTO_TCP or proto == PROTO_UDP:
-            if len(pkt) < ihl + (20 if proto == PROTO_TCP else 8):
-                return self._drop(Drop.MALFORMED_PACKET)
-            sport, dport = _H.unpack_from(pkt, ihl)[0], _H.unpack_from(pkt, ihl + 2)[0]
-            flags, at = (pkt[ihl + 13] if proto == PROTO_TCP else None), 0
-        else:
-            return self._refused(NatDrop.UNSUPPORTED_PROTOCOL, "out")
+        ports = self._ports(pkt, ihl, proto, 8, "out")  # echo requests only
+        if ports is None:
+            return None
+        sport, dport, flags = ports
         verdict = core.translate_out(proto, src, sport, dst, dport, now, tcp_flags=flags,
                                      first_fragment=bool(frag & 0x2000))
         if verdict.__class__ is NatDrop:
@@ -351,21 +344,35 @@ class NodeCore:
                 self.outbox.append((geneve.prefix(nat.vni, 0, False) + rst, (sender.host, self.port)))
             return self._refused(verdict, "out")
         if core.created:
-            self._replicate(nat, proto, dst, core.export(proto, src, sport, dst, dport, now))
+            self._copy(nat.id, hyperplane.nat_key(proto, dst), "nat", nat.id, core.export(proto, src, sport, dst, dport, now))
         rewrite_address(pkt, 12, nat.private_ip, partial)
-        rewrite_port(pkt, ihl, at, verdict[1], partial)
+        rewrite_port(pkt, ihl, 4 if proto == PROTO_ICMP else 0, verdict[1], partial)
         self.counters["nat_out"] += 1
         return self._send_out(buf, nat)
+
+    def _ports(self, pkt, ihl: int, proto: int, echo: int, direction: str):
+        """(source port, destination port, TCP flags or None) of a packet through a NAT gateway; for an
+        ICMP echo of type ``echo`` (8 request out, 0 reply in) the identifier is the port on the
+        inside's side, the other 0. None: refused or malformed (counted)."""
+        if proto == PROTO_ICMP:
+            if len(pkt) < ihl + 8 or pkt[ihl] != echo:
+                return self._refused(NatDrop.UNSUPPORTED_PROTOCOL, direction)
+            ident = _H.unpack_from(pkt, ihl + 4)[0]
+            return (ident, 0, None) if echo == 8 else (0, ident, None)
+        if proto == PROTO_TCP or proto == PROTO_UDP:
+            if len(pkt) < ihl + (20 if proto == PROTO_TCP else 8):
+                return self._drop(Drop.MALFORMED_PACKET)
+            return (_H.unpack_from(pkt, ihl)[0], _H.unpack_from(pkt, ihl + 2)[0],
+                    pkt[ihl + 13] if proto == PROTO_TCP else None)
+        return self._refused(NatDrop.UNSUPPORTED_PROTOCOL, direction)
 
     def _send_out(self, buf, nat: _Nat):
         _ENI_DATA.pack_into(buf, 12, nat.eni)  # the gateway's ENI sends it on
         return self.edge
 
-    def _nat_in(self, nat: _Nat, buf, inner: int, n: int, partial: bool, now: float):
-        pkt = memoryview(buf)[inner:n]
+    def _nat_in(self, nat: _Nat, buf, pkt, remote: int, partial: bool, now: float):
         ihl = (pkt[0] & 0xF) * 4
         proto = pkt[9]
-        remote = _I.unpack_from(pkt, 12)[0]
         frag = _H.unpack_from(pkt, 6)[0]
         core = nat.core
         if frag & 0x1FFF:
@@ -376,21 +383,15 @@ class NodeCore:
         if proto == PROTO_ICMP:
             if len(pkt) >= ihl + 8 and pkt[ihl] in _ICMP_ERRORS:
                 return self._nat_icmp_error(nat, buf, pkt, ihl, now)
-            if len(pkt) < ihl + 8 or pkt[ihl] != 0:  # echo replies
-                return self._refused(NatDrop.UNSUPPORTED_PROTOCOL, "in")
-            port, rport, flags, at = _H.unpack_from(pkt, ihl + 4)[0], 0, None, 4
-        elif proto == PROTO_TCP or proto == PROTO_UDP:
-            if len(pkt) < ihl + (20 if proto == PROTO_TCP else 8):
-                return self._drop(Drop.MALFORMED_PACKET)
-            rport, port = _H.unpack_from(pkt, ihl)[0], _H.unpack_from(pkt, ihl + 2)[0]
-            flags, at = (pkt[ihl + 13] if proto == PROTO_TCP else None), 2
-        else:
-            return self._refused(NatDrop.UNSUPPORTED_PROTOCOL, "in")
+        ports = self._ports(pkt, ihl, proto, 0, "in")  # echo replies
+        if ports is None:
+            return None
+        rport, port, flags = ports
         inside = core.translate_in(proto, port, remote, rport, now, tcp_flags=flags,
                                    fragment_id=_H.unpack_from(pkt, 4)[0] if frag & 0x2000 else None)
         if inside is None:
             return self._refused("no_flow", "in")
-        rewrite_port(pkt, ihl, at, inside[1], partial)
+        rewrite_port(pkt, ihl, 4 if proto == PROTO_ICMP else 2, inside[1], partial)
         self.counters["nat_in"] += 1
         return self._deliver(nat, buf, pkt, inside[0], partial)
 
@@ -442,12 +443,9 @@ class NodeCore:
 
     # --- load balancers ---------------------------------------------------------------------------
     def _nlb_refused(self, reason) -> None:
-        label = reason.label if hasattr(reason, "label") else reason
-        self.nlb_refusals[label] = self.nlb_refusals.get(label, 0) + 1
-        return self._drop(Drop.NLB_REFUSED)
+        return self._refuse(self.nlb_refusals, reason, Drop.NLB_REFUSED)
 
-    def _to_balancer(self, lb: _Lb, buf, inner: int, n: int, vnet: int, partial: bool, now: float):
-        pkt = memoryview(buf)[inner:n]
+    def _to_balancer(self, lb: _Lb, pkt, client: int, partial: bool, now: float):
         ihl = (pkt[0] & 0xF) * 4
         proto = pkt[9]
         if proto != PROTO_TCP and proto != PROTO_UDP or len(pkt) < ihl + 8 or _H.unpack_from(pkt, 6)[0] & 0x1FFF:
@@ -460,7 +458,6 @@ class NodeCore:
         listener = lb.listeners.get((proto, dport))
         if listener is None:
             return self._nlb_refused("no_listener")
-        client = _I.unpack_from(pkt, 12)[0]
         tcp = proto == PROTO_TCP
         if tcp and len(pkt) < ihl + 20:
             return self._drop(Drop.MALFORMED_PACKET)
@@ -468,7 +465,7 @@ class NodeCore:
                                   seq=_I.unpack_from(pkt, ihl + 4)[0] if tcp else 0)
         if target.__class__ is nlb.NlbDrop:
             if target.rst:
-                self._reset(lb, pkt, _ENI_DATA.unpack_from(buf, 12)[0])
+                self._reset(lb, pkt, client)
             return self._nlb_refused(target)
         where = self.enis.get((lb.vni, target.address))
         if where is None or where.host is None:
@@ -480,15 +477,13 @@ class NodeCore:
         self.counters["nlb_in"] += 1
         return (where.host, self.port)  # the client's SOURCE_ENI stays: it is the client's packet
 
-    def _from_target(self, vni: int, buf, inner: int, n: int, partial: bool, now: float):
+    def _from_target(self, vni: int, buf, pkt, src: int, dst: int, partial: bool, now: float):
         """A target's packet to a client: the reply of a balanced flow (the source becomes the balancer),
         or the target's own traffic (relayed unchanged). False if the sender is no target."""
-        pkt = memoryview(buf)[inner:n]
         ihl = (pkt[0] & 0xF) * 4
         proto = pkt[9]
         if len(pkt) < ihl + 4 or proto != PROTO_TCP and proto != PROTO_UDP:
             return False
-        src, dst = _ADDRS.unpack_from(pkt, 12)
         sport, dport = _H.unpack_from(pkt, ihl)[0], _H.unpack_from(pkt, ihl + 2)[0]
         entries = self.target_index.get((vni, src, sport, proto))
         if entries is None:
@@ -506,10 +501,10 @@ class NodeCore:
         self.counters["relayed"] += 1  # not a balanced flow: the target talking to the client directly
         return (client_host.host, self.port)
 
-    def _reset(self, lb: _Lb, pkt, client_eni: int) -> None:
+    def _reset(self, lb: _Lb, pkt, client_ip: int) -> None:
         """Answer a client's TCP packet that has no flow (or lost its target) with a RST."""
         rst = tcp_reset(pkt)
-        client = self.enis.get((lb.vni, _I.unpack_from(pkt, 12)[0]))
+        client = self.enis.get((lb.vni, client_ip))
         if rst is None or client is None or client.host is None:
             return
         self.counters["resets_sent"] += 1
@@ -584,22 +579,18 @@ class NodeCore:
                     listener.reset_unhealthy(now)
 
     def _replicate_nlb(self, lb: _Lb, listener, proto: int, client: int, client_port: int, now: float) -> None:
-        record = listener.export(client, client_port, lb.ip, now)
-        if record is None:
-            return
-        primary, secondary = self.fleet.owners(lb.id, hyperplane.nlb_key(proto, client, client_port))
-        other = secondary if primary == self.name else primary
-        if other is not None and other != self.name:
-            self.replicate.append((other, "nlb", f"{lb.id}/{proto}/{listener.port}", list(record)))
+        self._copy(lb.id, hyperplane.nlb_key(proto, client, client_port), "nlb", f"{lb.id}/{proto}/{listener.port}",
+                   listener.export(client, client_port, lb.ip, now))
 
     # --- replication -----------------------------------------------------------------------------
-    def _replicate(self, nat: _Nat, proto: int, remote: int, record) -> None:
+    def _copy(self, resource_id: str, key: int, kind: str, resource: str, record) -> None:
+        """Queue a flow's record for the other owner of its key (the secondary, seen from the primary)."""
         if record is None:
             return
-        primary, secondary = self.fleet.owners(nat.id, hyperplane.nat_key(proto, remote))
+        primary, secondary = self.fleet.owners(resource_id, key)
         other = secondary if primary == self.name else primary
         if other is not None and other != self.name:
-            self.replicate.append((other, "nat", nat.id, list(record)))
+            self.replicate.append((other, kind, resource, list(record)))
 
     def import_flows(self, kind: str, resource: str, flows: list, now: float) -> int:
         done = 0
@@ -633,7 +624,7 @@ class NodeCore:
         for nat in self.nats.values():
             for record in nat.core.flows(now):
                 if record.remaining > 0:
-                    self._replicate(nat, record.proto, record.dst, record)
+                    self._copy(nat.id, hyperplane.nat_key(record.proto, record.dst), "nat", nat.id, record)
         for lb in self.lbs.values():
             for (proto, _), listener in lb.listeners.items():
                 for record in listener.flows(now):

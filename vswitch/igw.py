@@ -30,8 +30,9 @@ import dataclasses
 import ipaddress
 import struct
 
+from .addresses import eni_number, text
 from .drops import Drop
-from .headers import PROTO_ICMP, PROTO_TCP, PROTO_UDP, checksum, fold
+from .headers import ICMP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, fold, ipv4_packet
 
 INTERNET_MTU = 1500
 _H = struct.Struct("!H")
@@ -89,7 +90,7 @@ class InternetGateway:
                 continue
             iface = ipaddress.IPv4Interface(f"{e['private_ip']}/{e['prefixlen']}")
             b = Binding(int(ipaddress.IPv4Address(p["public_ip"])), int(iface.ip), e["vni"], e.get("underlay_ip"),
-                        int(e["id"][4:], 16), int(iface.network.network_address) + 1, p.get("nat_gateway_id"))
+                        eni_number(e["id"]), int(iface.network.network_address) + 1, p.get("nat_gateway_id"))
             by_public[b.public] = b
             by_private[(b.vni, b.private)] = b
         self.by_public, self.by_private = by_public, by_private
@@ -191,11 +192,5 @@ def frag_needed(pkt: bytes, router: int, mtu: int) -> bytes:
     sender, quoting its header and the first 8 bytes beyond as RFC 792 requires (Linux quotes more; the
     header and 8 bytes are all a sender needs to find the socket)."""
     ihl = (pkt[0] & 0xF) * 4
-    quote = bytes(pkt[:ihl + 8])
-    icmp = bytearray(struct.pack("!BBHHH", 3, 4, 0, 0, mtu) + quote)
-    _H.pack_into(icmp, 2, checksum(icmp))
-    total = 20 + len(icmp)
-    head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, total, 0, 0, 64, PROTO_ICMP, 0,
-                                 _I.pack(router), bytes(pkt[12:16])))
-    _H.pack_into(head, 10, checksum(head))
-    return bytes(head + icmp)
+    return ipv4_packet(text(router), text(_I.unpack_from(pkt, 12)[0]),
+                       ICMP(3, 4, struct.pack("!HH", 0, mtu) + bytes(pkt[:ihl + 8])), tos=0xC0, dont_fragment=False)

@@ -100,6 +100,19 @@ def segment_count(vnet_hdr, packet_len: int) -> int:
     return -(-(packet_len - hdr_len) // gso_size)
 
 
+def _tso(buf, vnet: int, inner: int, end: int) -> tuple[int, int] | None:
+    """(IP + TCP header length, gso_size) of a TCP super-packet at ``buf[inner:end]``, its virtio header at
+    ``vnet``, with the header length read from the packet itself; None if it is not one."""
+    gso_type = buf[vnet + 1] & ~GSO_ECN
+    gso_size = buf[vnet + 4] | buf[vnet + 5] << 8  # flags, gso_type, hdr_len (2), then gso_size (2)
+    if gso_type not in (GSO_TCPV4, GSO_TCPV6) or not gso_size:
+        return None
+    ip_len = (buf[inner] & 0x0F) * 4 if gso_type == GSO_TCPV4 else 40
+    if ip_len + 13 >= end - inner:
+        return None
+    return ip_len + (buf[inner + ip_len + 12] >> 4) * 4, gso_size
+
+
 def wire_segments(buf, vnet: int, inner: int, end: int) -> int:
     """Exact packet count of the super-packet at ``buf[inner:end]`` whose virtio header is at ``vnet``.
 
@@ -107,16 +120,23 @@ def wire_segments(buf, vnet: int, inner: int, end: int) -> int:
     IPv6 header, plus the TCP data offset) rather than the kernel's ``hdr_len`` hint. For the data path's
     counters: a few byte reads, once per super-packet, and never an exception.
     """
-    gso_type = buf[vnet + 1] & ~GSO_ECN
-    gso_size = buf[vnet + 4] | buf[vnet + 5] << 8  # flags, gso_type, hdr_len (2), then gso_size (2)
-    if gso_type not in (GSO_TCPV4, GSO_TCPV6) or not gso_size:
+    tso = _tso(buf, vnet, inner, end)
+    if tso is None:
+        gso_type = buf[vnet + 1] & ~GSO_ECN
+        if gso_type in (GSO_TCPV4, GSO_TCPV6) and buf[vnet + 4] | buf[vnet + 5] << 8:
+            return 1  # too short to hold its headers
         return segment_count(buf[vnet:vnet + VNET_HDR_LEN], end - inner)  # the hint is all there is
-    n = end - inner
-    ip_len = (buf[inner] & 0x0F) * 4 if gso_type == GSO_TCPV4 else 40
-    if ip_len + 13 >= n:
-        return 1
-    headers = ip_len + (buf[inner + ip_len + 12] >> 4) * 4
-    return max(1, -(-(n - headers) // gso_size))
+    headers, gso_size = tso
+    return max(1, -(-(end - inner - headers) // gso_size))
+
+
+def segment_size(buf, vnet: int, inner: int, end: int) -> int:
+    """The size on the wire of each packet a TCP super-packet becomes (its headers + gso_size), for MTU
+    checks judged per segment; 0 when the packet is not a TCP super-packet (``vnet`` -1: no header)."""
+    if vnet < 0:
+        return 0
+    tso = _tso(buf, vnet, inner, end)
+    return 0 if tso is None else tso[0] + tso[1]
 
 
 def complete_checksum(packet: bytearray, csum_start: int, csum_offset: int) -> None:

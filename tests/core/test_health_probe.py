@@ -5,9 +5,7 @@ and its checksums are verified by a separate RFC 1071 sum; the target's replies 
 A real kernel TCP server cannot be used without root (the probe's packets are raw IPv4): correctness
 against real servers is for the lab."""
 
-import ast
 import ipaddress
-import pathlib
 import struct
 
 import dpkt
@@ -15,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck as HypothesisHealthCheck, given, settings, strategies as st
 
 import vswitch.health_probe as health_probe
+from helpers import imported_modules
 from vswitch.headers import IPv4, TCP, ipv4_packet
 from vswitch.health_probe import ACK, FIN, PSH, RST, SYN, HealthProbe
 from vswitch.nlb import http_request, parse_matcher
@@ -126,9 +125,7 @@ def test_bad_arguments_refused():
 
 
 def test_pure_core_imports_no_io():
-    tree = ast.parse(pathlib.Path(health_probe.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
+    imported = imported_modules(health_probe)
     assert not imported & {"asyncio", "socket", "fcntl", "os", "time", "select"}
 
 

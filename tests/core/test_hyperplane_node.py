@@ -7,9 +7,10 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from test_igw import valid
 from vswitch import geneve, hyperplane
 from vswitch.drops import Drop
-from vswitch.headers import ICMP, TCP, UDP, checksum, ipv4_packet, pseudo_header_sum
+from vswitch.headers import ICMP, TCP, UDP, checksum, ipv4_packet
 from vswitch.hyperplane import DEAD_AFTER, Fleet
 from vswitch.hyperplane_node import NodeCore, tcp_reset
 
@@ -75,16 +76,6 @@ def datagram(src, dst, l4, eni=None, **ip):
 
 def inner(buf):
     return bytes(buf[geneve.INNER_OFFSET_PLAIN:])
-
-
-def valid(pkt: bytes) -> bool:
-    ihl = (pkt[0] & 0xF) * 4
-    if checksum(pkt[:ihl]) != 0:
-        return False
-    body, proto = pkt[ihl:], pkt[9]
-    if proto == 1:
-        return checksum(body) == 0
-    return checksum(body, pseudo_header_sum(pkt[12:16], pkt[16:20], proto, len(body))) == 0
 
 
 def addrs(pkt):

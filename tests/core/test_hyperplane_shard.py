@@ -2,15 +2,14 @@
 a flow's owners fail over to the old secondary and spread evenly; overlap statistics match the
 reference's figures for 100 nodes and shards of 5."""
 
-import ast
 import collections
-import pathlib
 import random
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import vswitch.hyperplane_shard as hs
+from helpers import imported_modules
 from vswitch.hyperplane_shard import expected_overlap, flow_hash, overlap, owners, rank, shard
 
 FLEET = [f"hp-{i:02d}" for i in range(20)]
@@ -21,11 +20,7 @@ hashes = st.integers(0, 2**64 - 1)
 
 
 def test_pure_core_imports_no_io():
-    tree = ast.parse(pathlib.Path(hs.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
+    imported = imported_modules(hs)
     assert not imported & {"asyncio", "socket", "fcntl", "os", "time", "random"}
 
 

@@ -244,36 +244,42 @@ def test_the_infrastructure_view_carries_nat_gateways_and_their_addresses(api, a
     assert enis[w["web"]["eni_id"]]["nat_gateway_id"] is None
 
 
+async def data_plane_of(view: dict, tmp_path, stale: tuple[int, str]):
+    """What the mapping daemon and the host agents h1 and h2 make of ``view``: the daemon's table (after a
+    stale entry ``stale`` = (vni, address) was put in first), the ENIs each agent attached, and what each
+    left pending."""
+    hosts = {h["name"]: h["underlay_ip"] for h in view["hosts"]}
+    daemon = MappingDaemon(config.MappingDaemonConfig(name="mapping", control_socket=str(tmp_path / "m.sock"),
+                                                      listen="127.0.0.1:1"))
+    daemon.service.put(*stale, "198.18.0.99", 0x99)
+    await daemon.apply_desired(view)
+    attached, pending = {}, {}
+    for name in ("h1", "h2"):
+        agent = HostAgent(config.HostAgentConfig(name=name, control_socket=str(tmp_path / f"{name}.sock"),
+                                                 underlay_ip=hosts[name], mapping="127.0.0.1:1"))
+
+        async def attach(e, vpc, view, name=name):
+            attached.setdefault(name, []).append(e["id"])
+        agent._attach_desired = attach
+        await agent.converge(view)
+        pending[name] = agent.pending
+    return daemon.service.table, attached, pending
+
+
 def test_the_data_plane_carries_on_with_host_less_enis(api, alice, tmp_path):
     w, web_eip, nat, private = nat_world(api, alice)
     view = api.infra()
     vni = w["vpc"]["vni"]
     hosts = {h["name"]: h["underlay_ip"] for h in view["hosts"]}
 
-    async def scenario():
-        # The mapping daemon maps the instances' ENIs only; a stale entry for the gateway's address goes.
-        daemon = MappingDaemon(config.MappingDaemonConfig(name="mapping", control_socket=str(tmp_path / "m.sock"),
-                                                          listen="127.0.0.1:1"))
-        daemon.service.put(vni, "10.0.1.6", "198.18.0.99", 0x99)
-        await daemon.apply_desired(view)
-        assert daemon.service.table == {vni: {
-            "10.0.1.4": (hosts["h1"], addresses.eni_number(w["web"]["eni_id"])),
-            "10.0.1.5": (hosts["h2"], addresses.eni_number(w["db"]["eni_id"]))}}
-
-        # A host agent attaches its own instances' ENIs, never a NAT gateway's.
-        attached = {}
-        for name in ("h1", "h2"):
-            agent = HostAgent(config.HostAgentConfig(name=name, control_socket=str(tmp_path / f"{name}.sock"),
-                                                     underlay_ip=hosts[name], mapping="127.0.0.1:1"))
-
-            async def attach(e, vpc, view, name=name):
-                attached.setdefault(name, []).append(e["id"])
-            agent._attach_desired = attach
-            await agent.converge(view)
-            assert not agent.pending
-        assert attached == {"h1": [w["web"]["eni_id"]], "h2": [w["db"]["eni_id"]]}
-
-    asyncio.run(scenario())
+    # The mapping daemon maps the instances' ENIs only; a stale entry for the gateway's address goes.
+    # A host agent attaches its own instances' ENIs, never a NAT gateway's.
+    table, attached, pending = asyncio.run(data_plane_of(view, tmp_path, stale=(vni, "10.0.1.6")))
+    assert table == {vni: {
+        "10.0.1.4": (hosts["h1"], addresses.eni_number(w["web"]["eni_id"])),
+        "10.0.1.5": (hosts["h2"], addresses.eni_number(w["db"]["eni_id"]))}}
+    assert not any(pending.values())
+    assert attached == {"h1": [w["web"]["eni_id"]], "h2": [w["db"]["eni_id"]]}
 
     # The edge binds the instance's elastic IP to its host, the gateway's to the gateway (its flows live
     # on Hyperplane nodes: no host).

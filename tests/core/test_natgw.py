@@ -2,14 +2,13 @@
 back, exhaustion at the limit, reuse after the idle timeout, RST verdicts, ICMP identifiers, fragments,
 export/import; a property test against a plain model. Time is virtual (``now``), ranges small."""
 
-import ast
 import ipaddress
-import pathlib
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import vswitch.natgw as natgw
+from helpers import imported_modules
 from vswitch.natgw import NatDrop, NatFlow, NatGateway
 
 TCP, UDP, ICMP, GRE = 6, 17, 1, 47
@@ -27,9 +26,7 @@ def gw(**kw):
 
 
 def test_pure_core_imports_no_io():
-    tree = ast.parse(pathlib.Path(natgw.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
+    imported = imported_modules(natgw)
     assert not imported & {"asyncio", "socket", "fcntl", "os", "time"}
 
 

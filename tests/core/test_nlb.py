@@ -2,16 +2,15 @@
 (stickiness, idle timeouts, resets of unhealthy targets, fail open, RST verdicts, replication) and
 health checks (exact thresholds, flapping against a model, schedule, matcher). Time is virtual."""
 
-import ast
 import collections
 import ipaddress
-import pathlib
 import random
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import vswitch.nlb as nlb
+from helpers import imported_modules
 from vswitch.controlplane import resources
 from vswitch.hyperplane_shard import flow_hash
 from vswitch.nlb import (
@@ -52,9 +51,7 @@ def chi_square(counts, n):
 
 
 def test_pure_core_imports_no_io():
-    tree = ast.parse(pathlib.Path(nlb.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
+    imported = imported_modules(nlb)
     assert not imported & {"asyncio", "socket", "fcntl", "os", "time", "random"}
 
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 import asyncio
 import re
 
-from agents.host_agent import HostAgent
-from agents.mapping_daemon import MappingDaemon
 from test_api import Api, alice, api, app_and_cp, bob, store_url  # noqa: F401 (the fixtures)
-from test_nat_gateway_api import data
+from test_nat_gateway_api import data, data_plane_of
 from test_routes_api import vpc_with_gateway
-from vswitch import addresses, config
+from vswitch import addresses
 from vswitch.host_policy import HostPolicy
 
 HEALTH_CHECK = {"protocol": "http", "path": "/", "interval": 1, "healthy_threshold": 2, "unhealthy_threshold": 2,
@@ -218,29 +216,13 @@ def test_the_data_plane_leaves_the_load_balancers_eni_alone(api, alice, tmp_path
     vni = w["vpc"]["vni"]
     hosts = {h["name"]: h["underlay_ip"] for h in view["hosts"]}
 
-    async def scenario():
-        # The mapping daemon maps the instances' ENIs only; a stale entry for the load balancer's address goes.
-        daemon = MappingDaemon(config.MappingDaemonConfig(name="mapping", control_socket=str(tmp_path / "m.sock"),
-                                                          listen="127.0.0.1:1"))
-        daemon.service.put(vni, "10.0.1.100", "198.18.0.99", 0x99)
-        await daemon.apply_desired(view)
-        assert daemon.service.table == {vni: {
-            "10.0.1.4": (hosts["h1"], addresses.eni_number(w["web"]["eni_id"])),
-            "10.0.1.5": (hosts["h2"], addresses.eni_number(w["db"]["eni_id"]))}}
-
-        # A host agent attaches its own instances' ENIs, never a load balancer's.
-        attached = {}
-        for name in ("h1", "h2"):
-            agent = HostAgent(config.HostAgentConfig(name=name, control_socket=str(tmp_path / f"{name}.sock"),
-                                                     underlay_ip=hosts[name], mapping="127.0.0.1:1"))
-
-            async def attach(e, vpc, view, name=name):
-                attached.setdefault(name, []).append(e["id"])
-            agent._attach_desired = attach
-            await agent.converge(view)
-            assert not agent.pending
-        assert attached == {"h1": [w["web"]["eni_id"]], "h2": [w["db"]["eni_id"]]}
-
-    asyncio.run(scenario())
+    # The mapping daemon maps the instances' ENIs only; a stale entry for the load balancer's address goes.
+    # A host agent attaches its own instances' ENIs, never a load balancer's.
+    table, attached, pending = asyncio.run(data_plane_of(view, tmp_path, stale=(vni, "10.0.1.100")))
+    assert table == {vni: {
+        "10.0.1.4": (hosts["h1"], addresses.eni_number(w["web"]["eni_id"])),
+        "10.0.1.5": (hosts["h2"], addresses.eni_number(w["db"]["eni_id"]))}}
+    assert not any(pending.values())
+    assert attached == {"h1": [w["web"]["eni_id"]], "h2": [w["db"]["eni_id"]]}
     # A host's policy compiles with the host-less ENI in the view (it is nobody's security group member).
     HostPolicy().apply(view, {})

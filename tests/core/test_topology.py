@@ -272,17 +272,25 @@ ERRORS = {
 }
 
 
-@pytest.mark.parametrize("change,expected", ERRORS.values(), ids=ERRORS.keys())
-def test_invalid_topology_names_the_field_and_value(change, expected):
-    data = copy.deepcopy(demo())
-    change(data)
+PATH = r"[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: "  # every line of a refusal starts with the field's path
+TOP_OR_PATH = r"(top level|[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*): "
+
+
+def assert_refused(data, expected: list[str], line_start: str = PATH) -> None:
+    """``data`` is refused; the message holds every part of ``expected`` and each of its lines names a field."""
     with pytest.raises(TopologyError) as e:
         parse_topology(data)
     message = str(e.value)
     for part in expected:
-        assert part in message
-    assert all(re.match(r"(top level|[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*): ", line)
-               for line in message.splitlines()), message
+        assert part in message, message
+    assert all(re.match(line_start, line) for line in message.splitlines()), message
+
+
+@pytest.mark.parametrize("change,expected", ERRORS.values(), ids=ERRORS.keys())
+def test_invalid_topology_names_the_field_and_value(change, expected):
+    data = copy.deepcopy(demo())
+    change(data)
+    assert_refused(data, expected, TOP_OR_PATH)
 
 
 @pytest.mark.parametrize("data", [None, [], "hosts", 3])
@@ -667,12 +675,7 @@ POLICY_ERRORS = {
 def test_invalid_policy_names_the_field_and_value(change, expected):
     data = policy()
     change(data)
-    with pytest.raises(TopologyError) as e:
-        parse_topology(data)
-    message = str(e.value)
-    for part in expected:
-        assert part in message, message
-    assert all(re.match(r"[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: ", line) for line in message.splitlines()), message
+    assert_refused(data, expected)
 
 
 def test_every_policy_problem_is_reported_with_its_path():
@@ -866,12 +869,7 @@ INTERNET_ERRORS = {
 def test_invalid_internet_keys_name_the_field_and_value(change, expected):
     data = internet()
     change(data)
-    with pytest.raises(TopologyError) as e:
-        parse_topology(data)
-    message = str(e.value)
-    for part in expected:
-        assert part in message, message
-    assert all(re.match(r"[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: ", line) for line in message.splitlines()), message
+    assert_refused(data, expected)
 
 
 def test_a_subnets_cidr_may_be_routed_to_an_instance():
@@ -1230,12 +1228,7 @@ HYPERPLANE_ERRORS = {
 def test_invalid_hyperplane_keys_name_the_field_and_value(change, expected):
     data = hyperplane()
     change(data)
-    with pytest.raises(TopologyError) as e:
-        parse_topology(data)
-    message = str(e.value)
-    for part in expected:
-        assert part in message, message
-    assert all(re.match(r"[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: ", line) for line in message.splitlines()), message
+    assert_refused(data, expected)
 
 
 def test_explicit_addresses_of_gateways_and_balancers_are_taken_before_instances_get_theirs():
