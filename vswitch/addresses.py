@@ -31,3 +31,16 @@ def eni_number(eni_id: str) -> int:
 
 def eni_id(number: int) -> str:
     return f"eni-{number:016x}"
+
+
+def eni_mac(number: int) -> bytes:
+    """An ENI's stable MAC address: locally administered unicast (02:…) and the ENI number's low 40 bits,
+    so it never changes while the ENI lives, wherever its instance moves."""
+    return bytes((0x02,)) + (number & 0xFF_FFFF_FFFF).to_bytes(5, "big")
+
+
+GATEWAY_MAC = bytes.fromhex("020000000001")  # the subnet router's (.1, and ::1 / fe80::1) MAC on every TAP ENI
+
+
+def mac_text(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)

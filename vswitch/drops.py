@@ -13,7 +13,7 @@ class Drop(enum.IntEnum):
     # --- the way out of an ENI (egress) ---
     MALFORMED_PACKET = 0  # too short, bad version or header length
     SOURCE_CHECK = 1  # source address is not one of the ENI's own
-    IPV6_NOT_ENABLED = 2  # the ENI has no IPv6 address (dual stack arrives later)
+    IPV6_NOT_ENABLED = 2  # IPv6, but the ENI (or its subnet) has no IPv6 address
     BROADCAST_MULTICAST = 3  # no broadcast or multicast inside a VPC
     NO_ROUTE = 4  # destination outside every route the VPC has
     RESERVED_ADDRESS = 5  # subnet network/router/DNS/reserved/broadcast addresses nobody answers yet
@@ -47,6 +47,12 @@ class Drop(enum.IntEnum):
     NO_HYPERPLANE_NODE = 28  # no live node in the gateway's or load balancer's shard
     NAT_REFUSED = 29  # the NAT gateway refused the flow (port allocation, idle timeout, no flow...)
     NLB_REFUSED = 30  # the load balancer refused the flow (no listener, no targets, no flow...)
+    # --- services the host answers itself (VPC resolver, DHCP, ARP, neighbour discovery) ---
+    DNS_RATE_LIMITED = 31  # over 1,024 packets/s from one ENI to the VPC resolver
+    DNS_REFUSED = 32  # to the resolver but not a query it serves: malformed, a response, not UDP port 53
+    LINK_REFUSED = 33  # a TAP frame the host does not serve: malformed ARP/DHCP/ND, another EtherType
+    # --- IPv6 at the edge ---
+    EGRESS_ONLY = 34  # from the internet to an address behind an egress-only gateway, not a reply
 
     @property
     def label(self) -> str:

@@ -35,10 +35,24 @@ class VpcView:
     lb_targets: dict = dataclasses.field(default_factory=dict)
     net: int = 0
     mask: int = 0
+    # IPv6 (dual stack): the VPC's /56, if it has one. ``net6``/``mask6`` compare with address keys, so
+    # they carry ``addresses.V6_TAG`` (an IPv4 key never matches them).
+    cidr6: ipaddress.IPv6Network | None = None
+    net6: int = -1
+    mask6: int = 0
 
     def __post_init__(self) -> None:
         self.net = int(self.cidr.network_address)
         self.mask = int(self.cidr.netmask)
+        self.set_ipv6(self.cidr6)
+
+    def set_ipv6(self, cidr6) -> None:
+        self.cidr6 = ipaddress.IPv6Network(cidr6) if cidr6 else None
+        if self.cidr6 is None:
+            self.net6, self.mask6 = -1, 0  # -1: no key & 0 equals it
+        else:
+            self.net6 = int(self.cidr6.network_address) | addresses.V6_TAG
+            self.mask6 = int(self.cidr6.netmask) | addresses.V6_TAG
 
 
 @dataclasses.dataclass(eq=False)
@@ -63,12 +77,33 @@ class Eni:
     routes: RouteTable | None = None  # its subnet's route table, for destinations outside the VPC
     subnet_net: int = 0
     subnet_mask: int = 0
+    # IPv6 (dual stack): its address and subnet (/64), or None. Keys and masks carry V6_TAG, so the
+    # firewall's "does the peer cross the subnet" test reads ``key & subnet6_mask != subnet6_net`` for
+    # IPv6 keys exactly as it does for IPv4 ones.
+    ipv6: ipaddress.IPv6Interface | None = None
+    ipv6_key: int = -1
+    subnet6_net: int = -1
+    subnet6_mask: int = 0
+    interface_type: str = "tun"  # "tap": the instance is a VM; frames, and the host answers ARP/DHCP/ND
+    mac: bytes = b""
 
     def __post_init__(self) -> None:
         self.number = addresses.eni_number(self.id)
         self.ipv4_key = addresses.key(self.ipv4.ip)
         self.subnet_net = int(self.ipv4.network.network_address)
         self.subnet_mask = int(self.ipv4.network.netmask)
+        self.mac = addresses.eni_mac(self.number)
+        self.set_ipv6(self.ipv6)
+
+    def set_ipv6(self, ipv6) -> None:
+        """Give the ENI an IPv6 address (``2001:db8:100::4/64``), or take it away (None)."""
+        self.ipv6 = ipaddress.IPv6Interface(ipv6) if ipv6 else None
+        if self.ipv6 is None:
+            self.ipv6_key, self.subnet6_net, self.subnet6_mask = -1, -1, 0
+        else:
+            self.ipv6_key = addresses.key(self.ipv6.ip)
+            self.subnet6_net = int(self.ipv6.network.network_address) | addresses.V6_TAG
+            self.subnet6_mask = int(self.ipv6.network.netmask) | addresses.V6_TAG
 
 
 def reserved_keys(subnets) -> frozenset[int]:
