@@ -39,7 +39,7 @@ def eni_mac(number: int) -> bytes:
     return bytes((0x02,)) + (number & 0xFF_FFFF_FFFF).to_bytes(5, "big")
 
 
-GATEWAY_MAC = bytes.fromhex("020000000001")  # the subnet router's (.1, and ::1 / fe80::1) MAC on every TAP ENI
+GATEWAY_MAC = bytes.fromhex("060000000001")  # the subnet router (.1, ::1, fe80::1) on every TAP ENI: never an ENI's (02:…)
 
 
 def mac_text(mac: bytes) -> str:
