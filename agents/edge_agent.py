@@ -47,6 +47,7 @@ class EdgeAgent:
         self.desired = None
         self.super_packets_in = 0
         self._prefixes: dict[int, bytes] = {}  # VNI -> the Geneve header the edge sends internet packets with
+        self._prefixes6: dict[int, bytes] = {}  # the same for IPv6 packets
         self._ibuf = bytearray(65536)
         self._iview = memoryview(self._ibuf)
 
@@ -59,8 +60,10 @@ class EdgeAgent:
             self._check_fleet()
         if self.cfg.internet_device:
             self.internet = tun.open_tun(self.cfg.internet_device, offload=True)
-            await asyncio.to_thread(tun.configure_here, self.cfg.internet_device, INTERNET_MTU, [self.cfg.public_pool])
+            routed = [self.cfg.public_pool, *([self.cfg.ipv6_pool] if self.cfg.ipv6_pool else [])]
+            await asyncio.to_thread(tun.configure_here, self.cfg.internet_device, INTERNET_MTU, routed)
             asyncio.get_running_loop().add_reader(self.internet.fd, self._on_internet)
+            self._expire_egress_only()
         if self.cfg.control_plane:
             token = config.read_token(self.cfg.token_file) if self.cfg.token_file else ""
             self.desired = DesiredStateWatcher(self.cfg.control_plane, token, self._on_view)
@@ -76,7 +79,13 @@ class EdgeAgent:
     async def _on_view(self, view: dict) -> None:
         self.igw.update(view)
 
+    def _expire_egress_only(self) -> None:
+        """Every second: forget the egress-only gateways' idle flows (a slice of each table)."""
+        self.igw.egress_only.expire(asyncio.get_running_loop().time())
+        asyncio.get_running_loop().call_later(1.0, self._expire_egress_only)
+
     def _on_underlay(self) -> None:
+        self.igw.now = asyncio.get_running_loop().time()
         self.underlay.receive(self._relay, BATCH)
         self.underlay.flush()
 
@@ -104,8 +113,8 @@ class EdgeAgent:
             head = bytes(buf[vnet:vnet + geneve.VNET_HDR_LEN]) if vnet >= 0 else ZERO_VNET
             pkt = bytearray(buf[inner:n])
             gso = head[1] & ~offload.GSO_ECN
-            if gso != offload.GSO_NONE and gso != offload.GSO_TCPV4:
-                self.internet_drops[Drop.MALFORMED_PACKET] += 1  # IPv6 or UDP offloads: not through NAT
+            if gso != offload.GSO_NONE and gso != (offload.GSO_TCPV6 if pkt[0] >> 4 == 6 else offload.GSO_TCPV4):
+                self.internet_drops[Drop.MALFORMED_PACKET] += 1  # UDP offloads: not through the gateway
                 return
             self._out(vni, pkt, outer_ip, head, bool(head[0] & offload.F_NEEDS_CSUM),
                       offload.segment_size(buf, vnet, inner, n))
@@ -137,7 +146,8 @@ class EdgeAgent:
                 self.internet_drops[Drop.DELIVERY_FAILED] += 1
             return False
         if verdict.__class__ is bytes:  # too big: PMTU's answer goes back to the sender's host
-            self.underlay.send(geneve.prefix(vni, 0, False) + verdict, (outer_ip, self.cfg.underlay_port))
+            proto = geneve.PROTO_IPV6 if verdict[0] >> 4 == 6 else geneve.PROTO_IPV4
+            self.underlay.send(geneve.prefix(vni, 0, False, proto) + verdict, (outer_ip, self.cfg.underlay_port))
             return True
         self.internet_drops[verdict] += 1
         return False
@@ -147,6 +157,7 @@ class EdgeAgent:
         forwarded whole inside Geneve's OFFLOAD option, as hosts do between themselves). Read behind
         room for the Geneve header, translated in place, sent from the same buffer: no copies."""
         fd, buf, view, vnet = self.internet.fd, self._ibuf, self._iview, self.internet.vnet_hdr
+        self.igw.now = asyncio.get_running_loop().time()
         start = geneve.VNET_OFFSET if vnet else geneve.INNER_OFFSET_PLAIN  # where the read lands
         inner = geneve.INNER_OFFSET_OFFLOAD if vnet else geneve.INNER_OFFSET_PLAIN
         iov = (view[start:],)
@@ -157,6 +168,9 @@ class EdgeAgent:
                 break
             if vnet and buf[start + 1]:
                 self.super_packets_in += 1  # the kernel handed over a GSO super-packet
+            if end - inner >= 40 and buf[inner] >> 4 == 6:
+                self._from_internet6(view, start, inner, end, vnet)
+                continue
             b = self.igw.inbound(view[inner:end], bool(vnet and buf[start] & offload.F_NEEDS_CSUM))
             if b.__class__ is Drop:
                 self.internet_drops[b] += 1
@@ -174,6 +188,23 @@ class EdgeAgent:
                     continue
             self.underlay.send(view[:end], target)
         self.underlay.flush()
+
+    def _from_internet6(self, view, start: int, inner: int, end: int, vnet: bool) -> None:
+        """An IPv6 packet for a VPC address (no translation): to the host that holds it."""
+        vni = self.igw.inbound6(view[inner:end])
+        if vni.__class__ is Drop:
+            self.internet_drops[vni] += 1
+            return
+        dst = int.from_bytes(view[inner + 24:inner + 40], "big") | addresses.V6_TAG
+        m = self.cache.tables.get(vni, {}).get(dst)
+        if m is None:
+            self.internet_drops[Drop.EDGE_NO_MAPPING] += 1
+            return
+        prefix = self._prefixes6.get(vni)
+        if prefix is None:
+            prefix = self._prefixes6[vni] = geneve.prefix(vni, 0, bool(vnet), geneve.PROTO_IPV6)
+        view[:start] = prefix
+        self.underlay.send(view[:end], m.underlay)
 
     def trace(self, request: dict) -> dict:
         """``trace`` {datagram (base64 Geneve), outer_ip}: that datagram arriving from a host, as a dry
@@ -214,6 +245,7 @@ class EdgeAgent:
                 "hyperplane": self.fleet.status(asyncio.get_running_loop().time()) if self.fleet else None,
                 "mapping": self.mapping.status(),
                 "internet": {"device": self.cfg.internet_device, **self.igw.counters,
+                             "egress_only": self.igw.egress_only.status(),
                              "public_addresses": len(self.igw.by_public), "super_packets_in": self.super_packets_in,
                              "drops": counters_as_dict(self.internet_drops)},
                 "desired_state": self.desired.status() if self.desired else None}

@@ -11,6 +11,15 @@ Buffer layout per ENI, so the Geneve header is already in front of the packet wh
     [36 .. )   the instance's packet    ←
 Without offloads the packet is read straight to offset 20, behind base + SOURCE_ENI. On the way in,
 the same layout lets one write hand virtio header + packet to the receiving TUN.
+
+A TAP ENI (a virtual machine) carries Ethernet frames, read so that the IP packet lands at offset 20::
+
+    [0 .. 6)   Geneve base, first bytes
+    [6 .. 20)  the frame's Ethernet header  ← the read; once the frame is known to be IP, the Geneve
+    [20 .. )   the IP packet                ← header's last 14 bytes are written back over it
+ARP, DHCP and neighbour discovery never leave the host: ``vswitch.link_services`` answers them.
+Packets to the VPC resolver are answered here too (``vswitch.vpc_resolver``), before any policy;
+what it does not know it recurses through ``dns_upstream``.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import base64
 import errno
 import ipaddress
 import os
+import socket
 import time
 
 from agents import daemon
@@ -28,7 +38,7 @@ from vswitch import addresses, config, control, geneve, instance_ns, logs, offlo
 from vswitch.coalesce import UdpCoalescer
 from vswitch.controlplane.client import DesiredStateWatcher
 from vswitch.drops import Drop, counters_as_dict
-from vswitch.egress import EgressPath
+from vswitch.egress import RESOLVER, EgressPath
 from vswitch.eni import Eni, VpcView, reserved_keys
 from vswitch.firewall import Firewall
 from vswitch.flowlog import EniIdentity, FlowLogAggregator, FlowLogSpec
@@ -37,32 +47,67 @@ from vswitch.flowlog_shipper import FlowLogShipper
 from vswitch.host_policy import HostPolicy
 from vswitch.hyperplane import HEARTBEAT_INTERVAL, Fleet
 from vswitch.ingress import IngressPath
+from vswitch.link_services import ANSWERED, PASS, Lease, LinkServices, router_advertisement
 from vswitch.mapping import MappingCache
 from vswitch.mapping_client import MappingClient
 from vswitch.underlay import UnderlaySocket
+from vswitch.vpc_resolver import Forward, VpcResolver
 
 BATCH = 64
 ZERO_VNET = bytes(geneve.VNET_HDR_LEN)
 
 
+ETH_HEADER = 14
+
+
 class EniPort:
     """An ENI's device and its read buffer with the Geneve header kept in front."""
 
-    def __init__(self, eni: Eni, device: tun.TunDevice):
+    def __init__(self, eni: Eni, device: tun.TunDevice, link: LinkServices | None = None):
         self.eni = eni
         self.device = device
         self.fd = device.fd
         self.vnet = device.vnet_hdr
-        head = geneve.prefix(eni.vni, eni.number, self.vnet)
+        self.head = geneve.prefix(eni.vni, eni.number, self.vnet)
         self.buf = bytearray(geneve.INNER_OFFSET_OFFLOAD + 65536)
-        self.buf[: len(head)] = head
+        self.buf[: len(self.head)] = self.head
         self.view = memoryview(self.buf)
         self.inner = geneve.INNER_OFFSET_OFFLOAD if self.vnet else geneve.INNER_OFFSET_PLAIN
-        self.iov = [self.view[geneve.VNET_OFFSET if self.vnet else self.inner:]]
+        self.link = link  # a TAP ENI's ARP/DHCP/ND responder; None for TUN
+        start = self.inner - ETH_HEADER if link is not None else geneve.VNET_OFFSET if self.vnet else self.inner
+        self.iov = [self.view[start:]]
         self.uso = bool(self.vnet)  # small UDP packets to it may be coalesced (coalesce.py) until refused
+        self.ipv6 = False  # the Geneve header in ``buf`` says IPv6 (its protocol type follows the packets)
+        self.routes6: set[str] = set()  # the IPv6 routes installed in the instance through this ENI
+        mac = eni.mac
+        self.eth4 = mac + addresses.GATEWAY_MAC + b"\x08\x00"  # frames to a TAP instance: from the router
+        self.eth6 = mac + addresses.GATEWAY_MAC + b"\x86\xdd"
+
+    def set_protocol(self, ipv6: bool) -> None:
+        """Switch the kept Geneve header's protocol type between IPv4 and IPv6."""
+        self.ipv6 = ipv6
+        self.buf[2:4] = (geneve.PROTO_IPV6 if ipv6 else geneve.PROTO_IPV4).to_bytes(2, "big")
+
+    def write_packet(self, packet) -> None:
+        """One packet the host itself sends the instance (the resolver's answer, a DHCP reply frame for TAP
+        is written with ``os.write`` directly)."""
+        if self.link is not None:
+            os.writev(self.fd, (self.eth6 if packet[0] >> 4 == 6 else self.eth4, packet))
+        elif self.vnet:
+            os.writev(self.fd, (ZERO_VNET, packet))
+        else:
+            os.write(self.fd, packet)
 
     def write(self, view: memoryview, vnet: int, inner: int, end: int) -> None:
         """Deliver the packet at ``view[inner:end]`` (its virtio header at ``vnet``, or -1) to the instance."""
+        if self.link is not None:
+            # A VM's frames: offloaded super-packets from other hosts are finished here (no virtio header).
+            if vnet >= 0 and offload.needs_work(view[vnet:vnet + geneve.VNET_HDR_LEN]):
+                for p in offload.finish(view[vnet:vnet + geneve.VNET_HDR_LEN], view[inner:end]):
+                    self.write_packet(p)
+            else:
+                self.write_packet(view[inner:end])
+            return
         if self.vnet:
             if vnet + geneve.VNET_HDR_LEN == inner:  # our own layout: header and packet are contiguous
                 os.write(self.fd, view[vnet:end])
@@ -110,6 +155,8 @@ class HostAgent:
         self.errors = 0  # unexpected exceptions caught in a callback (should stay 0)
         self._now = 0.0
         self._delivered_to: EniPort | None = None  # the ENI the current underlay drain delivered to
+        self.resolver = VpcResolver(cfg.region)
+        self.upstream: socket.socket | None = None  # the resolver's socket to ``dns_upstream``
 
     # --- set-up ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -118,6 +165,12 @@ class HostAgent:
                                        batching=self.cfg.underlay_batching)
         loop.add_reader(self.underlay.fileno, self._on_underlay)
         self.control = await control.serve(self.cfg.control_socket, self.handle_control)
+        if self.cfg.dns_upstream:
+            host, port = config.split_endpoint(self.cfg.dns_upstream)
+            self.upstream = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+            self.upstream.setblocking(False)
+            self.upstream.connect((host, port))
+            loop.add_reader(self.upstream.fileno(), self._on_upstream)
         self._expire_held()
         if self.fleet:
             self._check_fleet()
@@ -143,47 +196,94 @@ class HostAgent:
         self.log.info("ready", enis=len(self.ports), offload=self.cfg.offload,
                       mappings=self.cache.size())
 
-    def _vpc(self, vni: int, cidr, subnets) -> VpcView:
+    def _vpc(self, vni: int, cidr, subnets, cidr6=None, subnets6=()) -> VpcView:
         """The VPC's view on this host, created or brought up to date (subnets change reserved addresses)."""
         view = self.vpcs.get(vni)
-        reserved = reserved_keys(subnets)
+        reserved = reserved_keys([*subnets, *subnets6])
         if view is None:
-            view = self.vpcs[vni] = VpcView(vni, ipaddress.ip_network(cidr), reserved, self.cache.table(vni))
+            view = self.vpcs[vni] = VpcView(vni, ipaddress.ip_network(cidr), reserved, self.cache.table(vni),
+                                            cidr6=cidr6)
         else:
             view.reserved = reserved
+            if view.cidr6 != (ipaddress.IPv6Network(cidr6) if cidr6 else None):
+                view.set_ipv6(cidr6)
         return view
 
-    async def attach(self, e: config.EniConfig) -> None:
+    async def attach(self, e: config.EniConfig, routes6: set[str] = frozenset()) -> None:
+        """Serve ENI ``e``: its device in the instance, configured (TUN) or left to the instance's DHCP
+        client (TAP); ``routes6``: the IPv6 routes its subnet's route table has beyond the VPC."""
         vpc = self.vpcs[e.vni]
-        eni = Eni(e.id, e.vni, e.ip, e.instance, e.netns, e.source_dest_check, vpc)
+        eni = Eni(e.id, e.vni, e.ip, e.instance, e.netns, e.source_dest_check, vpc, ipv6=e.ipv6,
+                  interface_type=e.interface_type)
         if self._last_view is not None:
             # Its security groups and ACL before its first packet: an ENI of the desired state is
             # never open, not even while the rest of the host converges.
             self.policy.apply(self._last_view, {eni.id: eni}, complete=False)
         name = f"e{eni.number & ((1 << 56) - 1):014x}"  # 15 chars max; unique on this host
-        dev = tun.open_tun(name, self.cfg.offload)
+        tap = e.interface_type == "tap"
+        dev = tun.open_tap(name) if tap else tun.open_tun(name, self.cfg.offload)
         gateway = str(e.ip.network.network_address + 1)
+        wanted6 = self._routes6(vpc, routes6) if e.ipv6 else set()
         try:
-            await asyncio.to_thread(tun.move_and_configure, name, e.netns, str(e.ip.ip),
-                                    e.ip.network.prefixlen, gateway, vnet_hdr=dev.vnet_hdr)
+            await asyncio.to_thread(tun.move_and_configure, name, e.netns, None if tap else str(e.ip.ip),
+                                    e.ip.network.prefixlen, gateway, vnet_hdr=dev.vnet_hdr,
+                                    ipv6=str(e.ipv6) if e.ipv6 else None, ipv6_routes=tuple(sorted(wanted6)))
         except BaseException:
             dev.close()  # the device goes with its descriptor; a retry starts clean
             raise
-        port = EniPort(eni, dev)
+        port = EniPort(eni, dev, LinkServices(self._lease(eni), self._mac_of(vpc)) if tap else None)
+        port.routes6 = wanted6 if not tap else set()
         self.ports[eni.number] = port
         vpc.local[eni.ipv4_key] = eni
+        if eni.ipv6 is not None:
+            vpc.local[eni.ipv6_key] = eni
         asyncio.get_running_loop().add_reader(port.fd, self._on_eni, port)
-        self.log.info("eni attached", eni=e.id, instance=e.instance, ip=str(e.ip), vnet_hdr=dev.vnet_hdr)
+        if tap and eni.ipv6 is not None:  # the VM learns its router (and to ask DHCPv6) without soliciting
+            try:
+                os.write(port.fd, router_advertisement(port.link.lease))
+            except OSError:
+                pass
+        self.log.info("eni attached", eni=e.id, instance=e.instance, ip=str(e.ip), ipv6=str(e.ipv6 or ""),
+                      device=e.interface_type, vnet_hdr=dev.vnet_hdr)
 
     def detach(self, port: EniPort) -> None:
         """Stop serving an ENI: closing the TUN removes the device from the instance."""
         asyncio.get_running_loop().remove_reader(port.fd)
         self.ports.pop(port.eni.number, None)
         vpc = self.vpcs.get(port.eni.vni)
-        if vpc is not None and vpc.local.get(port.eni.ipv4_key) is port.eni:
-            del vpc.local[port.eni.ipv4_key]
+        for k in (port.eni.ipv4_key, port.eni.ipv6_key):
+            if vpc is not None and vpc.local.get(k) is port.eni:
+                del vpc.local[k]
         port.device.close()
         self.log.info("eni detached", eni=port.eni.id, instance=port.eni.instance)
+
+    @staticmethod
+    def _routes6(vpc: VpcView, table_routes: set[str]) -> set[str]:
+        """An instance's IPv6 routes through its ENI: its VPC's /56 (the local route), the resolver's
+        fd00:ec2::253, and what its subnet's route table adds (::/0 to a gateway, say)."""
+        return {str(vpc.cidr6), "fd00:ec2::253/128", *table_routes} if vpc.cidr6 else set()
+
+    def _mac_of(self, vpc: VpcView):
+        """For ARP and neighbour discovery on a TAP ENI: the MAC of another ENI of its VPC, by address key."""
+        def mac(key: int) -> bytes | None:
+            local = vpc.local.get(key)
+            if local is not None:
+                return local.mac
+            m = vpc.mappings.get(key)
+            return addresses.eni_mac(m.eni) if m is not None else None
+        return mac
+
+    def _lease(self, eni: Eni) -> Lease:
+        """What a TAP ENI's DHCP tells its VM: its addresses and the VPC's DHCP options."""
+        vpc = next((v for v in (self._last_view or {}).get("vpcs", ()) if v["vni"] == eni.vni), {})
+        options = vpc.get("dhcp_options") or {}
+        net = eni.ipv4.network
+        return Lease(mac=eni.mac, ipv4=eni.ipv4, router=net.network_address + 1,
+                     dns_servers=tuple(ipaddress.IPv4Address(a) for a in
+                                       options.get("domain_name_servers") or [net.network_address + 2]),
+                     domain_name=options.get("domain_name") or f"{self.cfg.region}.compute.internal",
+                     ntp_servers=tuple(ipaddress.IPv4Address(a) for a in options.get("ntp_servers") or ()),
+                     hostname=f"ip-{str(eni.ipv4.ip).replace('.', '-')}", ipv6=eni.ipv6)
 
     # --- converging on the control plane's desired state -----------------------------------------
     async def converge(self, view: dict) -> None:
@@ -201,7 +301,8 @@ class HostAgent:
                         await asyncio.to_thread(instance_ns.remove, port.eni.netns)
             for e in mine.values():
                 v = vpcs[e["vni"]]
-                self._vpc(v["vni"], v["cidr_block"], v["subnets"])
+                self._vpc(v["vni"], v["cidr_block"], v["subnets"], v.get("ipv6_cidr_block"), v.get("ipv6_subnets", ()))
+            self.resolver.update(view)
             wanted = sorted({e["vni"] for e in mine.values()} | {c.vni for c in self.cfg.vpcs})
             if wanted != self.mapping.vnis:
                 self.mapping.resubscribe(wanted)
@@ -211,6 +312,7 @@ class HostAgent:
                 port = self.ports.get(number)
                 if port is not None:
                     port.eni.source_dest_check = e["source_dest_check"]
+                    await self._converge_port(port, e, view)
                     continue
                 try:
                     await self._attach_desired(e, vpcs[e["vni"]], view)
@@ -254,12 +356,28 @@ class HostAgent:
             neighbours = [(x["instance"], x["private_ip"]) for x in view["enis"]
                           if x["vni"] == e["vni"] and x["id"] != e["id"]]
             await asyncio.to_thread(self._prepare_namespace, netns, e, vpc, neighbours)
+        ipv6 = f"{e['ipv6_address']}/{e.get('ipv6_prefixlen') or 64}" if e.get("ipv6_address") else None
         await self.attach(config.EniConfig(id=e["id"], vni=e["vni"], ip=f"{e['private_ip']}/{e['prefixlen']}",
                                            netns=netns, instance=e["instance"],
-                                           source_dest_check=e["source_dest_check"]))
+                                           source_dest_check=e["source_dest_check"], ipv6=ipv6,
+                                           interface_type=e.get("interface_type") or "tun"),
+                          _table_routes6(view, e))
+
+    async def _converge_port(self, port: EniPort, e: dict, view: dict) -> None:
+        """An attached ENI follows changes around it: its VM's DHCP answers (a TAP's), and the IPv6
+        routes its subnet's route table gives the instance (a TUN's)."""
+        if port.link is not None:
+            lease = self._lease(port.eni)
+            if lease != port.link.lease:
+                port.link.update(lease)
+        elif port.eni.ipv6 is not None and port.eni.vpc is not None:
+            wanted = self._routes6(port.eni.vpc, _table_routes6(view, e))
+            if wanted != port.routes6:
+                await asyncio.to_thread(tun.set_ipv6_routes, port.eni.netns, wanted, port.routes6)
+                port.routes6 = wanted
 
     def _prepare_namespace(self, netns: str, e: dict, vpc: dict, neighbours) -> None:
-        instance_ns.create(netns)
+        instance_ns.create(netns, ipv6=bool(e.get("ipv6_address")))
         instance_ns.write_identity(netns, e["instance"], e["private_ip"], vpc["cidr_block"],
                                    f"{self.cfg.region}.compute.internal", neighbours)
 
@@ -320,6 +438,8 @@ class HostAgent:
     # --- the way out of an ENI -------------------------------------------------------------------
     def _drain_eni(self, port: EniPort, now: float) -> None:
         """Read and forward up to BATCH packets from one ENI."""
+        if port.link is not None:
+            return self._drain_tap(port, now)
         fd, iov, buf, view, inner, vnet = port.fd, port.iov, port.buf, port.view, port.inner, port.vnet
         eni, egress, send = port.eni, self.egress, self.underlay.send
         for _ in range(BATCH):
@@ -339,7 +459,11 @@ class HostAgent:
                 if target is None:
                     continue
                 if target.__class__ is tuple:
+                    if (buf[inner] >> 4 == 6) is not port.ipv6:
+                        port.set_protocol(not port.ipv6)
                     send(view[: inner + n], target)
+                elif target is RESOLVER:
+                    self._ask_resolver(port, bytes(view[inner:inner + n]), now)
                 else:  # an ENI on this host
                     self._hand_over(target, view, geneve.VNET_OFFSET if vnet else -1, inner, inner + n)
             except Exception:  # a bug must not take the switch down; it is counted and logged
@@ -348,6 +472,89 @@ class HostAgent:
         self.underlay.flush()
         if self.cache.queries:
             self.mapping.flush_queries()
+
+    def _drain_tap(self, port: EniPort, now: float) -> None:
+        """Read up to BATCH frames from a TAP ENI: what the host answers itself (ARP, DHCP, neighbour
+        discovery) is answered here; IP packets take the egress path like a TUN's."""
+        fd, iov, buf, view, inner, link = port.fd, port.iov, port.buf, port.view, port.inner, port.link
+        frame, tail = inner - ETH_HEADER, port.head[inner - ETH_HEADER:inner]
+        eni, egress, send = port.eni, self.egress, self.underlay.send
+        for _ in range(BATCH):
+            try:
+                n = os.readv(fd, iov)
+            except OSError:
+                break  # nothing more to read, or the device is gone
+            try:
+                verdict = link.handle(view[frame:frame + n], n, now)
+                if verdict != PASS:
+                    if verdict == ANSWERED:
+                        for reply in link.replies:
+                            os.write(fd, reply)
+                    else:
+                        eni.drops[link.last_drop] += 1
+                    link.replies.clear()
+                    continue
+                buf[frame:inner] = tail  # the Geneve header again, over the Ethernet header
+                n -= ETH_HEADER
+                target = egress.process(eni, buf, inner, n, now)
+                if target is None:
+                    continue
+                if target.__class__ is tuple:
+                    if (buf[inner] >> 4 == 6) is not port.ipv6:
+                        port.set_protocol(not port.ipv6)  # bytes 2-3: outside the frame's tail
+                    send(view[: inner + n], target)
+                elif target is RESOLVER:
+                    self._ask_resolver(port, bytes(view[inner:inner + n]), now)
+                else:
+                    self._hand_over(target, view, -1, inner, inner + n)
+            except OSError:
+                self.ingress.drops[Drop.DELIVERY_FAILED] += 1
+            except Exception:
+                self._error("egress")
+        self._write_staged()
+        self.underlay.flush()
+        if self.cache.queries:
+            self.mapping.flush_queries()
+
+    # --- the VPC resolver ------------------------------------------------------------------------
+    def _ask_resolver(self, port: EniPort, packet: bytes, now: float) -> None:
+        """A packet for the VPC resolver: answered at once, recursed upstream, or dropped (counted)."""
+        eni = port.eni
+        answer = self.resolver.handle(eni.id, eni.vni, packet, now)
+        if answer is None:
+            eni.drops[self.resolver.last_drop] += 1
+        elif answer.__class__ is Forward:
+            if self.upstream is not None:
+                try:
+                    self.upstream.send(answer.payload)
+                except OSError:
+                    self.egress.drops[Drop.SEND_FAILED] += 1
+        else:
+            try:
+                port.write_packet(answer)
+            except OSError:
+                self.ingress.drops[Drop.DELIVERY_FAILED] += 1
+
+    def _on_upstream(self) -> None:
+        """Answers from the upstream resolver, back to the instances that asked."""
+        now = asyncio.get_running_loop().time()
+        for _ in range(BATCH):
+            try:
+                data = self.upstream.recv(65535)
+            except OSError:
+                break
+            try:
+                done = self.resolver.upstream_reply(data, now)
+                if done is None:
+                    continue
+                eni_id, packet = done
+                port = self.ports.get(addresses.eni_number(eni_id))
+                if port is not None:
+                    port.write_packet(packet)
+            except OSError:
+                self.ingress.drops[Drop.DELIVERY_FAILED] += 1
+            except Exception:
+                self._error("resolver")
 
     # --- the way in from the underlay ------------------------------------------------------------
     def _drain_underlay(self, now: float) -> None:
@@ -438,6 +645,7 @@ class HostAgent:
         now = asyncio.get_running_loop().time()
         for port in list(self.ports.values()):
             port.eni.ct.expire(now, self.EXPIRE_BUDGET)
+        self.resolver.expire(now)
         asyncio.get_running_loop().call_later(IngressPath.HOLD_TIME / 4, self._expire_held)
 
     def _check_fleet(self) -> None:
@@ -472,7 +680,8 @@ class HostAgent:
         for p in list(self.ports.values()):  # a snapshot: converge may attach while we await below
             e = p.eni
             enis.append({"id": e.id, "instance": e.instance, "ip": str(e.ipv4), "vni": e.vni,
-                         "vnet_hdr": p.vnet, "tx_packets": e.stats[0], "tx_bytes": e.stats[1],
+                         "ipv6": str(e.ipv6) if e.ipv6 else None, "interface_type": e.interface_type,
+                         "mac": addresses.mac_text(e.mac), "vnet_hdr": p.vnet, "tx_packets": e.stats[0], "tx_bytes": e.stats[1],
                          "rx_packets": e.stats[2], "rx_bytes": e.stats[3], "drops": counters_as_dict(e.drops),
                          "security_groups": list(e.sg_ids), "conntrack": e.ct.stats(),
                          "flow_logs": [log.spec.id for log in e.flow_logs],
@@ -488,6 +697,7 @@ class HostAgent:
                 "held_for_mapping": self.ingress.held_total, "errors": self.errors,
                 "hyperplane": self.fleet.status(asyncio.get_running_loop().time()) if self.fleet else None,
                 "udp_coalesced": {"packets": self.coalescer.coalesced, "writes_saved": self.coalescer.writes_saved},
+                "resolver": {**self.resolver.status(), "upstream": self.cfg.dns_upstream},
                 "flow_logs": {f"{fl} {eni}": agg.stats() for (fl, eni), agg in self.flow_logs.items()},
                 "flow_log_delivery": self.shipper.status() if self.shipper else None,
                 "kernel_udp": self.underlay.kernel_counters()}
@@ -556,6 +766,15 @@ class HostAgent:
             return await asyncio.to_thread(tun.device_counters, eni.netns)
         except Exception as e:  # the instance namespace may be gone; status must still answer
             return {"error": str(e)}
+
+
+def _table_routes6(view: dict, e: dict) -> set[str]:
+    """The IPv6 destinations, beyond the VPC's own, that ENI ``e``'s subnet's route table routes."""
+    subnet = next((x for x in view.get("subnets", ()) if x["id"] == e.get("subnet_id")), None)
+    table = next((t for t in view.get("route_tables", ())
+                  if subnet is not None and t["id"] == subnet.get("route_table_id")), None)
+    return {r["destination"] for r in (table or {}).get("routes", ())
+            if ":" in r["destination"] and r.get("target_type") != "local"}
 
 
 async def run(cfg: config.HostAgentConfig) -> None:

@@ -5,7 +5,10 @@
     <lab>.edge              the Blackfoot edge agent                198.18.0.3
     <lab>.hp.<node>         Hyperplane nodes (NAT gateways, load balancers)  198.18.0.21, .22, …
     <lab>.host.<host>       one host agent per host                 198.18.0.11, .12, …
-    <lab>.inst.<instance>   one instance each; its ENI (a TUN device) belongs to its host's agent
+    <lab>.inst.<instance>   one instance each; its ENI (a TUN device, or a TAP for a "VM") belongs to its
+                            host's agent; a TAP instance runs a real DHCP client (busybox udhcpc)
+    <lab>.internet          the internet: 203.0.113.0/24 and 2001:db8:ff::/64, a web server and a DNS
+                            resolver, behind the edge
 
 The underlay uses 198.18.0.0/24 (RFC 2544, benchmarking) and exists only inside these namespaces:
 nothing is added to the root namespace. Every name starts with the lab name and a dot, so several
@@ -50,6 +53,12 @@ INTERNET_DNS = INTERNET[53]  # its DNS resolver (agents/internet_dns.py)
 INTERNET_ZONE = {"www.example.test": str(INTERNET_WEB), "example.test": str(INTERNET_WEB),
                  "dns.example.test": str(INTERNET_DNS)}
 PUBLIC_POOL = "198.51.100.0/24"  # elastic IPs (the control plane's pool)
+# IPv6 (documentation space, RFC 3849): the VPCs' /56 blocks (the control plane's default pool) and the
+# internet's own /64, where the web server answers too.
+IPV6_POOL = "2001:db8:100::/40"
+INTERNET6 = ipaddress.ip_network("2001:db8:ff::/64")
+INTERNET6_ROUTER, INTERNET6_EDGE, INTERNET6_WEB = INTERNET6[1], INTERNET6[0xFE], INTERNET6[0x10]
+DHCP_CLIENT_SCRIPT = Path(__file__).resolve().parent / "dhcp_client.sh"
 INTERNET_MTU = 1500
 READY_TIMEOUT = 30.0
 
@@ -141,12 +150,12 @@ class Lab:
 
         comps: list[Component] = []
 
-        def component(name: str, role: str, netns: str, ip) -> Component:
+        def component(name: str, role: str, netns: str, ip, ipv6: bool = False) -> Component:
             c = Component(name, role, netns, str(ip), str(self.dir / f"{name}.toml"),
                           str(self.dir / f"{name}.sock"), str(self.dir / f"{name}.log"))
             comps.append(c)
             if netns:
-                self._netns_add(netns)
+                self._netns_add(netns, ipv6)
                 port = f"p{len(comps)}"
                 run("ip", "-n", netns, "link", "add", "ul0", "mtu", mtu, "type", "veth",
                     "peer", "name", port, "netns", u, "mtu", mtu)
@@ -173,7 +182,7 @@ class Lab:
             f.write(account["token"] + "\n")
 
         mapping = component("mapping", "mapping_daemon", self.ns("mapping"), MAPPING_IP)
-        edge = component("edge", "edge_agent", self.ns("edge"), EDGE_IP)
+        edge = component("edge", "edge_agent", self.ns("edge"), EDGE_IP, ipv6=True)  # routes the VPCs' IPv6
         hosts = {h.name: component(h.name, "host_agent", self.ns("host", h.name), UNDERLAY[FIRST_HOST + i])
                  for i, h in enumerate(topo.hosts)}
         fleet = [{"name": f"hp-{i + 1}", "underlay_ip": str(UNDERLAY[FIRST_NODE + i])} for i in range(HYPERPLANE_NODES)]
@@ -186,16 +195,19 @@ class Lab:
         self._wait_ready([mapping])
         self._internet(edge.netns, state)
         self._write_config(edge, {"underlay_ip": edge.underlay_ip, "mapping": endpoint, "internet_device": "igw0",
-                                  "public_pool": PUBLIC_POOL, **infra, **hyperplane})
+                                  "public_pool": PUBLIC_POOL, "ipv6_pool": IPV6_POOL, **infra, **hyperplane})
         self._start(edge, state)
         for c in nodes:
             self._write_config(c, {"underlay_ip": c.underlay_ip, "edge": str(EDGE_IP), **infra, **hyperplane})
             self._start(c, state)
         for h in topo.hosts:
             c = hosts[h.name]
+            # The VPC resolver recurses through the internet's resolver: hosts reach it through the edge's
+            # namespace (its kernel forwards), as the cloud's resolvers reach the internet.
+            run("ip", "-n", c.netns, "route", "add", f"{INTERNET_DNS}/32", "via", str(EDGE_IP))
             self._write_config(c, {"underlay_ip": c.underlay_ip, "mapping": endpoint, "edge": str(EDGE_IP),
                                    "offload": h.offload, "instance_netns_prefix": self.ns("inst") + ".",
-                                   "region": REGION, **infra, **hyperplane})
+                                   "region": REGION, "dns_upstream": f"{INTERNET_DNS}:53", **infra, **hyperplane})
             self._start(c, state)
         self._wait_ready(comps)
 
@@ -205,6 +217,23 @@ class Lab:
         self.wait_converged()
         state["instances"] = self.instances()
         self._save(state)
+        self._boot_vms(state)
+
+    def _boot_vms(self, state: dict, timeout: float = 15.0) -> None:
+        """TAP instances stand for virtual machines: as a VM would at boot, each runs a DHCP client
+        (busybox udhcpc, with ``agents/dhcp_client.sh``) on its ENI; wait until each has its address."""
+        vms = {name: i for name, i in state["instances"].items() if i.get("interface_type") == "tap"}
+        for name, i in vms.items():
+            self.spawn(name, ["udhcpc", "-f", "-i", "eth0", "-s", str(DHCP_CLIENT_SCRIPT), "-t", "10", "-T", "1",
+                              "-A", "1", "-O", "mtu", "-O", "ntpsrv", "-x", f"hostname:{name}"], f"dhcp-{name}")
+        deadline = time.monotonic() + timeout
+        for name, i in vms.items():
+            while f"inet {i['ip']}/" not in run("ip", "-n", i["netns"], "-4", "addr", "show", "eth0",
+                                                check=False).stdout:
+                if time.monotonic() > deadline:
+                    raise LabError(f"TAP instance {name} got no DHCP lease in {timeout:.0f} s; "
+                                   f"see {self.dir / f'dhcp-{name}.out'}")
+                time.sleep(0.1)
 
     # --- the API ---------------------------------------------------------------------------------
     @property
@@ -236,7 +265,8 @@ class Lab:
         subnets = {s["id"]: s for s in api.call("GET", "/v1/subnets")}
         return {i["name"]: {"vpc": vpcs[i["vpc_id"]].get("name") or i["vpc_id"], "vni": vpcs[i["vpc_id"]]["vni"],
                             "subnet": subnets[i["subnet_id"]].get("name") or i["subnet_id"],
-                            "ip": i["private_ip"], "host": i["host"], "eni": i["eni_id"], "id": i["id"],
+                            "ip": i["private_ip"], "ipv6": i.get("ipv6_address"), "host": i["host"],
+                            "eni": i["eni_id"], "id": i["id"], "interface_type": i.get("interface_type", "tun"),
                             "netns": self.ns("inst", i["name"])}
                 for i in api.call("GET", "/v1/instances")}
 
@@ -262,29 +292,42 @@ class Lab:
         """The internet namespace, linked to the edge's (MTU 1500), with a web server on INTERNET_WEB
         and a DNS resolver for INTERNET_ZONE on INTERNET_DNS.
 
-            internet ns  eth0 203.0.113.1/24 (+ .10)  ── veth ──  wan0 203.0.113.254/24  edge ns
+            internet ns  eth0 203.0.113.1/24 (+ .10, .53)  ── veth ──  wan0 203.0.113.254/24  edge ns
+                              2001:db8:ff::1/64 (+ ::10)                2001:db8:ff::fe/64
                          route 198.51.100.0/24 via .254            default via .1; 198.51.100.0/24 → igw0
+                               2001:db8:100::/40 via ::fe          default via ::1; 2001:db8:100::/40 → igw0
+                               198.18.0.0/24 via .254 (the VPC resolver's questions come from hosts)
         The edge namespace's kernel forwards between wan0 and the edge agent's TUN igw0.
         """
         inet = self.ns("internet")
-        self._netns_add(inet)
+        self._netns_add(inet, ipv6=True)
         mtu = str(INTERNET_MTU)
         run("ip", "-n", edge_ns, "link", "add", "wan0", "mtu", mtu, "type", "veth", "peer", "name", "eth0",
             "netns", inet, "mtu", mtu)
         for a in (INTERNET_ROUTER, INTERNET_WEB, INTERNET_DNS):
             run("ip", "-n", inet, "addr", "add", f"{a}/{INTERNET.prefixlen}", "dev", "eth0")
+        for a in (INTERNET6_ROUTER, INTERNET6_WEB):
+            run("ip", "-n", inet, "addr", "add", f"{a}/{INTERNET6.prefixlen}", "dev", "eth0", "nodad")
         run("ip", "-n", inet, "link", "set", "eth0", "up")
         run("ip", "-n", inet, "link", "set", "lo", "up")
         run("ip", "-n", inet, "route", "add", PUBLIC_POOL, "via", str(INTERNET_EDGE))
+        run("ip", "-n", inet, "route", "add", IPV6_POOL, "via", str(INTERNET6_EDGE))
+        # Answers to the VPC resolver's questions go back to the host that asked, through the edge.
+        run("ip", "-n", inet, "route", "add", str(UNDERLAY), "via", str(INTERNET_EDGE))
         run("ip", "-n", edge_ns, "addr", "add", f"{INTERNET_EDGE}/{INTERNET.prefixlen}", "dev", "wan0")
+        run("ip", "-n", edge_ns, "addr", "add", f"{INTERNET6_EDGE}/{INTERNET6.prefixlen}", "dev", "wan0", "nodad")
         run("ip", "-n", edge_ns, "link", "set", "wan0", "up")
         run("ip", "-n", edge_ns, "route", "add", "default", "via", str(INTERNET_ROUTER))
-        run("ip", "netns", "exec", edge_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        run("ip", "-n", edge_ns, "-6", "route", "add", "default", "via", str(INTERNET6_ROUTER))
+        run("ip", "netns", "exec", edge_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1")
         www = self.dir / "internet-www"
         www.mkdir()
         (www / "index.html").write_text("hello from the internet\n")
         servers = {"internet-web": [sys.executable, "-m", "http.server", "80", "--bind", str(INTERNET_WEB),
                                     "--directory", str(www)],
+                   "internet-web6": [sys.executable, "-m", "http.server", "80", "--bind", str(INTERNET6_WEB),
+                                     "--directory", str(www)],
                    "internet-dns": [sys.executable, "-m", "agents.internet_dns", str(INTERNET_DNS),
                                     *(f"{name}={ip}" for name, ip in INTERNET_ZONE.items())]}
         for name, argv in servers.items():
@@ -295,9 +338,9 @@ class Lab:
             state["extra_pids"].append([p.pid, _starttime(p.pid)])
         self._save(state)
 
-    def _netns_add(self, name: str) -> None:
+    def _netns_add(self, name: str, ipv6: bool = False) -> None:
         try:
-            if not instance_ns.create(name):
+            if not instance_ns.create(name, ipv6=ipv6):
                 raise LabError(f"network namespace {name} exists already")
         except OSError as e:
             raise LabError(str(e)) from None

@@ -93,8 +93,9 @@ class MappingDaemon:
 
     async def apply_desired(self, view: dict) -> None:
         """Make the table exactly the desired state's ENIs (each change is pushed to subscribers)."""
-        desired = {(e["vni"], e["private_ip"]): (e["underlay_ip"], addresses.eni_number(e["id"]))
-                   for e in view["enis"] if e["underlay_ip"]}
+        desired = {(e["vni"], addr): (e["underlay_ip"], addresses.eni_number(e["id"]))
+                   for e in view["enis"] if e["underlay_ip"]
+                   for addr in (e["private_ip"], e.get("ipv6_address")) if addr}
         out = []
         for (vni, addr), (host, eni) in desired.items():
             out += self.service.put(vni, addr, host, eni)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +54,8 @@ class EniConfig(_Strict):
     netns: str
     instance: str = ""
     source_dest_check: bool = True
+    ipv6: ipaddress.IPv6Interface | None = None  # dual stack: address with its subnet's /64
+    interface_type: Literal["tun", "tap"] = "tun"  # tap: a VM's device; the host answers ARP, DHCP, ND
 
 
 class FleetNode(_Strict):
@@ -83,6 +85,8 @@ class HostAgentConfig(DaemonConfig):
     token_file: str | None = None  # the infrastructure (admin) token
     instance_netns_prefix: str = ""  # an instance's namespace is this + its name
     region: str = "lab-1"
+    # The VPC resolver recurses through this resolver (HOST:PORT; absent: public names get SERVFAIL).
+    dns_upstream: Endpoint | None = None
     # The Hyperplane fleet (NAT gateways, load balancers) and the size of each resource's shard.
     hyperplane: list[FleetNode] = []
     hyperplane_shard_size: int = Field(3, ge=1, le=64)
@@ -105,6 +109,7 @@ class EdgeConfig(DaemonConfig):
     # pool; the namespace's kernel forwards between it and the internet. Absent: relay only.
     internet_device: str | None = None
     public_pool: str = "198.51.100.0/24"
+    ipv6_pool: str | None = None  # the VPCs' IPv6 blocks, routed to the internet device (no NAT)
     # Where the public addresses come from (the desired state); optional, like the host agent's.
     control_plane: str | None = None
     token_file: str | None = None

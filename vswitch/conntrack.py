@@ -16,9 +16,14 @@ reads no clock (time is ``now``, in seconds) and does no I/O.
 
 The flow key (design notes §4) is oriented to the ENI: (protocol, local address, remote address,
 local port, remote port), so both directions of a flow find one dict entry. It is packed into one
-int (104 bits, 40 bytes) rather than a tuple of five ints (~190 bytes): memory per flow is what
-limits the table. ``FlowKey`` is its unpacked form for the slow path (``remove_if``, ``entries``).
-IPv4 only, like the rest of the data path for now (dual stack arrives later, with wider keys).
+int rather than a tuple of five ints (~190 bytes): memory per flow is what limits the table.
+``FlowKey`` is its unpacked form for the slow path (``remove_if``, ``entries``), addresses as
+``addresses.key`` gives them (IPv6 ones carry ``V6_TAG``). Dual stack, one table for both families:
+  IPv4  proto << 96 | local << 64 | remote << 32 | local port << 16 | remote port        < 2^104
+  IPv6  proto << 289 | 1 << 288 | local << 160 | remote << 32 | local port << 16 | remote port
+        (local and remote the 128-bit addresses; bit 288 is the local key's V6_TAG)     ≥ 2^288
+so no IPv6 key equals an IPv4 one (``::a.b.c.d`` is not ``a.b.c.d``), and the wire's source and
+destination, adjacent in the IPv6 header, shift into place as one 256-bit int (``lookup_wire``).
 - TCP, UDP: the ports.
 - ICMP queries (echo 8/0, timestamp 13/14, information 15/16, address mask 17/18): local port = the
   identifier, remote port = 0 if the local side sent the request, 1 if the remote side did. Linux keys
@@ -27,6 +32,11 @@ IPv4 only, like the rest of the data path for now (dual stack arrives later, wit
   packet they quote belongs to a live flow and they go back to that packet's sender, else NEW and
   ``create`` refuses them. They do not refresh the flow. Other ICMP messages (router advertisements,
   unsolicited replies) cannot start a flow either.
+- ICMPv6 (RFC 4443), in IPv6 packets only: echo request 128 / reply 129 are queries keyed like ICMP
+  echo; the errors destination unreachable 1, packet too big 2, time exceeded 3 and parameter problem
+  4 are related or NEW like ICMP errors (a packet too big about a live flow passes: path MTU discovery);
+  neighbour discovery and every other ICMPv6 message have no flow. ICMP (1) in an IPv6 packet and
+  ICMPv6 (58) in an IPv4 one are other protocols.
 - Other protocols: addresses and protocol only (ports 0).
 - Non-first fragments carry no ports: NEW, and ``create`` refuses them (no reassembly here).
 
@@ -90,10 +100,14 @@ import struct
 import tracemalloc
 from typing import Callable, NamedTuple
 
-from .headers import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP, _PORTS, _U16
+from .addresses import V6_TAG
+from .headers import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP, _PORTS, _U16
 from .sweep import Sweep
 
-_M32 = 0xFFFFFFFF
+_M32 = 0xFFFFFFFF  # also the largest IPv4 address key: any larger key is an IPv6 one (V6_TAG)
+_M128 = V6_TAG - 1
+_M129 = V6_TAG | _M128  # an IPv6 address key: the tag and 128 address bits
+_V6_KEYS = 1 << 104  # every IPv4 flow key is below, every IPv6 one above (≥ 2^288)
 _HALF = 0x80000000  # a ≤ b modulo 2^32 iff (b − a) & _M32 < _HALF
 _MAXACKWINDOW = 66000  # Linux's floor for check IV: a little over the largest unscaled window
 _MAX_WSCALE = 14  # RFC 7323 §2.3
@@ -170,7 +184,8 @@ class Timeouts:
 
 @dataclasses.dataclass(slots=True)
 class PacketInfo:
-    """What the tracker needs from one IPv4 packet; ``packet_info`` fills it from the wire.
+    """What the tracker needs from one IPv4 or IPv6 packet; ``packet_info`` fills it from the wire.
+    ``src`` and ``dst`` are address keys (``addresses.key``: IPv6 ones carry ``V6_TAG``).
 
     ``wscale`` and ``fragment`` go beyond the five-tuple because tracking needs them: a SYN's window
     scale option says how to read every later window of that side, and a non-first fragment has no
@@ -187,10 +202,10 @@ class PacketInfo:
     ack: int = 0
     window: int = 0
     payload_len: int = 0
-    icmp_type: int = -1
+    icmp_type: int = -1  # ICMP, or ICMPv6 in an IPv6 packet
     icmp_code: int = -1
     icmp_id: int = 0
-    inner: "PacketInfo | None" = None  # ICMP errors: the quoted packet's header, as its sender sent it
+    inner: "PacketInfo | None" = None  # ICMP(v6) errors: the quoted packet's header, as its sender sent it
     wscale: int = -1  # a SYN's window scale option (0..14), -1 when absent
     fragment: bool = False  # a non-first fragment: no transport header, never tracked
 
@@ -236,11 +251,26 @@ _ICMP_KIND = bytes(
     else _I_ERROR if t in (3, 4, 5, 11, 12) else _I_OTHER
     for t in range(256)
 )
+# ICMPv6 (RFC 4443): echo is the only query; errors 1-4; neighbour discovery, MLD and the rest: other.
+_ICMP6_KIND = bytes(
+    _I_REQUEST if t == 128 else _I_REPLY if t == 129 else _I_ERROR if 1 <= t <= 4 else _I_OTHER
+    for t in range(256)
+)
+
+
+def _icmp_kind(pkt: PacketInfo) -> int:
+    """The ``_I_*`` kind of an ICMP packet in IPv4 or an ICMPv6 packet in IPv6; -1 for anything else."""
+    proto = pkt.proto
+    if proto == PROTO_ICMP and pkt.src <= _M32:
+        return _ICMP_KIND[pkt.icmp_type & 0xFF]
+    if proto == PROTO_ICMPV6 and pkt.src > _M32:
+        return _ICMP6_KIND[pkt.icmp_type & 0xFF]
+    return -1
 
 
 def _key(pkt: PacketInfo, outbound: bool) -> int | None:
     """The packed flow key of ``pkt`` seen from the ENI, or None if it can have no flow of its own
-    (an ICMP error or another non-query ICMP message, a non-first fragment)."""
+    (an ICMP(v6) error or another non-query ICMP(v6) message, a non-first fragment)."""
     if pkt.fragment:
         return None
     proto = pkt.proto
@@ -248,20 +278,25 @@ def _key(pkt: PacketInfo, outbound: bool) -> int | None:
         local, remote, lport, rport = pkt.src, pkt.dst, pkt.sport, pkt.dport
     else:
         local, remote, lport, rport = pkt.dst, pkt.src, pkt.dport, pkt.sport
-    if proto == PROTO_ICMP:
-        kind = _ICMP_KIND[pkt.icmp_type & 0xFF]
+    if proto != PROTO_TCP and proto != PROTO_UDP:
+        kind = _icmp_kind(pkt)
         if kind == _I_REQUEST:
             lport, rport = pkt.icmp_id, 0 if outbound else 1
         elif kind == _I_REPLY:
             lport, rport = pkt.icmp_id, 1 if outbound else 0
-        else:
+        elif kind >= 0:
             return None
-    elif proto != PROTO_TCP and proto != PROTO_UDP:
-        lport = rport = 0
+        else:
+            lport = rport = 0
+    if local > _M32:  # IPv6: ``local`` carries V6_TAG, which lands on bit 288
+        return proto << 289 | local << 160 | (remote & _M128) << 32 | lport << 16 | rport
     return proto << 96 | local << 64 | remote << 32 | lport << 16 | rport
 
 
 def _flow_key(key: int) -> FlowKey:
+    if key >= _V6_KEYS:
+        return FlowKey(key >> 289, (key >> 160) & _M129, (key >> 32) & _M128 | V6_TAG, (key >> 16) & 0xFFFF,
+                       key & 0xFFFF)
     return FlowKey(key >> 96, (key >> 64) & _M32, (key >> 32) & _M32, (key >> 16) & 0xFFFF, key & 0xFFFF)
 
 
@@ -399,8 +434,8 @@ class ConnTrack:
     # --- per packet ----------------------------------------------------------------------------
     def lookup(self, pkt: PacketInfo, outbound: bool, now: float) -> Verdict:
         proto = pkt.proto
-        if (proto == PROTO_TCP or proto == PROTO_UDP) and not pkt.fragment:
-            # ``_key`` inlined for the common case.
+        if (proto == PROTO_TCP or proto == PROTO_UDP) and not pkt.fragment and pkt.src <= _M32:
+            # ``_key`` inlined for the common case (IPv4).
             if outbound:
                 key = proto << 96 | pkt.src << 64 | pkt.dst << 32 | pkt.sport << 16 | pkt.dport
             else:
@@ -436,16 +471,17 @@ class ConnTrack:
         return _ESTABLISHED
 
     def lookup_wire(self, buf, off: int, n: int, outbound: bool, now: float) -> Verdict | None:
-        """``lookup`` for the IPv4 packet at ``buf[off:off + n]``, for the bulk of traffic — an
-        unfragmented UDP packet, ICMP echo or TCP ACK of a known, established flow — without building a
-        ``PacketInfo`` (that costs more than the lookup). None: no fast answer (a new flow, a
-        handshake, ICMP, options we do not read here...): parse with ``packet_info`` and call ``lookup``,
-        which gives the same verdict for these packets."""
+        """``lookup`` for the IPv4 or IPv6 packet at ``buf[off:off + n]``, for the bulk of traffic — an
+        unfragmented UDP packet, ICMP(v6) echo or TCP ACK of a known, established flow — without
+        building a ``PacketInfo`` (that costs more than the lookup). None: no fast answer (a new flow, a
+        handshake, ICMP, options or IPv6 extension headers we do not read here...): parse with
+        ``packet_info`` and call ``lookup``, which gives the same verdict for these packets."""
         if n < 28:
             return None
         vihl, total, frag, proto, addrs, ports = _WIRE.unpack_from(buf, off)
         if vihl != 0x45 or frag & 0x1FFF or total > n or total < 28:
-            return None
+            # IPv6 is tested here, not first: IPv4 pays nothing for it.
+            return self._lookup_wire6(buf, off, n, outbound, now) if vihl >> 4 == 6 else None
         if proto == PROTO_TCP:
             if total < 40:
                 return None
@@ -491,14 +527,69 @@ class ConnTrack:
         self.flow = f
         return _ESTABLISHED
 
+    def _lookup_wire6(self, buf, off: int, n: int, outbound: bool, now: float) -> Verdict | None:
+        """``lookup_wire`` for an IPv6 packet whose next header is TCP, UDP or ICMPv6 itself (no
+        extension headers: those take the parsed path)."""
+        if n < 48:
+            return None
+        plen, proto, src, dst, ports = _WIRE6.unpack_from(buf, off)
+        if plen > n - 40 or plen < 8:
+            return None
+        if proto == PROTO_TCP:
+            if plen < 20:
+                return None
+            seq, ack, doff, flags, window = _TCP_AFTER_PORTS.unpack_from(buf, off + 44)
+            if _TCP_KIND[flags] != _K_ACK:
+                return None
+            base = _K6_TCP
+        elif proto == PROTO_UDP:
+            base = _K6_UDP
+        elif proto == PROTO_ICMPV6:
+            icmp_type = ports >> 24
+            if icmp_type == 128:
+                ports = _U16.unpack_from(buf, off + 44)[0] << 16 | (0 if outbound else 1)
+            elif icmp_type == 129:
+                ports = _U16.unpack_from(buf, off + 44)[0] << 16 | (1 if outbound else 0)
+            else:
+                return None
+            base = _K6_ICMP
+        else:
+            return None
+        # ``_key``'s IPv6 layout: the two addresses, in (local, remote) order, are one 256-bit field.
+        if outbound:
+            key = base | int.from_bytes(src + dst, "big") << 32 | ports
+        elif proto == PROTO_ICMPV6:
+            key = base | int.from_bytes(dst + src, "big") << 32 | ports
+        else:
+            key = base | int.from_bytes(dst + src, "big") << 32 | (ports & 0xFFFF) << 16 | ports >> 16
+        f = self._flows.get(key)
+        if f is None or now >= f.expires:
+            return None
+        state = f.state
+        if proto == PROTO_TCP:
+            if state != _TCP_ESTABLISHED:
+                return None
+            doff = (doff >> 4) * 4
+            if doff < 20 or doff > plen:
+                return None
+            if not _in_window(f, outbound, flags, seq, ack, window, plen - doff):
+                return self._invalid()
+        elif state == _UDP_SINGLE and outbound != f.orig_out:
+            f.state = state = _UDP_STREAM
+        f.expires = now + self._timeout[state]
+        f.packets += 1
+        self.flow = f
+        return _ESTABLISHED
+
     def create(self, pkt: PacketInfo, outbound: bool, now: float) -> bool:
         """Track the flow that ``pkt`` starts; call after ``lookup`` said NEW and the rules allowed it.
         An existing entry under the same key is replaced."""
         key = _key(pkt, outbound)
         proto = pkt.proto
+        icmp = _icmp_kind(pkt)
         if (key is None
                 or proto == PROTO_TCP and _TCP_KIND[pkt.tcp_flags & 0xFF] != _K_SYN
-                or proto == PROTO_ICMP and _ICMP_KIND[pkt.icmp_type & 0xFF] != _I_REQUEST):
+                or icmp >= 0 and icmp != _I_REQUEST):
             # A stray ACK, a SYN+ACK, an unsolicited reply, an ICMP error: Linux would not start a
             # connection either (we do no mid-stream pickup).
             self.invalid_starts += 1
@@ -514,15 +605,15 @@ class ConnTrack:
             _init_side(f, pkt, outbound)
             f.scales = pkt.wscale
         else:
-            state = _UDP_SINGLE if proto == PROTO_UDP else _ICMP if proto == PROTO_ICMP else _OTHER
+            state = _UDP_SINGLE if proto == PROTO_UDP else _ICMP if icmp >= 0 else _OTHER
             f = _Flow(state, outbound, now + self._timeout[state])
         flows[key] = self.flow = f
         self.created += 1
         return True
 
     def _related(self, pkt: PacketInfo, outbound: bool, now: float) -> Verdict:
-        """An ICMP error is related to the flow of the packet it quotes, if it goes back to that
-        packet's sender (Linux checks the outer destination too). It does not refresh the flow."""
+        """An ICMP or ICMPv6 error is related to the flow of the packet it quotes, if it goes back to
+        that packet's sender (Linux checks the outer destination too). It does not refresh the flow."""
         inner = pkt.inner
         if inner is None or inner.src != pkt.dst:
             return _NEW
@@ -648,10 +739,13 @@ class ConnTrack:
 
 # --- parsing ---------------------------------------------------------------------------------------
 #
-# Only what tracking needs, from fixed offsets (RFC 791, 793, 768, 792):
+# Only what tracking needs, from fixed offsets (RFC 791, 793, 768, 792, 8200, 4443):
 #   IPv4: version/IHL @0, total length @2, flags/fragment offset @6, protocol @9, addresses @12
+#   IPv6: version @0 (high nibble), payload length @4, next header @6, addresses @8; then extension
+#         headers: next header @0 and length in 8 bytes, not counting the first 8, @1 (hop-by-hop 0,
+#         routing 43, destination options 60); fragment 44: next header @0, offset << 3 | M @2, 8 bytes
 #   TCP:  ports @0, seq @4, ack @8, data offset @12 (high nibble), flags @13, window @14
-#   UDP:  ports @0          ICMP: type @0, code @1, identifier @4 (queries) or the quoted packet @8 (errors)
+#   UDP:  ports @0          ICMP, ICMPv6: type @0, code @1, identifier @4 (echo) or the quoted packet @8 (errors)
 
 _IP = struct.Struct("!BxHxxHxBxxII")  # version/IHL, total length, flags/fragment, protocol, src, dst
 _TCP = struct.Struct("!HHIIBBH")  # ports, seq, ack, data offset byte, flags, window
@@ -659,18 +753,26 @@ _WIRE = struct.Struct("!BxHxxHxB2xQI")  # version/IHL, total length, fragment, p
 _TCP_AFTER_PORTS = struct.Struct("!IIBBH")  # seq, ack, data offset byte, flags, window
 _QUOTED_TCP = struct.Struct("!HHI")  # ports and seq: the 8 bytes an ICMP error quotes
 _ICMP_HEADER = 8
+_IP6 = struct.Struct("!IHBx16s16s")  # version/class/label, payload length, next header, src, dst
+_WIRE6 = struct.Struct("!4xHBx16s16sI")  # payload length, next header, src, dst, sport+dport (ICMPv6: type...)
+_K6_TCP, _K6_UDP, _K6_ICMP = ((p << 1 | 1) << 288 for p in (PROTO_TCP, PROTO_UDP, PROTO_ICMPV6))
+_FRAGMENT = 44
+_EXTENSIONS = frozenset((0, 43, _FRAGMENT, 60))  # hop-by-hop, routing, fragment, destination options
+_MAX_EXTENSIONS = 8  # a longer chain is malformed (RFC 8200 §4.1: each at most once, destination options twice)
 
 
 def packet_info(buf, off: int, n: int) -> PacketInfo | None:
-    """Parse the IPv4 packet at ``buf[off:off + n]`` (the caller guarantees those bytes exist).
-    None if it is malformed: too short, not IPv4, inconsistent lengths, a truncated transport
-    header, or an ICMP error without the quoted IP header and 8 bytes RFC 792 requires."""
+    """Parse the IPv4 or IPv6 packet at ``buf[off:off + n]`` (the caller guarantees those bytes
+    exist). None if it is malformed: too short, neither IPv4 nor IPv6, inconsistent lengths, a
+    truncated extension header chain or transport header, or an ICMP(v6) error without the quoted IP
+    header and 8 bytes RFC 792 requires (RFC 4443: as much of the packet as fits; we need as much)."""
     if n < 20:
         return None
     vihl, total, frag, proto, src, dst = _IP.unpack_from(buf, off)
     ihl = (vihl & 0xF) * 4
     if vihl >> 4 != 4 or ihl < 20 or total < ihl or total > n:
-        return None  # bytes after ``total`` are link padding, not payload
+        # IPv6 is tested here, not first: IPv4 pays nothing for it.
+        return _packet_info6(buf, off, n) if vihl >> 4 == 6 else None  # bytes after ``total``: link padding
     left = total - ihl
     if frag & 0x1FFF:
         return PacketInfo(proto, src, dst, payload_len=left, fragment=True)
@@ -728,6 +830,114 @@ def _quoted(buf, off: int, n: int) -> PacketInfo | None:
         icmp_id = _U16.unpack_from(buf, l4 + 4)[0] if _ICMP_KIND[icmp_type] in (_I_REQUEST, _I_REPLY) else 0
         return PacketInfo(proto, src, dst, icmp_type=icmp_type, icmp_code=buf[l4 + 1], icmp_id=icmp_id)
     return PacketInfo(proto, src, dst)
+
+
+def _extensions(buf, i: int, end: int, nh: int):
+    """Walk the IPv6 extension headers from ``buf[i]`` (``nh``: the first one's type) up to ``end``:
+    (upper-layer protocol, its offset, whether the packet is a non-first fragment). A non-first
+    fragment ends the walk at its fragment header: what follows is the middle of a datagram. None if
+    the chain runs past ``end``, is longer than ``_MAX_EXTENSIONS`` or has a hop-by-hop header
+    anywhere but first (RFC 8200 §4.1)."""
+    count = 0
+    while nh in _EXTENSIONS:
+        if count == _MAX_EXTENSIONS or (nh == 0 and count) or i + 8 > end:
+            return None
+        count += 1
+        if nh == _FRAGMENT:
+            nh, frag = buf[i], _U16.unpack_from(buf, i + 2)[0]
+            i += 8
+            if frag & 0xFFF8:  # offset > 0; offset 0 is the first fragment (or an atomic one)
+                return nh, i, True
+        else:
+            nh, i = buf[i], i + (buf[i + 1] + 1) * 8
+            if i > end:
+                return None
+    return nh, i, False
+
+
+def _packet_info6(buf, off: int, n: int) -> PacketInfo | None:
+    """``packet_info`` for IPv6 (RFC 8200): the payload length must fit in ``n`` (what follows it is
+    padding); extension headers are walked to the transport header, which is read as for IPv4 (TCP,
+    UDP) or as ICMPv6 (RFC 4443). The first fragment of a datagram is parsed like a whole packet (RFC
+    7112: it carries the transport header), a later one is ``fragment`` without ports."""
+    if n < 40:
+        return None
+    vtf, plen, nh, src, dst = _IP6.unpack_from(buf, off)
+    if vtf >> 28 != 6 or plen > n - 40:
+        return None
+    src = int.from_bytes(src, "big") | V6_TAG
+    dst = int.from_bytes(dst, "big") | V6_TAG
+    l4, end = off + 40, off + 40 + plen
+    if nh in _EXTENSIONS:
+        walked = _extensions(buf, l4, end, nh)
+        if walked is None:
+            return None
+        nh, l4, fragment = walked
+        if fragment:
+            return PacketInfo(nh, src, dst, payload_len=end - l4, fragment=True)
+    left = end - l4
+    if nh == PROTO_TCP:
+        if left < 20:
+            return None
+        sport, dport, seq, ack, doff, flags, window = _TCP.unpack_from(buf, l4)
+        doff = (doff >> 4) * 4
+        if doff < 20 or doff > left:
+            return None
+        wscale = _wscale(buf, l4 + 20, l4 + doff) if flags & _SYN else -1
+        return PacketInfo(nh, src, dst, sport, dport, flags, seq, ack, window, left - doff, wscale=wscale)
+    if nh == PROTO_UDP:
+        if left < 8:
+            return None
+        sport, dport = _PORTS.unpack_from(buf, l4)
+        return PacketInfo(nh, src, dst, sport, dport, payload_len=left - 8)
+    if nh == PROTO_ICMPV6:
+        if left < _ICMP_HEADER:
+            return None
+        icmp_type, code = buf[l4], buf[l4 + 1]
+        kind = _ICMP6_KIND[icmp_type]
+        pkt = PacketInfo(nh, src, dst, payload_len=left - _ICMP_HEADER, icmp_type=icmp_type, icmp_code=code)
+        if kind == _I_REQUEST or kind == _I_REPLY:
+            pkt.icmp_id = _U16.unpack_from(buf, l4 + 4)[0]
+        elif kind == _I_ERROR:
+            pkt.inner = _quoted6(buf, l4 + _ICMP_HEADER, left - _ICMP_HEADER)
+            if pkt.inner is None:
+                return None
+        return pkt
+    return PacketInfo(nh, src, dst, payload_len=left)
+
+
+def _quoted6(buf, off: int, n: int) -> PacketInfo | None:
+    """The packet an ICMPv6 error quotes (``_quoted`` for IPv6): its header, extension headers and
+    first 8 bytes of transport, as its sender sent them. Its payload length is not checked: the quote
+    is usually truncated."""
+    if n < 48:
+        return None
+    vtf, _plen, nh, src, dst = _IP6.unpack_from(buf, off)
+    if vtf >> 28 != 6:
+        return None
+    src = int.from_bytes(src, "big") | V6_TAG
+    dst = int.from_bytes(dst, "big") | V6_TAG
+    l4, end = off + 40, off + n
+    if nh in _EXTENSIONS:
+        walked = _extensions(buf, l4, end, nh)
+        if walked is None:
+            return None
+        nh, l4, fragment = walked
+        if fragment:
+            return PacketInfo(nh, src, dst, fragment=True)
+    if l4 + 8 > end:
+        return None
+    if nh == PROTO_TCP:
+        sport, dport, seq = _QUOTED_TCP.unpack_from(buf, l4)
+        return PacketInfo(nh, src, dst, sport, dport, seq=seq)
+    if nh == PROTO_UDP:
+        sport, dport = _PORTS.unpack_from(buf, l4)
+        return PacketInfo(nh, src, dst, sport, dport)
+    if nh == PROTO_ICMPV6:
+        icmp_type = buf[l4]
+        icmp_id = _U16.unpack_from(buf, l4 + 4)[0] if _ICMP6_KIND[icmp_type] in (_I_REQUEST, _I_REPLY) else 0
+        return PacketInfo(nh, src, dst, icmp_type=icmp_type, icmp_code=buf[l4 + 1], icmp_id=icmp_id)
+    return PacketInfo(nh, src, dst)
 
 
 def _wscale(buf, i: int, end: int) -> int:

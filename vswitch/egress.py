@@ -4,9 +4,11 @@ Stages, each an early return with a reason (see ``Drop``):
 
   1. parse      IPv4 or IPv6 header present and long enough
   2. src/dst    source/destination check: the source must be the ENI's own address
-  3. route      inside the VPC: the ``local`` route (no broadcast, no multicast, not a reserved subnet
-                address); outside it: the subnet's route table (``eni.routes``), longest prefix first —
-                an internet gateway target goes to the edge (which translates, ``igw.py``), a NAT
+  3. route      the VPC resolver's addresses (base + 2, 169.254.169.253, fd00:ec2::253) are this host's:
+                ``RESOLVER``, before any policy. Inside the VPC (its IPv4 CIDR or IPv6 /56): the ``local``
+                route (no broadcast, no multicast, not a reserved subnet address); outside it: the subnet's route table (``eni.routes``), longest prefix first —
+                an internet gateway target goes to the edge (which translates IPv4, ``igw.py``), so does
+                an egress-only gateway's (IPv6; the edge keeps its state), a NAT
                 gateway target to the live Hyperplane node of the gateway's shard that holds flows to
                 that remote address (``hyperplane.Fleet``), a blackhole route drops, ENI targets are
                 not served yet: no route.
@@ -21,8 +23,12 @@ Stages, each an early return with a reason (see ``Drop``):
                 every mapping, while the cache asks the mapping daemon (first packet never lost)
   7. encap      the shell writes the Geneve header kept in front of the read buffer and sends
 
-``process`` returns the decision: an underlay address ``(ip, port)``, a local ``Eni``, or None for a drop
-(``last_drop`` says why; the counters are already incremented). It never raises on packet contents.
+IPv6 takes the same stages with its own keys (``addresses.V6_TAG``): an ENI without an IPv6 address
+sends none, link-local and multicast destinations (router solicitations, MLD) are dropped as
+multicast, and load balancers are IPv4 only.
+
+``process`` returns the decision: an underlay address ``(ip, port)``, a local ``Eni``, ``RESOLVER``,
+or None for a drop (``last_drop`` says why; the counters are already incremented). It never raises on packet contents.
 With a ``trace`` list it is a dry run for ``vpc trace``: each stage appends its decision, and nothing is
 counted, tracked, logged or asked.
 """
@@ -33,12 +39,17 @@ from .drops import Drop, new_counters
 from .eni import TX_BYTES, TX_PACKETS, Eni
 from .firewall import Firewall
 from .hyperplane import Fleet
-from .addresses import eni_id, text
-from .headers import _V4_ADDRS
+from .addresses import V6_TAG, eni_id, key, text
+from .headers import _V4_ADDRS, _V6_ADDRS
 from .mapping import MappingCache
 
 _BCAST = 0xFFFFFFFF
 _MCAST_MASK, _MCAST_NET = 0xF0000000, 0xE0000000  # 224.0.0.0/4
+_V6_MCAST_MASK, _V6_MCAST = V6_TAG | 0xFF << 120, V6_TAG | 0xFF << 120  # ff00::/8
+_V6_LINK_LOCAL_MASK, _V6_LINK_LOCAL = V6_TAG | 0xFFC0 << 112, V6_TAG | 0xFE80 << 112  # fe80::/10
+_RESOLVER_V4 = key("169.254.169.253")
+_RESOLVER_V6 = key("fd00:ec2::253")
+RESOLVER = "resolver"  # ``process``'s answer for a packet the host's VPC resolver serves
 
 
 class EgressPath:
@@ -69,32 +80,47 @@ class EgressPath:
         version = buf[off] >> 4
         if version == 4:
             src, dst = _V4_ADDRS.unpack_from(buf, off + 12)
+            own = eni.ipv4_key
         elif version == 6:
             if n < 40:
                 return self._drop(eni, Drop.MALFORMED_PACKET, trace)
-            # No IPv6 addresses on ENIs yet (dual stack is a later issue): nothing can pass.
-            return self._drop(eni, Drop.IPV6_NOT_ENABLED, trace)
+            if eni.ipv6_key < 0:  # no IPv6 address on this ENI: nothing IPv6 may leave it
+                return self._drop(eni, Drop.IPV6_NOT_ENABLED, trace)
+            sh, sl, dh, dl = _V6_ADDRS.unpack_from(buf, off + 8)
+            src, dst = (sh << 64 | sl) | V6_TAG, (dh << 64 | dl) | V6_TAG
+            own = eni.ipv6_key
         else:
             return self._drop(eni, Drop.MALFORMED_PACKET, trace)
 
         # 2. source/destination check
-        if src != eni.ipv4_key and eni.source_dest_check:
+        if src != own and eni.source_dest_check:
             return self._drop(eni, Drop.SOURCE_CHECK, trace)
         if trace is not None:
             trace.append({"step": "source/destination check", "result": "allow",
-                          "detail": f"{text(src)} is {eni.id}'s own address" if src == eni.ipv4_key
+                          "detail": f"{text(src)} is {eni.id}'s own address" if src == own
                           else f"disabled on {eni.id}"})
 
-        # 3. route: the VPC itself, or the subnet's route table for what lies outside it
+        # 3. route: the VPC itself, or the subnet's route table for what lies outside it. The VPC
+        # resolver's addresses are served by this host, before any policy (the cloud neither filters
+        # nor logs traffic to it).
         vpc = eni.vpc
-        inside = dst & vpc.mask == vpc.net
+        inside = dst & vpc.mask == vpc.net if version == 4 else dst & vpc.mask6 == vpc.net6
         if inside:
             if dst in vpc.reserved:
+                if dst == vpc.net + 2:
+                    return self._to_resolver(trace)
                 return self._drop(eni, Drop.RESERVED_ADDRESS, trace)
             if trace is not None:
-                trace.append({"step": "route", "result": "allow", "rule": f"{vpc.cidr} local"})
+                trace.append({"step": "route", "result": "allow",
+                              "rule": f"{vpc.cidr if version == 4 else vpc.cidr6} local"})
         else:
-            if dst == _BCAST or dst & _MCAST_MASK == _MCAST_NET:
+            if dst == _RESOLVER_V4 or dst == _RESOLVER_V6:
+                return self._to_resolver(trace)
+            if version == 4:
+                if dst == _BCAST or dst & _MCAST_MASK == _MCAST_NET:
+                    return self._drop(eni, Drop.BROADCAST_MULTICAST, trace)
+            elif dst & _V6_MCAST_MASK == _V6_MCAST or dst & _V6_LINK_LOCAL_MASK == _V6_LINK_LOCAL:
+                # Router solicitations, MLD reports: link chatter with nobody to answer on a TUN.
                 return self._drop(eni, Drop.BROADCAST_MULTICAST, trace)
             route = self._route_out(eni, dst, trace)
             if route is None:
@@ -108,11 +134,13 @@ class EgressPath:
         # 5. the internet gateway (the edge translates), a local ENI (through its own firewall),
         # 6. the mapping, or the edge on a miss
         if not inside:
-            if route.target_type == "igw":
+            if route.target_type == "igw" or route.target_type == "eigw":
                 target = self.edge
                 if trace is not None:
-                    trace.append({"step": "internet gateway", "result": "allow",
-                                  "detail": f"to the edge, which translates to the public address ({route.target_id})"})
+                    trace.append({"step": "internet gateway" if route.target_type == "igw" else "egress-only gateway",
+                                  "result": "allow",
+                                  "detail": f"to the edge, which translates to the public address ({route.target_id})"
+                                  if version == 4 else f"to the edge, on to the internet ({route.target_id})"})
             else:
                 target = self.fleet.nat_node(route.target_id, buf[off + 9], dst)
                 if target is None:
@@ -121,7 +149,7 @@ class EgressPath:
                     trace.append({"step": "NAT gateway", "result": "allow",
                                   "detail": f"to Hyperplane node {self.fleet.by_ip[target[0]]} of "
                                             f"{route.target_id}'s shard, which translates the source"})
-        elif vpc.balancers and (target := self._balancer(vpc, buf, off, src, dst, trace)) is not False:
+        elif vpc.balancers and version == 4 and (target := self._balancer(vpc, buf, off, src, dst, trace)) is not False:
             if target is None:
                 return self._drop(eni, Drop.NO_HYPERPLANE_NODE, trace)
         elif (target := vpc.local.get(dst)) is not None:
@@ -154,6 +182,14 @@ class EgressPath:
             stats[TX_PACKETS] += segments
             stats[TX_BYTES] += n
         return target
+
+    def _to_resolver(self, trace):
+        """A packet for the VPC resolver (base + 2, 169.254.169.253, fd00:ec2::253): the host answers it
+        (``vpc_resolver.py``), so ``process`` returns ``RESOLVER`` and the shell hands it over."""
+        if trace is not None:
+            trace.append({"step": "VPC resolver", "result": "allow",
+                          "detail": "answered by this host (not filtered by security groups or ACLs, not logged)"})
+        return RESOLVER
 
     def _balancer(self, vpc, buf, off: int, src: int, dst: int, trace):
         """The node for a packet to a load balancer, or for a target's reply to its client (or to the
@@ -188,6 +224,6 @@ class EgressPath:
         if not route.active:
             return self._drop(eni, Drop.BLACKHOLE_ROUTE, trace)
         kind = route.target_type
-        if not (kind == "igw" and self.edge is not None or kind == "nat" and self.fleet):
+        if not ((kind == "igw" or kind == "eigw") and self.edge is not None or kind == "nat" and self.fleet):
             return self._drop(eni, Drop.NO_ROUTE, trace)  # ENI targets: not served yet
         return route

@@ -107,5 +107,6 @@ class Eni:
 
 
 def reserved_keys(subnets) -> frozenset[int]:
-    """The five reserved addresses of every subnet (network, router, DNS, future, broadcast)."""
-    return frozenset(int(a) for s in subnets for a in reserved_addresses(ipaddress.ip_network(s)))
+    """The five reserved addresses of every subnet, IPv4 (network, router, DNS, future, broadcast) or
+    IPv6 (the first four and the last of the /64), as address keys."""
+    return frozenset(addresses.key(a) for s in subnets for a in reserved_addresses(ipaddress.ip_network(s)))

@@ -21,7 +21,12 @@ the quoted header's and the ICMP checksum over the quote. A transport checksum t
 the other way round (``_adjust_partial``): the edge forwards super-packets whole, and the kernel on
 the far side cuts and completes them.
 
-IPv4 only; IPv6 has no NAT in the cloud (the egress-only gateway arrives with IPv6).
+IPv6 has no NAT: a VPC's /56 is public. Packets of a VPC with an internet gateway or an egress-only
+gateway (``egress_only.py``: the edge keeps those flows) to IPv6 addresses outside the VPC go to the
+internet unchanged; over 1500 bytes they are answered with ICMPv6 Packet Too Big (RFC 4443 §3.2) from
+the sender's subnet router (``<subnet>::1``), since IPv6 routers never fragment. From the internet, a
+packet for an address inside a VPC's /56 enters when the VPC has an internet gateway, or, behind an
+egress-only gateway only, when it belongs to a flow the VPC started.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ import dataclasses
 import ipaddress
 import struct
 
-from .addresses import eni_number, text
+from .addresses import V6_TAG, eni_number, text
 from .drops import Drop
-from .headers import ICMP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, fold, ipv4_packet
+from .egress_only import EgressOnlyGateway
+from .headers import ICMP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, fold, ipv4_packet, ipv6_packet
 
 INTERNET_MTU = 1500
 _H = struct.Struct("!H")
@@ -70,7 +76,13 @@ class InternetGateway:
         self.by_public: dict[int, Binding] = {}
         self.by_private: dict[tuple[int, int], Binding] = {}
         self.vpcs: dict[int, tuple[int, int]] = {}  # VNI of a VPC with an attached gateway → (net, mask)
-        self.counters = {"out": 0, "in": 0, "too_big": 0}
+        # IPv6: VPCs with an internet or egress-only gateway, VNI → (net6, mask6) as address keys, and
+        # their /56 blocks (key >> 72, the tag bit included) → VNI for packets from the internet.
+        self.vpcs6: dict[int, tuple[int, int]] = {}
+        self.blocks6: dict[int, int] = {}
+        self.egress_only = EgressOnlyGateway()
+        self.now = 0.0  # the caller's clock, set before each batch (the egress-only gateway's timers)
+        self.counters = {"out": 0, "in": 0, "too_big": 0, "out6": 0, "in6": 0}
 
     def update(self, view: dict) -> None:
         """Bindings from the control plane's desired view (``public_ips``, ``internet_gateways``)."""
@@ -94,6 +106,15 @@ class InternetGateway:
             by_public[b.public] = b
             by_private[(b.vni, b.private)] = b
         self.by_public, self.by_private = by_public, by_private
+        eigw = {g["vpc_id"] for g in view.get("egress_only_gateways", ()) if g.get("vpc_id")}
+        vpcs6, blocks6 = {}, {}
+        for v in view.get("vpcs", ()):
+            if v.get("ipv6_cidr_block") and (v["id"] in attached or v["id"] in eigw):
+                net6 = ipaddress.IPv6Network(v["ipv6_cidr_block"])
+                vpcs6[v["vni"]] = (int(net6.network_address) | V6_TAG, int(net6.netmask) | V6_TAG)
+                blocks6[(int(net6.network_address) | V6_TAG) >> 72] = v["vni"]
+        self.vpcs6, self.blocks6 = vpcs6, blocks6
+        self.egress_only.keep(vpc_by_id[i]["vni"] for i in eigw - attached if i in vpc_by_id)
 
     def nat_source(self, vni: int, src: int) -> bool:
         """``src`` is a NAT gateway's private address in VPC ``vni`` (only Hyperplane nodes send from it)."""
@@ -103,7 +124,7 @@ class InternetGateway:
     def serves(self, vni: int, dst: int) -> bool:
         """Whether a packet of VPC ``vni`` to ``dst`` is for the internet: the VPC has a gateway and
         ``dst`` lies outside the VPC."""
-        vpc = self.vpcs.get(vni)
+        vpc = (self.vpcs6 if dst & V6_TAG else self.vpcs).get(vni)
         return vpc is not None and dst & vpc[1] != vpc[0]
 
     # --- VPC → internet --------------------------------------------------------------------------
@@ -113,6 +134,8 @@ class InternetGateway:
         transport checksum is left to be completed (virtio NEEDS_CSUM); ``segment``: a TSO
         super-packet's segment length with headers (the size on the wire), 0 for a plain packet.
         ``count``: False for a dry run (``vpc trace``)."""
+        if len(pkt) >= 40 and pkt[0] >> 4 == 6:
+            return self._outbound6(vni, pkt, segment, count)
         if len(pkt) < 20 or pkt[0] >> 4 != 4:
             return Drop.MALFORMED_PACKET
         if vni not in self.vpcs:
@@ -130,7 +153,32 @@ class InternetGateway:
         self.counters["out"] += count
         return None
 
+    def _outbound6(self, vni: int, pkt: bytearray, segment: int, count: bool):
+        if vni not in self.vpcs6:
+            return Drop.NO_INTERNET_GATEWAY
+        if (segment or len(pkt)) > INTERNET_MTU:
+            self.counters["too_big"] += count
+            src = int.from_bytes(pkt[8:24], "big")
+            return packet_too_big(pkt, (src >> 64 << 64) + 1, INTERNET_MTU)
+        if count:
+            self.egress_only.outbound(vni, pkt, self.now)
+            self.counters["out6"] += 1
+        return None
+
     # --- internet → VPC --------------------------------------------------------------------------
+    def inbound6(self, pkt) -> int | Drop:
+        """An IPv6 packet from the internet: the VNI of the VPC whose /56 holds its destination (the
+        packet is not changed: the caller maps the destination to its host), or a Drop."""
+        if len(pkt) < 40 or pkt[0] >> 4 != 6:
+            return Drop.MALFORMED_PACKET
+        vni = self.blocks6.get((int.from_bytes(pkt[24:40], "big") | V6_TAG) >> 72)
+        if vni is None:
+            return Drop.NO_PUBLIC_ADDRESS
+        if not self.egress_only.inbound(vni, pkt, self.now):
+            return Drop.EGRESS_ONLY
+        self.counters["in6"] += 1
+        return vni
+
     def inbound(self, pkt: bytearray, partial: bool = False):
         """Translate an IPv4 packet from the internet in place (``partial``: as for ``outbound``).
         Returns its Binding (where to send it), or a Drop."""
@@ -185,6 +233,14 @@ def rewrite_address(pkt, at: int, new: int, partial: bool) -> None:
             _H.pack_into(pkt, ihl + 6, _adjust_partial(c, old, new))
         elif c:  # zero: no checksum (RFC 768); a computed 0 is sent as 0xFFFF
             _H.pack_into(pkt, ihl + 6, _adjust(c, old, new) or 0xFFFF)
+
+
+def packet_too_big(pkt, router: int, mtu: int) -> bytes:
+    """ICMPv6 Packet Too Big (RFC 4443 §3.2) for the IPv6 packet ``pkt``, from ``router`` (an IPv6
+    address as an int) to its sender, quoting as much of it as fits the minimum MTU of 1280 bytes."""
+    quote = bytes(pkt[:1280 - 40 - 8])
+    return ipv6_packet(str(ipaddress.IPv6Address(router)), str(ipaddress.IPv6Address(bytes(pkt[8:24]))),
+                       ICMP(2, 0, struct.pack("!I", mtu) + quote))
 
 
 def frag_needed(pkt: bytes, router: int, mtu: int) -> bytes:

@@ -4,7 +4,7 @@ Stages, each an early return with a reason (see ``Drop``):
 
   1. decap      a well-formed Geneve header, no OAM, no critical option we do not understand
   2. VNI        a VPC with at least one ENI on this host
-  3. inner      an IPv4 (or IPv6) packet behind it
+  3. inner      an IPv4 or IPv6 packet behind it, as the Geneve protocol type says
   4. source     the outer source must be the host that the mapping says owns the inner source, and the
                 SOURCE_ENI option must name that owner's ENI. Packets relayed by the edge are trusted for
                 the host check (the edge checked the original sender), not for the ENI check; so are
@@ -30,18 +30,22 @@ from .offload import wire_segments
 from .drops import Drop, new_counters
 from .eni import RX_BYTES, RX_PACKETS, Eni, VpcView
 from .firewall import Firewall
-from .headers import _V4_ADDRS
+from .addresses import V6_TAG
+from .headers import _V4_ADDRS, _V6_ADDRS
 from .mapping import MappingCache
 
 
 def inner_addresses(buf, off: int, n: int, protocol: int):
-    """(source key, destination key) of the inner packet, or a Drop. IPv6 needs dual stack (later)."""
+    """(source key, destination key) of the inner packet (IPv6 keys carry ``V6_TAG``), or a Drop."""
     if protocol == geneve.PROTO_IPV4:
         if n - off < 20 or buf[off] >> 4 != 4:
             return Drop.MALFORMED_PACKET
         return _V4_ADDRS.unpack_from(buf, off + 12)
     if protocol == geneve.PROTO_IPV6:
-        return Drop.IPV6_NOT_ENABLED
+        if n - off < 40 or buf[off] >> 4 != 6:
+            return Drop.MALFORMED_PACKET
+        sh, sl, dh, dl = _V6_ADDRS.unpack_from(buf, off + 8)
+        return (sh << 64 | sl) | V6_TAG, (dh << 64 | dl) | V6_TAG
     return Drop.UNSUPPORTED_PROTOCOL
 
 

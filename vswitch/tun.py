@@ -1,4 +1,5 @@
-"""ENI devices: Linux TUN, opened with the virtio header and offloads when the kernel allows.
+"""ENI devices: Linux TUN, opened with the virtio header and offloads when the kernel allows; TAP for
+virtual machines (``open_tap``).
 
 With ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD(CSUM|TSO4|TSO6)`` one read returns a 10-byte
 ``struct virtio_net_hdr`` followed by up to ~64 KB of packet (a TSO "super-packet" with a partial
@@ -75,6 +76,13 @@ def open_tun(name: str, offload: bool = True) -> TunDevice:
     return _ready(dev, name, False)
 
 
+def open_tap(name: str) -> TunDevice:
+    """Create TAP ``name`` (Ethernet frames: a virtual machine's ``-netdev tap``) in the current
+    namespace. No virtio header: a VM's traffic is not the fast path here, and the agent reads and
+    writes whole frames, answering ARP, DHCP and neighbour discovery itself (``link_services.py``)."""
+    return _ready(pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI), name, False)
+
+
 def _ready(dev: pytun.TunTapDevice, name: str, vnet: bool) -> TunDevice:
     fd = dev.fileno()
     os.set_blocking(fd, False)
@@ -82,9 +90,14 @@ def _ready(dev: pytun.TunTapDevice, name: str, vnet: bool) -> TunDevice:
     return TunDevice(dev, fd, name, vnet)
 
 
-def move_and_configure(name: str, netns: str, address: str, prefixlen: int, gateway: str,
-                       ifname: str = "eth0", mtu: int = ENI_MTU, vnet_hdr: bool = True) -> None:
-    """Move the device into ``netns``, rename it, give it its address, MTU and default route.
+def move_and_configure(name: str, netns: str, address: str | None, prefixlen: int, gateway: str,
+                       ifname: str = "eth0", mtu: int = ENI_MTU, vnet_hdr: bool = True,
+                       ipv6: str | None = None, ipv6_routes: tuple[str, ...] = ()) -> None:
+    """Move the device into ``netns``, rename it, give it its address, MTU and default route, and with
+    ``ipv6`` (``2001:db8:100:1::4/64``) its IPv6 address (no duplicate address detection: the VPC
+    guarantees uniqueness) and routes to ``ipv6_routes`` through it. A TUN is point-to-point: no
+    neighbour discovery, routes need no gateway. ``address`` None (a TAP ENI): only the link, whose
+    instance configures itself with DHCP.
 
     Blocking (netlink): call it from a thread in asyncio code.
     """
@@ -98,8 +111,29 @@ def move_and_configure(name: str, netns: str, address: str, prefixlen: int, gate
             attrs["gso_max_size"] = GSO_MAX_SIZE
         ipr.link("set", index=idx, **attrs)
         ipr.link("set", index=idx, state="up")
+        if address is None:
+            return
         ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
         ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx, flags=["onlink"])
+        if ipv6:
+            addr6, _, plen6 = ipv6.partition("/")
+            ipr.addr("add", index=idx, address=addr6, prefixlen=int(plen6 or 64), flags=0x80)  # IFA_F_NODAD
+            for dst in ipv6_routes:
+                ipr.route("replace", dst=dst, oif=idx, family=10)
+
+
+def set_ipv6_routes(netns: str, wanted: set[str], installed: set[str], ifname: str = "eth0") -> None:
+    """Bring the instance's IPv6 routes through its ENI from ``installed`` to ``wanted`` (CIDRs), e.g.
+    ::/0 appearing when its subnet's route table gains one. Blocking."""
+    with netns_iproute(netns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        for dst in wanted - installed:
+            ipr.route("replace", dst=dst, oif=idx, family=10)
+        for dst in installed - wanted:
+            try:
+                ipr.route("del", dst=dst, oif=idx, family=10)
+            except Exception:  # already gone (the device was re-created): nothing to remove
+                pass
 
 
 def configure_here(name: str, mtu: int, routes: list[str]) -> None:
@@ -111,7 +145,7 @@ def configure_here(name: str, mtu: int, routes: list[str]) -> None:
         ipr.link("set", index=idx, mtu=mtu, gso_max_size=GSO_MAX_SIZE)
         ipr.link("set", index=idx, state="up")
         for dst in routes:
-            ipr.route("replace", dst=dst, oif=idx)
+            ipr.route("replace", dst=dst, oif=idx, family=10 if ":" in dst else 2)
 
 
 def device_counters(netns: str, ifname: str = "eth0") -> dict:

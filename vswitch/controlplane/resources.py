@@ -7,12 +7,17 @@ addresses, dependents) live in ``service.py``; here are the rules a body can be 
 
 Behaviour behind some kinds (route tables, gateways, load balancers, flow logs, DNS, DHCP) arrives with
 later issues; their records, validation and lifecycle rules are already enforced here.
+
+IPv6 (dual stack, the cloud's sizes): a VPC's IPv6 block is a /56 (``ipv6_cidr_block``, or
+``amazon_provided_ipv6_cidr_block: true`` for the next free one of the region's pool), a subnet's a /64
+inside it, an ENI's ``ipv6_address`` one address of its subnet's /64.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -53,6 +58,8 @@ InstanceId = ref("i")
 TgId = ref("tg")
 EipId = ref("eipalloc")
 DoptId = ref("dopt")
+# A VPC's DHCP options: a set's id, or "default" (the cloud's word: no set, the default options).
+DoptOrDefault = ref("dopt", also=("default",))
 
 
 def _network(value: str, low: int = MIN_PREFIX, high: int = MAX_PREFIX) -> str:
@@ -83,7 +90,36 @@ def _ipv4(value: str) -> str:
         raise ValueError(f"{value!r} is not an IPv4 address") from None
 
 
+def _ipv6_block(prefixlen: int):
+    """An IPv6 CIDR block of exactly ``/prefixlen`` (the cloud's sizes: /56 a VPC, /64 a subnet)."""
+
+    def check(value: str) -> str:
+        try:
+            net = ipaddress.IPv6Network(value)
+        except ValueError:
+            try:
+                host = ipaddress.IPv6Interface(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IPv6 CIDR block") from None
+            raise ValueError(f"{value} has host bits set; did you mean {host.network}?") from None
+        if net.prefixlen != prefixlen:
+            raise ValueError(f"an IPv6 block here is a /{prefixlen}, not /{net.prefixlen}")
+        return str(net)
+
+    return Annotated[str, AfterValidator(check)]
+
+
+def _ipv6(value: str) -> str:
+    try:
+        return str(ipaddress.IPv6Address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv6 address") from None
+
+
 VpcCidr = Annotated[str, AfterValidator(_network)]
+VpcIpv6Cidr = _ipv6_block(56)
+SubnetIpv6Cidr = _ipv6_block(64)
+IPv6 = Annotated[str, AfterValidator(_ipv6)]
 AnyCidr = Annotated[str, AfterValidator(_any_cidr)]
 IPv4 = Annotated[str, AfterValidator(_ipv4)]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._:/=+@-]*$")]
@@ -97,14 +133,24 @@ def _protocol_number(p: str) -> int:
 
 # --- VPCs and subnets --------------------------------------------------------------------------------
 class VpcCreate(Body):
+    """A VPC. IPv6: ``ipv6_cidr_block`` (a /56 no other VPC of any account has) or
+    ``amazon_provided_ipv6_cidr_block: true`` (the next free /56 of the region's pool), not both."""
     name: Optional[Name] = None
     cidr_block: VpcCidr
-    dhcp_options_id: Optional[DoptId] = None
+    dhcp_options_id: Optional[DoptOrDefault] = None  # "default" (or absent): no set, the default options
+    amazon_provided_ipv6_cidr_block: bool = False
+    ipv6_cidr_block: Optional[VpcIpv6Cidr] = None
 
 
 class VpcUpdate(Body):
+    """``dhcp_options_id``: associate a set, or ``"default"`` to go back to the default options.
+    IPv6: add a block to a VPC that has none (``ipv6_cidr_block`` or ``amazon_provided_ipv6_cidr_block:
+    true``), or remove it (``disassociate_ipv6_cidr_block: true``, once no subnet has an IPv6 block)."""
     name: Optional[Name] = None
-    dhcp_options_id: Optional[DoptId] = None
+    dhcp_options_id: Optional[DoptOrDefault] = None
+    amazon_provided_ipv6_cidr_block: bool = False
+    ipv6_cidr_block: Optional[VpcIpv6Cidr] = None
+    disassociate_ipv6_cidr_block: bool = False
 
 
 class SubnetCreate(Body):
@@ -113,12 +159,17 @@ class SubnetCreate(Body):
     name: Optional[Name] = None
     route_table_id: Optional[RtbId] = None  # default: the VPC's main table
     network_acl_id: Optional[AclId] = None  # default: the VPC's default ACL
+    ipv6_cidr_block: Optional[SubnetIpv6Cidr] = None  # a /64 of the VPC's /56
 
 
 class SubnetUpdate(Body):
+    """IPv6: add a /64 to a subnet that has none (``ipv6_cidr_block``), or remove it
+    (``disassociate_ipv6_cidr_block: true``, once no ENI of the subnet has an IPv6 address)."""
     name: Optional[Name] = None
     route_table_id: Optional[RtbId] = None
     network_acl_id: Optional[AclId] = None
+    ipv6_cidr_block: Optional[SubnetIpv6Cidr] = None
+    disassociate_ipv6_cidr_block: bool = False
 
 
 # --- hosts (admin) and instances ---------------------------------------------------------------------
@@ -141,6 +192,9 @@ class InstanceCreate(Body):
     subnet_id: SubnetId
     host: HostName
     private_ip: Optional[IPv4] = None  # default: the first free address from .4
+    # Only in a subnet with an IPv6 block, which gives every new instance one: this address, else the
+    # first free one from ::4.
+    ipv6_address: Optional[IPv6] = None
     security_group_ids: Optional[list[SgId]] = Field(None, max_length=5)  # default: the VPC's default
     source_dest_check: bool = True
     interface_type: Literal["tun", "tap"] = "tun"
@@ -184,6 +238,7 @@ class SgRule(Body):
 
 ALLOW_ALL_EGRESS = [{"protocol": "-1", "from_port": -1, "to_port": -1, "cidr": "0.0.0.0/0",
                      "source_group_id": None, "description": None}]
+ALLOW_ALL_EGRESS_IPV6 = [{**ALLOW_ALL_EGRESS[0], "cidr": "::/0"}]  # added in a VPC with an IPv6 block
 
 
 # Rules per group and direction: the cloud's default quota is 60, raisable to 1,000 (rules per group ×
@@ -281,6 +336,17 @@ class RouteTableCreate(Body):
 class RouteTableUpdate(Body):
     name: Optional[Name] = None
     routes: Optional[list[Route]] = Field(None, max_length=50)
+
+
+class EgressOnlyInternetGatewayCreate(Body):
+    """An egress-only internet gateway: outbound IPv6 to the internet, no inbound connection. It belongs
+    to one VPC for its whole life (at most one a VPC); routes name it for IPv6 destinations only."""
+    vpc_id: VpcId
+    name: Optional[Name] = None
+
+
+class EgressOnlyInternetGatewayUpdate(Body):
+    name: Optional[Name] = None
 
 
 class InternetGatewayCreate(Body):
@@ -443,8 +509,8 @@ class FlowLogUpdate(Body):
 
 
 DnsServer = Annotated[str, AfterValidator(lambda v: v if v == "AmazonProvidedDNS" else _ipv4(v))]
-DomainName = Annotated[str, Field(min_length=1, max_length=253,
-                                  pattern=r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$")]
+DOMAIN_PATTERN = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
+DomainName = Annotated[str, Field(min_length=1, max_length=253, pattern=DOMAIN_PATTERN)]
 
 
 class DhcpOptionsCreate(Body):
@@ -458,11 +524,51 @@ class DhcpOptionsUpdate(Body):
     name: Optional[Name] = None
 
 
+_DOMAIN = re.compile(DOMAIN_PATTERN)
+
+
+def dns_name(value: str) -> str:
+    """A domain name as DNS compares it: lower case, without the trailing dot."""
+    return value.lower().rstrip(".")
+
+
+def record_name_problem(zone: str, name: str) -> str | None:
+    """Why a record ``name`` cannot be in zone ``zone`` (None: it can): it is the zone's apex or a name
+    under it, compared case-insensitively, the trailing dot optional."""
+    z, n = dns_name(zone), dns_name(name)
+    if n == z or n.endswith("." + z):
+        return None
+    return f"{name} is neither the zone's apex {zone} nor a name under it"
+
+
 class DnsRecord(Body):
+    """A record set: its ``values`` fit its ``type`` — A: IPv4 addresses, AAAA: IPv6 addresses (both
+    recorded in their canonical form), CNAME (exactly one) and PTR: domain names, TXT: any string of at
+    most 255 characters."""
     name: DomainName
     type: Literal["A", "AAAA", "CNAME", "TXT", "PTR"]
     ttl: int = Field(300, ge=0, le=2147483647)
     values: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(min_length=1, max_length=20)
+
+    @field_validator("values")
+    @classmethod
+    def _values_fit_the_type(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        kind = info.data.get("type")  # absent: it was invalid, and is reported already
+        out = []
+        for i, v in enumerate(values):
+            if kind in ("A", "AAAA"):
+                family = ipaddress.IPv4Address if kind == "A" else ipaddress.IPv6Address
+                try:
+                    v = str(family(v))
+                except ValueError:
+                    raise ValueError(f"values[{i}] {v!r} is not an IPv{4 if kind == 'A' else 6} address "
+                                     f"(an {kind} record holds those)") from None
+            elif kind in ("CNAME", "PTR") and (len(v) > 253 or not _DOMAIN.match(v)):
+                raise ValueError(f"values[{i}] {v!r} is not a domain name (a {kind} record holds one)")
+            out.append(v)
+        if kind == "CNAME" and len(out) != 1:
+            raise ValueError(f"a CNAME record has exactly one value, not {len(out)}")
+        return out
 
 
 class DnsZoneCreate(Body):
@@ -495,6 +601,8 @@ KINDS: dict[str, Kind] = {k.collection: k for k in (
     Kind("network-acls", "acl", NetworkAclCreate, NetworkAclUpdate, ("vpc_id",)),
     Kind("route-tables", "rtb", RouteTableCreate, RouteTableUpdate, ("vpc_id",)),
     Kind("internet-gateways", "igw", InternetGatewayCreate, InternetGatewayUpdate, ("vpc_id",)),
+    Kind("egress-only-internet-gateways", "eigw", EgressOnlyInternetGatewayCreate, EgressOnlyInternetGatewayUpdate,
+         ("vpc_id",)),
     Kind("nat-gateways", "nat", NatGatewayCreate, NatGatewayUpdate, ("subnet_id", "allocation_id")),
     Kind("elastic-ips", "eipalloc", ElasticIpCreate, ElasticIpUpdate, ("instance_id",)),
     Kind("target-groups", "tg", TargetGroupCreate, TargetGroupUpdate, ("vpc_id",)),
