@@ -238,7 +238,7 @@ def cmd_trace(args) -> int:
     lab = Lab(args.lab)
     try:
         result = trace(lab.state(), lab.instances(), args.source, args.destination, args.protocol, args.port,
-                       args.sport)
+                       args.sport, args.ipv6)
     except (ValueError, RuntimeError) as e:
         raise LabError(str(e)) from None
     print(json.dumps(result, indent=2) if args.json else render(result))
@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("protocol", nargs="?", default="tcp", choices=("tcp", "udp", "icmp"))
     s.add_argument("port", nargs="?", type=int, default=None, help="destination port (tcp 80, udp 53)")
     s.add_argument("--sport", type=int, default=None, help="source port (default: a random ephemeral one)")
+    s.add_argument("-6", dest="ipv6", action="store_true", help="IPv6: an instance name means its IPv6 address")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_trace)
     s = sub.add_parser("flows", help="tracked flows (connection tracking) of every ENI, or one instance's")

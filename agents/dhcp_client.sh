@@ -1,9 +1,9 @@
 #!/bin/sh
 # What a virtual machine's DHCP client does with its lease: busybox udhcpc runs this script with the
 # lease in its environment ($ip, $subnet, $router, $dns, $domain, $mtu, $lease, $ntpsrv, ...). The lab
-# runs udhcpc in each TAP instance (agents/lab.py); this configures the instance with `ip`, writes its
-# resolv.conf (inside `ip netns exec`, /etc/resolv.conf is the instance's own, /etc/netns/<ns>/), and
-# keeps the lease it was given in /tmp-free form: the last lines of its log (the lab's dhcp-<name>.out).
+# runs udhcpc in each TAP instance (agents/lab.py); this configures the instance with `ip`, writes the
+# instance's own resolv.conf (/etc/netns/<its namespace>/, never the machine's) and prints the lease
+# (the lab's dhcp-<name>.out keeps it).
 case "$1" in
   deconfig)
     ip link set "$interface" up
@@ -14,11 +14,14 @@ case "$1" in
     ip -4 addr flush dev "$interface"
     ip -4 addr add "$ip/$subnet" dev "$interface"
     for r in $router; do ip -4 route replace default via "$r" dev "$interface"; break; done
-    {
-      [ -n "$domain" ] && echo "search $domain"
-      for d in $dns; do echo "nameserver $d"; done
-      echo "options timeout:1 attempts:1"
-    } > /etc/resolv.conf
+    ns=$(ip netns identify)
+    if [ -n "$ns" ] && [ -d "/etc/netns/$ns" ]; then
+      {
+        [ -n "$domain" ] && echo "search $domain"
+        for d in $dns; do echo "nameserver $d"; done
+        echo "options timeout:1 attempts:1"
+      } > "/etc/netns/$ns/resolv.conf"
+    fi
     echo "lease $1: ip=$ip subnet=$subnet router=$router dns=$dns domain=$domain mtu=$mtu lease=$lease ntp=$ntpsrv serverid=$serverid hostname=$hostname"
     ;;
   leasefail|nak)

@@ -11,6 +11,7 @@ it; packets for public addresses read from it are translated back and encapsulat
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import struct
 
@@ -221,8 +222,16 @@ class EdgeAgent:
             return {"steps": steps, "underlay": target[0], "datagram": request["datagram"],
                     "outer_ip": self.cfg.underlay_ip}  # relayed: the receiver sees the edge as the sender
         pkt = bytearray(buf[self.relay.inner_off:])
-        src = addresses.text(int.from_bytes(pkt[12:16], "big"))
+        v6 = pkt[0] >> 4 == 6
+        src = addresses.text(int.from_bytes(pkt[12:16], "big")) if not v6 else str(ipaddress.IPv6Address(bytes(pkt[8:24])))
         verdict = self.igw.outbound(self.relay.vni, pkt, count=False)
+        if verdict is None and v6:
+            steps.append({"step": "internet gateway", "result": "allow",
+                          "detail": f"IPv6 {src} leaves unchanged" + (
+                              " (egress-only: its flow is tracked, answers may come back)"
+                              if self.relay.vni in self.igw.egress_only.tables else "")})
+            steps.append({"step": "delivery", "result": "allow", "detail": f"to the internet ({self.cfg.internet_device})"})
+            return {"steps": steps, "delivered": True}
         if verdict is None:
             steps.append({"step": "internet gateway", "result": "allow",
                           "detail": f"source {src} becomes {addresses.text(int.from_bytes(pkt[12:16], 'big'))}"})
@@ -230,7 +239,8 @@ class EdgeAgent:
             return {"steps": steps, "delivered": True}
         if verdict.__class__ is bytes:
             steps.append({"step": "internet gateway", "result": "deny", "reason": "too_big",
-                          "detail": "ICMP fragmentation needed (MTU 1500) goes back to the instance"})
+                          "detail": ("ICMPv6 packet too big" if v6 else "ICMP fragmentation needed")
+                          + " (MTU 1500) goes back to the instance"})
         else:
             steps.append({"step": "internet gateway", "result": "deny", "reason": verdict.label,
                           "detail": f"{src} has no public address" if verdict is Drop.NO_PUBLIC_ADDRESS else None})

@@ -734,7 +734,8 @@ class HostAgent:
         except (KeyError, TypeError, ValueError) as e:
             return {"error": f"trace needs packet (base64): {e}"}
         eni = port.eni
-        head = geneve.prefix(eni.vni, eni.number, False)
+        v6 = bool(packet) and packet[0] >> 4 == 6
+        head = geneve.prefix(eni.vni, eni.number, False, geneve.PROTO_IPV6 if v6 else geneve.PROTO_IPV4)
         buf = bytearray(head + packet)
         steps: list = []
         now = asyncio.get_running_loop().time()
@@ -744,6 +745,8 @@ class HostAgent:
         if target.__class__ is tuple:
             return {"steps": steps, "underlay": target[0], "datagram": base64.b64encode(buf).decode(),
                     "outer_ip": self.cfg.underlay_ip}
+        if target is RESOLVER:
+            return {"steps": steps, "delivered": True}
         steps.append({"step": "delivery", "result": "allow", "detail": f"to {target.id} ({target.instance})"})
         return {"steps": steps, "delivered": True}
 

@@ -19,9 +19,9 @@ import ipaddress
 import random
 
 from vswitch import control
-from vswitch.headers import ICMP, TCP, UDP, ipv4_packet
+from vswitch.headers import ICMP, TCP, UDP, ipv4_packet, ipv6_packet
 
-PROTOCOLS = ("tcp", "udp", "icmp")
+PROTOCOLS = ("tcp", "udp", "icmp")  # icmp over IPv6 is an ICMPv6 echo request
 
 
 def datagram_request(request: dict) -> tuple[bytearray, str]:
@@ -34,25 +34,39 @@ def datagram_request(request: dict) -> tuple[bytearray, str]:
 
 
 def build_packet(src: str, dst: str, protocol: str, port: int | None, sport: int | None = None) -> bytes:
-    """The first packet of a flow: a TCP SYN, a UDP datagram, an ICMP echo request."""
+    """The first packet of a flow: a TCP SYN, a UDP datagram, an ICMP echo request (IPv4 or IPv6, as the
+    addresses are)."""
     sport = sport or random.randint(32768, 60999)  # Linux's ephemeral range
+    v6 = ipaddress.ip_address(src).version == 6
+    packet = ipv6_packet if v6 else ipv4_packet
     if protocol == "tcp":
-        return ipv4_packet(src, dst, TCP(sport, port or 80, seq=random.getrandbits(32), flags=TCP.SYN, window=64240))
+        return packet(src, dst, TCP(sport, port or 80, seq=random.getrandbits(32), flags=TCP.SYN, window=64240))
     if protocol == "udp":
-        return ipv4_packet(src, dst, UDP(sport, port or 53, b"trace"))
+        return packet(src, dst, UDP(sport, port or 53, b"trace"))
     if protocol == "icmp":
-        return ipv4_packet(src, dst, ICMP(8, 0, bytes([0x7E, 0x57, 0, 1]) + b"trace"))
+        return packet(src, dst, ICMP(128 if v6 else 8, 0, bytes([0x7E, 0x57, 0, 1]) + b"trace"))
     raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
 
 
 def trace(state: dict, instances: dict, source: str, destination: str, protocol: str = "tcp",
-          port: int | None = None, sport: int | None = None) -> dict:
-    """``state``: the lab state (components and their control sockets); ``instances``: name → {ip,
-    host, ...}. ``destination``: an instance name or an address. Returns {packet, steps, verdict}."""
+          port: int | None = None, sport: int | None = None, ipv6: bool = False) -> dict:
+    """``state``: the lab state (components and their control sockets); ``instances``: name → {ip, ipv6,
+    host, ...}. ``destination``: an instance name or an address (an IPv6 one traces IPv6; ``ipv6`` makes
+    an instance name mean its IPv6 address). Returns {packet, steps, verdict}."""
     if source not in instances:
         raise ValueError(f"no instance {source!r}; there are: {', '.join(sorted(instances))}")
-    dst = instances[destination]["ip"] if destination in instances else str(ipaddress.IPv4Address(destination))
-    src_inst = instances[source]
+    if destination in instances:
+        dst = instances[destination]["ipv6" if ipv6 else "ip"]
+        if not dst:
+            raise ValueError(f"instance {destination!r} has no IPv6 address")
+    else:
+        dst = str(ipaddress.ip_address(destination))
+    v6 = ipaddress.ip_address(dst).version == 6
+    src_inst = dict(instances[source])
+    if v6:
+        if not src_inst.get("ipv6"):
+            raise ValueError(f"instance {source!r} has no IPv6 address")
+        src_inst["ip"] = src_inst["ipv6"]
     hosts = {c["underlay_ip"]: (name, c) for name, c in state["components"].items() if c["role"] == "host_agent"}
     by_name = {name: c for _, (name, c) in hosts.items()}
     packet = build_packet(src_inst["ip"], dst, protocol, port, sport)

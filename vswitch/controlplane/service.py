@@ -13,6 +13,7 @@ Store layout (values are JSON)::
     /hosts/<name>                  {name, underlay_ip}           (physical hosts; admin-managed)
     /vni/<n>                       {vpc, account}               (VNIs are global)
     /public-ips/<address>          {allocation_id, account}     (elastic IPs: the region's pool is global)
+    /ipv6-blocks/<cidr>            {vpc, account, cidr}         (VPCs' IPv6 /56s: unique across accounts)
     /res/<acct-id>/<resource-id>   {id, kind, account, created, ...fields}
     /audit/<time-ns>-<request-id>  {time, account, action, resource, request_id, source, status, message}
     /meta/serial                   bumped by every write
@@ -22,19 +23,64 @@ the cloud's S3 layout (``put_flow_log_records``).
 
 Another account's resource answers 404, exactly like one that does not exist, so ids do not leak.
 
+IPv6 (dual stack; the cloud's sizes and reservations):
+- A VPC has at most one IPv6 block, a /56: ``ipv6_cidr_block`` (given: any /56 no VPC of ANY account
+  has, 409 otherwise) or ``amazon_provided_ipv6_cidr_block: true`` (the next free /56 of the region's
+  pool ``ipv6_pool``, default 2001:db8:100::/40, documentation space; 409 when exhausted), at creation
+  or later by an update (409 if it has one already, unless the same block is given again). Blocks are
+  claimed in the global index ``/ipv6-blocks/``. ``disassociate_ipv6_cidr_block: true`` removes it,
+  refused (409) while a subnet has an IPv6 block; a block is refused (409) while a route of the VPC's
+  tables lies inside it. The record shows ``ipv6_cidr_block`` (None without) and
+  ``amazon_provided_ipv6_cidr_block``.
+- When a VPC gets its block, the cloud's defaults follow, per direction only where they are still the
+  defaults (as the cloud does: a modified direction is left alone): the default security group's
+  egress gains allow-all to ``::/0``, and the default network ACL gains the allow-all ``::/0`` entries
+  (rule 101) inbound and outbound. A VPC without IPv6 has neither. A new group of a VPC with IPv6
+  gets allow-all egress to 0.0.0.0/0 AND ::/0 when its body gives no egress. Removing the block leaves
+  those rules (harmless without IPv6).
+- A subnet's ``ipv6_cidr_block`` is a /64 inside its VPC's /56 (422 outside, or when the VPC has none;
+  409 when a sibling has it), at creation or later by an update (409 if it has another one);
+  ``disassociate_ipv6_cidr_block: true`` removes it, refused (409) while an ENI in it has an IPv6
+  address.
+- An instance created in a subnet with an IPv6 block gets ``ipv6_address`` (on it and its ENI):
+  ``InstanceCreate.ipv6_address`` (422 outside the /64 or reserved, 409 taken; 422 in a subnet without
+  IPv6), else the first free one from ``::4`` (the first four addresses and the last are reserved, ``::1``
+  the router, as for IPv4). ENIs made before the subnet had its block keep none; NAT gateways and load
+  balancers are IPv4-only (None). Every ENI record shows ``mac_address``, its stable MAC
+  (``vswitch.addresses.eni_mac``).
+
 Route tables (the cloud's rules; the data path's lookup is ``vswitch/routes.py``):
-- Every table has the implicit ``local`` route for its VPC's CIDR. It is not stored: records and the
-  infrastructure view list it first (``gateway_id: "local"``), and a body may send it back unchanged.
-- A route for the VPC's CIDR itself is refused (the local route cannot be replaced). A route more
-  specific than the local route (inside the VPC's CIDR) is accepted only for a whole subnet's CIDR and
-  to a network interface or a NAT gateway (the cloud's "middlebox" routing); routes wider than the
-  VPC's CIDR (10.0.0.0/8, 0.0.0.0/0) are fine: the longest prefix wins.
+- Every table has the implicit ``local`` route for its VPC's CIDR, and one for its VPC's IPv6 block
+  when it has one. They are not stored: records and the infrastructure view list them first (IPv4,
+  then IPv6; ``gateway_id: "local"``), and a body may send them back unchanged.
+- A route for the VPC's CIDR or IPv6 block itself is refused (a local route cannot be replaced). A route
+  more specific than a local route (inside the VPC's CIDR) is accepted only for a whole subnet's CIDR and
+  to a network interface or a NAT gateway (the cloud's "middlebox" routing); inside the IPv6 block, only
+  for a whole subnet's /64 and to a network interface (NAT gateways are IPv4-only). Routes wider than
+  the VPC's CIDR (10.0.0.0/8, 0.0.0.0/0, ::/0) are fine: the longest prefix wins, for each family.
 - Targets must exist in the account and the table's VPC (an internet gateway: attached to it). An
   egress-only gateway takes IPv6 destinations only. Deleting a target (an instance, hence its ENI; a
-  NAT gateway; a detached internet gateway) is allowed and leaves its routes in place: they read
-  ``"state": "blackhole"`` (computed when read: target missing, or an internet gateway no longer
-  attached to the VPC) and drop traffic. A table update may keep such a route as it is; a new or
-  changed route needs a live target.
+  NAT gateway; an egress-only gateway; a detached internet gateway) is allowed and leaves its routes in
+  place: they read ``"state": "blackhole"`` (computed when read: target missing, or an internet gateway
+  no longer attached to the VPC) and drop traffic. A table update may keep such a route as it is; a new
+  or changed route needs a live target.
+
+Egress-only internet gateways (``egress-only-internet-gateways``, ``eigw-…``): outbound-only IPv6 to
+the internet. Created in a VPC (``vpc_id``, required; at most one a VPC, 409 otherwise) it stays in for
+life; its name changes. Deleting it is allowed: routes to it become blackholes. A VPC with one cannot
+be deleted (it is a dependent, as an internet gateway is).
+
+DHCP options (``dhcp-options``, ``dopt-…``) and private DNS zones (``dns-zones``, ``zone-…``):
+- A VPC's ``dhcp_options_id`` names a set of the account, at creation or by an update; ``"default"``
+  (the cloud's word) means no set, and is recorded as None. A set in use by a VPC cannot be deleted
+  (409). What a VPC's instances get (the infrastructure view's ``dhcp_options``): the set's domain name
+  (a set made without one has ``<region>.compute.internal``, as a VPC without a set), its name servers
+  with ``AmazonProvidedDNS`` meaning the VPC's resolver (its CIDR's base + 2), its NTP servers.
+- A zone's ``vpc_ids`` are VPCs of the account, each once; two zones of one name are not associated
+  with the same VPC (409). Its records: every name is the zone's apex or a name under it
+  (case-insensitive, the trailing dot optional); values fit the type (A: IPv4, AAAA: IPv6, CNAME and
+  PTR: a domain name, CNAME exactly one, TXT: a string of at most 255 characters); one record set a
+  (name, type); a CNAME's name has no other record and is not the apex.
 
 Elastic IPs (``elastic-ips``, ``eipalloc-…``): a public IPv4 address from the region's pool
 (``public_ip_pool``, default 198.51.100.0/24: the first free address, network and broadcast skipped;
@@ -106,6 +152,8 @@ from .ids import kind_of, new_id
 RETRIES = 20
 DEFAULT_FLOW_LOG_DIR = "/var/lib/userspace-vpc/flow-logs"
 DEFAULT_PUBLIC_IP_POOL = "198.51.100.0/24"  # TEST-NET-2 (RFC 5737): documentation addresses
+DEFAULT_IPV6_POOL = "2001:db8:100::/40"  # inside 2001:db8::/32 (RFC 3849): documentation addresses
+VPC_IPV6_PREFIX, SUBNET_IPV6_PREFIX = 56, 64
 # A stored route's target field → the target type the data path and the infrastructure view name.
 TARGET_TYPES = dict(r.ROUTE_TARGETS)
 UNASSOCIATED = {"instance_id": None, "nat_gateway_id": None, "eni_id": None, "private_ip": None, "vpc_id": None}
@@ -161,11 +209,14 @@ class Snapshot:
 
 class ControlPlane:
     def __init__(self, store: Store, region: str = "lab-1", flow_log_dir: str | None = None,
-                 public_ip_pool: str = DEFAULT_PUBLIC_IP_POOL):
+                 public_ip_pool: str = DEFAULT_PUBLIC_IP_POOL, ipv6_pool: str = DEFAULT_IPV6_POOL):
         self.store = store
         self.region = region
         self._flow_log_dir = flow_log_dir  # None: see the flow_log_dir property
         self.public_ip_pool = ipaddress.IPv4Network(public_ip_pool)  # elastic IPs: the region's pool
+        self.ipv6_pool = ipaddress.IPv6Network(ipv6_pool)  # VPCs' amazon-provided /56s: the region's pool
+        if self.ipv6_pool.prefixlen > VPC_IPV6_PREFIX:
+            raise ValueError(f"the IPv6 pool {ipv6_pool} is smaller than a /{VPC_IPV6_PREFIX}")
         # Writers in this process take turns; the serial compare then only arbitrates between processes.
         self._writing: asyncio.Lock | None = None
         self._writing_loop = None
@@ -298,6 +349,17 @@ class ControlPlane:
         with ``host``/``underlay_ip`` None (and its ``nat_gateway_id``/``load_balancer_id``): no host
         attaches it, nothing maps it.
 
+        IPv6, gateways and names: a VPC adds ``ipv6_cidr_block`` (None without), ``ipv6_subnets`` (its
+        subnets' /64s) and ``dhcp_options``, what its instances are told, always present:
+        ``{domain_name, domain_name_servers: [IPv4], ntp_servers: [IPv4]}`` (no set: the region's
+        ``<region>.compute.internal`` and the VPC's resolver, its CIDR's base + 2, which also stands for
+        ``AmazonProvidedDNS``); a subnet adds ``ipv6_cidr_block``; an ENI adds ``ipv6_address`` and
+        ``ipv6_prefixlen`` (64, or both None). A table's routes include the IPv6 local route (second,
+        ``target_type: "local"``) and routes to egress-only gateways (``target_type: "eigw"``).
+        ``egress_only_gateways``: ``{id, account, vpc_id, vni}``. ``dns_zones``: ``{id, account, name,
+        vpc_ids, records: [{name, type, ttl, values}]}``, names in lower case without the trailing dot
+        (and CNAME and PTR values likewise).
+
         Host agents take their own ENIs from it; the mapping daemon derives (VPC, address) → host.
         ``revision`` is the write serial it reflects at least: pass it to ``wait_for_change``.
         """
@@ -307,10 +369,16 @@ class ControlPlane:
         hosts = {h["name"]: h for h in await self.list_hosts()}
         recs = [json.loads(x.value) for x in await self.store.range("/res/")]
         by_id = {x["id"]: x for x in recs}
-        vpcs = [{"id": v["id"], "vni": v["vni"], "cidr_block": v["cidr_block"],
-                 "subnets": [s["cidr_block"] for s in recs if kind_of(s["id"]) == "subnet"
-                             and s["vpc_id"] == v["id"]]}
-                for v in recs if kind_of(v["id"]) == "vpc"]
+        vpcs = []
+        for v in recs:
+            if kind_of(v["id"]) != "vpc":
+                continue
+            subnets = [s for s in recs if kind_of(s["id"]) == "subnet" and s["vpc_id"] == v["id"]]
+            vpcs.append({"id": v["id"], "vni": v["vni"], "cidr_block": v["cidr_block"],
+                         "subnets": [s["cidr_block"] for s in subnets],
+                         "ipv6_cidr_block": v.get("ipv6_cidr_block"),
+                         "ipv6_subnets": [s["ipv6_cidr_block"] for s in subnets if s.get("ipv6_cidr_block")],
+                         "dhcp_options": self._dhcp_options(v, by_id.get(v.get("dhcp_options_id") or ""))})
         enis = []
         for e in recs:
             if kind_of(e["id"]) != "eni":
@@ -325,7 +393,9 @@ class ControlPlane:
                          "security_group_ids": e["security_group_ids"],
                          "connection_tracking": e.get("connection_tracking"),
                          "nat_gateway_id": e.get("nat_gateway_id"),
-                         "load_balancer_id": e.get("load_balancer_id")})
+                         "load_balancer_id": e.get("load_balancer_id"),
+                         "ipv6_address": e.get("ipv6_address"),
+                         "ipv6_prefixlen": SUBNET_IPV6_PREFIX if e.get("ipv6_address") else None})
 
         def of(prefix: str, *fields: str) -> list[dict]:
             return [{f: x.get(f) for f in ("id", "account", *fields)} for x in recs if kind_of(x["id"]) == prefix]
@@ -372,16 +442,38 @@ class ControlPlane:
             target_groups.append({"id": g["id"], "account": g["account"], "vpc_id": g["vpc_id"],
                                   "vni": by_id[g["vpc_id"]]["vni"], "protocol": g["protocol"], "port": g["port"],
                                   "health_check": g["health_check"], "targets": targets})
+        egress_only_gateways = [{"id": g["id"], "account": g["account"], "vpc_id": g["vpc_id"],
+                                 "vni": by_id[g["vpc_id"]]["vni"]}
+                                for g in recs if kind_of(g["id"]) == "eigw" and g["vpc_id"] in by_id]
+        dns_zones = [{"id": z["id"], "account": z["account"], "name": r.dns_name(z["name"]),
+                      "vpc_ids": list(z["vpc_ids"]),
+                      "records": [{"name": r.dns_name(x["name"]), "type": x["type"], "ttl": x["ttl"],
+                                   "values": [r.dns_name(y) for y in x["values"]] if x["type"] in ("CNAME", "PTR")
+                                   else list(x["values"])} for x in z["records"]]}
+                     for z in recs if kind_of(z["id"]) == "zone"]
         return {"revision": serial.mod_revision if serial else 0, "hosts": list(hosts.values()),
                 "vpcs": vpcs, "enis": enis,
-                "subnets": of("subnet", "vpc_id", "cidr_block", "network_acl_id", "route_table_id"),
+                "subnets": of("subnet", "vpc_id", "cidr_block", "network_acl_id", "route_table_id",
+                              "ipv6_cidr_block"),
                 "security_groups": of("sg", "vpc_id", "ingress", "egress"),
                 "network_acls": of("acl", "vpc_id", "entries"),
                 "flow_logs": of("fl", "resource_id", "traffic_type", "log_format", "max_aggregation_interval"),
                 "route_tables": route_tables,
                 "internet_gateways": [x for x in of("igw", "vpc_id") if x["vpc_id"]],
                 "public_ips": public_ips, "nat_gateways": nat_gateways,
-                "load_balancers": load_balancers, "target_groups": target_groups}
+                "load_balancers": load_balancers, "target_groups": target_groups,
+                "egress_only_gateways": egress_only_gateways, "dns_zones": dns_zones}
+
+    def _dhcp_options(self, vpc: dict, dopt: dict | None) -> dict:
+        """The DHCP options a VPC's instances get (see ``infra_view``)."""
+        resolver = str(ipaddress.IPv4Network(vpc["cidr_block"]).network_address + 2)
+        default_domain = f"{self.region}.compute.internal"
+        if dopt is None or kind_of(dopt["id"]) != "dopt":
+            return {"domain_name": default_domain, "domain_name_servers": [resolver], "ntp_servers": []}
+        return {"domain_name": dopt.get("domain_name") or default_domain,
+                "domain_name_servers": [resolver if x == "AmazonProvidedDNS" else x
+                                        for x in dopt.get("domain_name_servers") or ["AmazonProvidedDNS"]],
+                "ntp_servers": list(dopt.get("ntp_servers") or [])}
 
     async def wait_for_change(self, after: int, timeout: float) -> None:
         """Return once a write newer than serial revision ``after`` exists, or after ``timeout``."""
@@ -410,7 +502,7 @@ class ControlPlane:
         rec = await self.store.get(self._key(caller, rid))
         if rec is None:
             raise not_found(rid)
-        return json.loads(rec.value)
+        return _present({}, json.loads(rec.value))
 
     async def list(self, caller: Caller, collection: str, filters: dict[str, str]) -> list[dict]:
         kind = r.KINDS[collection]
@@ -532,7 +624,8 @@ class ControlPlane:
                 rec = {**old, **changes}
             rec["updated"] = time.time()
             puts[self._key(caller, rid)] = rec
-            return puts, [], _present(snap.by_id, rec), rid
+            deletes = [k for k, v in puts.items() if v is None]  # a rule's None: delete that key
+            return {k: v for k, v in puts.items() if v is not None}, deletes, _present(snap.by_id, rec), rid
 
         return await self._write(caller, f"Modify{_action(kind)}", decide)
 
