@@ -204,7 +204,7 @@ class HostAgent:
             view = self.vpcs[vni] = VpcView(vni, ipaddress.ip_network(cidr), reserved, self.cache.table(vni),
                                             cidr6=cidr6)
         else:
-            view.reserved = reserved
+            view.set_reserved(reserved)
             if view.cidr6 != (ipaddress.IPv6Network(cidr6) if cidr6 else None):
                 view.set_ipv6(cidr6)
         return view

@@ -26,7 +26,7 @@ class VpcView:
 
     vni: int
     cidr: ipaddress.IPv4Network
-    reserved: frozenset[int]  # addresses nobody answers yet (subnet network/.1/.2/.3/broadcast)
+    reserved: frozenset[int]  # subnets' network/.1/.2/.3/broadcast, IPv6 ::0-3 and last; base + 2
     mappings: dict  # MappingCache.table(vni): key -> Mapping, shared with the cache
     local: dict = dataclasses.field(default_factory=dict)  # key -> Eni on this host
     # Load balancers (their flows live on Hyperplane nodes): address key -> load balancer id, and the
@@ -44,7 +44,12 @@ class VpcView:
     def __post_init__(self) -> None:
         self.net = int(self.cidr.network_address)
         self.mask = int(self.cidr.netmask)
+        self.set_reserved(self.reserved)
         self.set_ipv6(self.cidr6)
+
+    def set_reserved(self, keys) -> None:
+        """The subnets' reserved addresses, and the VPC resolver's (base + 2), which may lie in no subnet."""
+        self.reserved = frozenset(keys) | {self.net + 2}
 
     def set_ipv6(self, cidr6) -> None:
         self.cidr6 = ipaddress.IPv6Network(cidr6) if cidr6 else None

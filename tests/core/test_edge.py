@@ -152,7 +152,7 @@ def test_empty_vpc_is_known_but_has_no_owner():
     (datagram(oam=True), Drop.GENEVE_OAM),
     (datagram(extra=(Option(0x0101, 0x81, b""),)), Drop.UNKNOWN_CRITICAL_OPTION),
     (datagram(proto=0x6558), Drop.UNSUPPORTED_PROTOCOL),
-    (datagram(ipv6_packet("fd00::4", "fd00::10", UDP(1, 2)), proto=geneve.PROTO_IPV6), Drop.IPV6_NOT_ENABLED),
+    (datagram(ipv6_packet("fd00::4", "fd00::10", UDP(1, 2)), proto=geneve.PROTO_IPV6), Drop.UNKNOWN_SOURCE),
     (datagram(inner()[:19]), Drop.MALFORMED_PACKET),
 ])
 def test_malformed(d, reason):

@@ -197,11 +197,12 @@ def test_malformed_inner(pkt):
     assert_dropped(h, Drop.MALFORMED_PACKET)
 
 
-def test_ipv6_not_enabled():
+def test_ipv6_to_an_address_nobody_here_holds():
+    """IPv6 is decapsulated like IPv4 (tests/core/test_dual_stack.py); this VPC has no IPv6 owner."""
     h = HostB()
     pkt = ipv6_packet("fd00::4", "fd00::10", ICMP(128, 0, b"\x00\x01\x00\x01"))
-    assert h.receive(datagram(pkt, proto=geneve.PROTO_IPV6))[0] is None
-    assert_dropped(h, Drop.IPV6_NOT_ENABLED)
+    assert h.receive(datagram(pkt, proto=geneve.PROTO_IPV6), outer=EDGE_IP)[0] is None
+    assert_dropped(h, Drop.UNKNOWN_DESTINATION)
 
 
 def test_unknown_source_rechecked_without_holding_is_dropped_without_asking_again():
@@ -440,7 +441,11 @@ def test_inner_addresses():
     assert inner_addresses(buf, 20, len(buf), geneve.PROTO_IPV4) == (addresses.key("10.0.1.4"),
                                                                       addresses.key("10.0.1.10"))
     assert inner_addresses(buf, 20, 39, geneve.PROTO_IPV4) is Drop.MALFORMED_PACKET
-    assert inner_addresses(buf, 20, len(buf), geneve.PROTO_IPV6) is Drop.IPV6_NOT_ENABLED
+    assert inner_addresses(buf, 20, len(buf), geneve.PROTO_IPV6) is Drop.MALFORMED_PACKET  # an IPv4 packet
+    six = b"\x00" * 20 + ipv6_packet("fd00::4", "fd00::10", UDP(1, 2))
+    assert inner_addresses(six, 20, len(six), geneve.PROTO_IPV6) == (addresses.key("fd00::4"),
+                                                                      addresses.key("fd00::10"))
+    assert inner_addresses(six, 20, 59, geneve.PROTO_IPV6) is Drop.MALFORMED_PACKET
     assert inner_addresses(buf, 20, len(buf), 0x1234) is Drop.UNSUPPORTED_PROTOCOL
 
 
