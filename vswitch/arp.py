@@ -28,7 +28,6 @@ owner itself answered) and padded to the 60-byte minimum frame, as a NIC would d
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from typing import TYPE_CHECKING, Callable
 
@@ -76,9 +75,3 @@ def serve(lease: Lease, resolve_mac: Callable[[int], bytes | None] | None, frame
         return "arp_unanswered", None
     return "arp_reply", pad(header(sha, mac, ETHERTYPE_ARP) + _ARP.pack(1, 0x0800, 6, 4, REPLY, mac, tpa, sha, spa))
 
-
-def request(sender_mac: bytes, sender: str, target: str, dst_mac: bytes = b"\xff" * 6) -> bytes:
-    """A who-has frame (tests and probes)."""
-    spa, tpa = ipaddress.IPv4Address(sender).packed, ipaddress.IPv4Address(target).packed
-    return header(dst_mac, sender_mac, ETHERTYPE_ARP) + _ARP.pack(1, 0x0800, 6, 4, REQUEST, sender_mac, spa,
-                                                                  bytes(6), tpa)
