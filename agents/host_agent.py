@@ -378,8 +378,10 @@ class HostAgent:
 
     def _prepare_namespace(self, netns: str, e: dict, vpc: dict, neighbours) -> None:
         instance_ns.create(netns, ipv6=bool(e.get("ipv6_address")))
+        options = vpc.get("dhcp_options") or {}
         instance_ns.write_identity(netns, e["instance"], e["private_ip"], vpc["cidr_block"],
-                                   f"{self.cfg.region}.compute.internal", neighbours)
+                                   f"{self.cfg.region}.compute.internal", neighbours,
+                                   options.get("domain_name_servers") or (), options.get("domain_name"))
 
     def _retry_soon(self) -> None:
         """Converge again on the last view in 0.5 s (once, however many ENIs are pending)."""

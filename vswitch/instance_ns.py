@@ -2,8 +2,8 @@
 
 An instance here is a network namespace named ``<prefix><instance name>``. Its identity files go to
 ``/etc/netns/<namespace>/`` (``ip netns exec`` bind-mounts them over /etc): a hosts file with its own
-names, and a resolv.conf naming the VPC resolver (base + 2) with short time-outs, so a program doing a
-lookup at start (http.server does) does not wait on this machine's resolver, which is outside the VPC.
+names, and a resolv.conf naming the VPC resolver (base + 2, which the host agent answers; or what the
+VPC's DHCP options say) with short time-outs, as a DHCP client would write it.
 
 Blocking (runs ``ip``): call from a thread in asyncio code.
 """
@@ -43,17 +43,21 @@ def create(netns: str, ipv6: bool = False) -> bool:
 
 
 def write_identity(netns: str, instance: str, ip: str, vpc_cidr: str, domain: str,
-                   neighbours: list[tuple[str, str]] = ()) -> None:
+                   neighbours: list[tuple[str, str]] = (), nameservers: list[str] = (),
+                   search: str | None = None) -> None:
     """hosts and resolv.conf for the instance; ``neighbours`` (name, ip) are the other ENIs of the VPC
-    (name "" for one without an instance, e.g. a NAT gateway's: its private hostname only)."""
+    (name "" for one without an instance, e.g. a NAT gateway's: its private hostname only).
+    ``nameservers`` and ``search``: the VPC's DHCP options (default: the VPC resolver and ``domain``),
+    what a DHCP client would have written."""
     etc = NETNS_ETC / netns
     etc.mkdir(parents=True, exist_ok=True)
     lines = ["127.0.0.1 localhost"]
     for name, addr in [(instance, ip), *neighbours]:
         lines.append(f"{addr} ip-{addr.replace('.', '-')}.{domain}" + (f" {name}" if name else ""))
     (etc / "hosts").write_text("\n".join(lines) + "\n")
-    resolver = ipaddress.ip_network(vpc_cidr).network_address + 2
-    (etc / "resolv.conf").write_text(f"nameserver {resolver}\nsearch {domain}\noptions timeout:1 attempts:1\n")
+    servers = list(nameservers) or [str(ipaddress.ip_network(vpc_cidr).network_address + 2)]
+    (etc / "resolv.conf").write_text("".join(f"nameserver {a}\n" for a in servers[:3])
+                                     + f"search {search or domain}\noptions timeout:1 attempts:1\n")
 
 
 def remove(netns: str) -> None:
