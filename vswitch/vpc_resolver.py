@@ -595,10 +595,12 @@ class VpcResolver:
             self.counters["upstream_malformed"] += 1
             return None
         self._forget(new_id)
+        # The instance asked a recursive resolver: RA is ours to set, whatever the upstream said of itself.
+        flags |= _RA
         if len(dns) > p.limit:
             dns = _HEADER.pack(p.orig_id, flags | _TC, 1, 0, 0, 0) + _wire(labels) + qtail
         else:
-            dns = _U16.pack(p.orig_id) + dns[2:]
+            dns = struct.pack("!HH", p.orig_id, flags) + dns[4:]
         self.counters["upstream_answers"] += 1
         self.counters["nxdomain"] += flags & 0xF == D.DNS_RCODE_NXDOMAIN
         return p.eni_id, _packet(p.asked, p.client, p.port, dns)

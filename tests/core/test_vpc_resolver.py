@@ -145,7 +145,7 @@ def forwarded(r: VpcResolver, name: str, qtype: int = A, **kw) -> DNS:
 
 def upstream_answer(fq: DNS, *answers, rcode: int = NOERR) -> bytes:
     r = DNS(id=fq.id, qd=fq.qd, an=list(answers))
-    r.qr, r.ra, r.rcode = 1, 1, rcode
+    r.qr, r.ra, r.rcode = 1, 0, rcode  # RA clear: the lab's upstream is authoritative-only
     return bytes(r)
 
 
@@ -438,6 +438,7 @@ def test_forward_round_trip_restores_id_and_addressing(src, dst):
     rsrc, rdst, sport, dport, dns = parse(reply)
     assert eni == "eni-a1" and (rsrc, rdst, sport, dport) == (dst, src, 53, 40000)
     assert (dns.id, dns.rcode) == (0xBEEF, NOERR) and rrs(dns.an) == [("www.example.com", A, 30, "93.184.216.34")]
+    assert dns.ra == 1  # the instance asked a recursive resolver, whatever the upstream says of itself
     assert r.upstream_reply(upstream_answer(fq), 0.6) is None  # answered: no longer pending
     s = r.status()
     assert (s["forwarded"], s["upstream_answers"], s["pending"], s["upstream_unmatched"]) == (1, 1, 0, 1)
