@@ -514,7 +514,7 @@ def test_upstream_reply_with_types_dpkt_cannot_parse_is_relayed_whole():
     with pytest.raises(dpkt.UnpackError):
         DNS(bytes(answer))
     _, reply = r.upstream_reply(bytes(answer), 0.1)
-    assert reply.endswith(bytes(answer[2:])) and struct.unpack_from("!H", reply, 28)[0] == 0x1234
+    assert reply.endswith(bytes(answer[4:])) and reply[30] == answer[2] and reply[31] == answer[3] | 0x80 and struct.unpack_from("!H", reply, 28)[0] == 0x1234
 
 
 # --- rate limiting ---------------------------------------------------------------------------------------
