@@ -227,7 +227,8 @@ class HostAgent:
         try:
             await asyncio.to_thread(tun.move_and_configure, name, e.netns, None if tap else str(e.ip.ip),
                                     e.ip.network.prefixlen, gateway, vnet_hdr=dev.vnet_hdr,
-                                    ipv6=str(e.ipv6) if e.ipv6 else None, ipv6_routes=tuple(sorted(wanted6)))
+                                    ipv6=str(e.ipv6) if e.ipv6 else None, ipv6_routes=tuple(sorted(wanted6)),
+                                    mac=addresses.mac_text(eni.mac) if tap else None)
         except BaseException:
             dev.close()  # the device goes with its descriptor; a retry starts clean
             raise

@@ -92,12 +92,13 @@ def _ready(dev: pytun.TunTapDevice, name: str, vnet: bool) -> TunDevice:
 
 def move_and_configure(name: str, netns: str, address: str | None, prefixlen: int, gateway: str,
                        ifname: str = "eth0", mtu: int = ENI_MTU, vnet_hdr: bool = True,
-                       ipv6: str | None = None, ipv6_routes: tuple[str, ...] = ()) -> None:
+                       ipv6: str | None = None, ipv6_routes: tuple[str, ...] = (), mac: str | None = None) -> None:
     """Move the device into ``netns``, rename it, give it its address, MTU and default route, and with
     ``ipv6`` (``2001:db8:100:1::4/64``) its IPv6 address (no duplicate address detection: the VPC
     guarantees uniqueness) and routes to ``ipv6_routes`` through it. A TUN is point-to-point: no
-    neighbour discovery, routes need no gateway. ``address`` None (a TAP ENI): only the link, whose
-    instance configures itself with DHCP.
+    neighbour discovery, routes need no gateway. ``address`` None (a TAP ENI): only the link, with the
+    ENI's ``mac`` (as a hypervisor gives a VM's NIC its ENI's MAC), whose instance configures itself
+    with DHCP.
 
     Blocking (netlink): call it from a thread in asyncio code.
     """
@@ -109,6 +110,8 @@ def move_and_configure(name: str, netns: str, address: str | None, prefixlen: in
         attrs = {"ifname": ifname, "mtu": mtu}
         if vnet_hdr:
             attrs["gso_max_size"] = GSO_MAX_SIZE
+        if mac:
+            attrs["address"] = mac
         ipr.link("set", index=idx, **attrs)
         ipr.link("set", index=idx, state="up")
         if address is None:
