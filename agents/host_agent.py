@@ -421,7 +421,7 @@ class HostAgent:
                 vpc = next((v for v in view["vpcs"] if v["id"] == rec["vpc_id"]), {})
                 self.flow_logs[key] = FlowLogAggregator(spec, EniIdentity(
                     rec["id"], rec["account"], rec["vpc_id"], rec["subnet_id"], rec.get("instance_id") or "",
-                    vpc.get("cidr_block", "")), now)
+                    vpc.get("cidr_block", ""), vpc.get("ipv6_cidr_block") or ""), now)
         for port in self.ports.values():
             port.eni.flow_logs = [agg for (_, eni_id), agg in self.flow_logs.items() if eni_id == port.eni.id]
 

@@ -279,7 +279,13 @@ def _key(pkt: PacketInfo, outbound: bool) -> int | None:
     else:
         local, remote, lport, rport = pkt.dst, pkt.src, pkt.dport, pkt.sport
     if proto != PROTO_TCP and proto != PROTO_UDP:
-        kind = _icmp_kind(pkt)
+        # ``_icmp_kind``, inlined (the family of ``local`` is the packet's).
+        if proto == PROTO_ICMP and local <= _M32:
+            kind = _ICMP_KIND[pkt.icmp_type & 0xFF]
+        elif proto == PROTO_ICMPV6 and local > _M32:
+            kind = _ICMP6_KIND[pkt.icmp_type & 0xFF]
+        else:
+            kind = -1
         if kind == _I_REQUEST:
             lport, rport = pkt.icmp_id, 0 if outbound else 1
         elif kind == _I_REPLY:
@@ -532,7 +538,12 @@ class ConnTrack:
         extension headers: those take the parsed path)."""
         if n < 48:
             return None
-        plen, proto, src, dst, ports = _WIRE6.unpack_from(buf, off)
+        # ``_key``'s IPv6 layout: the two addresses, in (local, remote) order, are one 256-bit field.
+        if outbound:  # already in order on the wire
+            plen, proto, addrs, ports = _WIRE6_OUT.unpack_from(buf, off)
+        else:
+            plen, proto, src, dst, ports = _WIRE6.unpack_from(buf, off)
+            addrs = dst + src
         if plen > n - 40 or plen < 8:
             return None
         if proto == PROTO_TCP:
@@ -555,13 +566,10 @@ class ConnTrack:
             base = _K6_ICMP
         else:
             return None
-        # ``_key``'s IPv6 layout: the two addresses, in (local, remote) order, are one 256-bit field.
-        if outbound:
-            key = base | int.from_bytes(src + dst, "big") << 32 | ports
-        elif proto == PROTO_ICMPV6:
-            key = base | int.from_bytes(dst + src, "big") << 32 | ports
+        if outbound or proto == PROTO_ICMPV6:  # ICMPv6's (identifier, who asked) is local-oriented already
+            key = base | int.from_bytes(addrs, "big") << 32 | ports
         else:
-            key = base | int.from_bytes(dst + src, "big") << 32 | (ports & 0xFFFF) << 16 | ports >> 16
+            key = base | int.from_bytes(addrs, "big") << 32 | (ports & 0xFFFF) << 16 | ports >> 16
         f = self._flows.get(key)
         if f is None or now >= f.expires:
             return None
@@ -755,6 +763,7 @@ _QUOTED_TCP = struct.Struct("!HHI")  # ports and seq: the 8 bytes an ICMP error 
 _ICMP_HEADER = 8
 _IP6 = struct.Struct("!IHBx16s16s")  # version/class/label, payload length, next header, src, dst
 _WIRE6 = struct.Struct("!4xHBx16s16sI")  # payload length, next header, src, dst, sport+dport (ICMPv6: type...)
+_WIRE6_OUT = struct.Struct("!4xHBx32sI")  # the same, src+dst as one field
 _K6_TCP, _K6_UDP, _K6_ICMP = ((p << 1 | 1) << 288 for p in (PROTO_TCP, PROTO_UDP, PROTO_ICMPV6))
 _FRAGMENT = 44
 _EXTENSIONS = frozenset((0, 43, _FRAGMENT, 60))  # hop-by-hop, routing, fragment, destination options

@@ -25,6 +25,11 @@ marked ``INSIDE`` at once. Untracked flows (allow-all both ways, ``SecurityGroup
 have no entry: each packet asks ``is_untracked`` (one bytes index), so removing the rule cuts them on
 their next packet, while tracked flows survive rule changes until they time out.
 
+Dual stack: IPv4 and IPv6 packets take the same steps (one conntrack table, one compiled policy, whose
+rules match addresses of their own family only: 0.0.0.0/0 never admits IPv6, ::/0 never IPv4). Whether
+a packet crosses the subnet boundary is read against the ENI's subnet of the packet's family
+(``subnet_net``/``subnet_mask``, ``subnet6_net``/``subnet6_mask``).
+
 Flow logs see every decision here (``FlowLogAggregator.add``): ACCEPT when the packet passes,
 REJECT when a security group or network ACL denies it. An ENI with flow logs takes the parsed path
 for every packet (the logs need its ports and flags).
@@ -35,6 +40,7 @@ name it) and changes nothing — no conntrack entry, no counter, no flow-log rec
 
 from __future__ import annotations
 
+from .addresses import V6_TAG
 from .conntrack import PacketInfo, Verdict, packet_info
 from .drops import Drop
 from .headers import PROTO_TCP
@@ -76,7 +82,10 @@ class Firewall:
         path already found (and updated) for this packet."""
         ct, acl, sg = eni.ct, eni.acl, eni.sg
         remote = pkt.dst if outbound else pkt.src
-        crosses = remote & eni.subnet_mask != eni.subnet_net
+        if remote & V6_TAG:  # the ENI's IPv6 subnet; none (mask 0, net -1): everything crosses
+            crosses = remote & eni.subnet6_mask != eni.subnet6_net
+        else:
+            crosses = remote & eni.subnet_mask != eni.subnet_net
         direction = "egress" if outbound else "ingress"
 
         # Inbound, the network ACL comes first: the packet crosses the boundary before it reaches the ENI.

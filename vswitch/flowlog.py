@@ -30,9 +30,11 @@ Records
       CWR and NS are masked off); 0 for protocols other than TCP, which have no flags (the cloud writes
       0 too, never ``-``, when it recorded no flags).
     - type IPv4 / IPv6; flow-direction ingress (towards the ENI) / egress; traffic-path for egress:
-      ``1`` ("through another resource in the same VPC") inside the VPC's CIDR, ``8`` ("through an
-      internet gateway", the cloud's Nitro numbering) beyond it — the only way out so far; ``-`` for
-      ingress (the cloud defines it for egress only).
+      ``1`` ("through another resource in the same VPC") inside the VPC's CIDR of the destination's
+      family (``EniIdentity.vpc_cidr``, ``vpc_cidr6``), ``8`` ("through an internet gateway", the
+      cloud's Nitro numbering) beyond it — the only way out so far; ``-`` for ingress (the cloud defines
+      it for egress only).
+    - IPv6 addresses are written in their RFC 5952 text (``2001:db8::4``), as ``addresses.text`` gives.
     - srcaddr/dstaddr and pkt-srcaddr/pkt-dstaddr are equal: without NAT the packet's addresses are the
       flow's. They are computed separately so that NAT can make them differ.
     - account-id, interface-id, vpc-id, subnet-id, instance-id: the ENI's (``EniIdentity``).
@@ -137,6 +139,7 @@ class EniIdentity:
     subnet_id: str
     instance_id: str = ""  # "" for an ENI without an instance: written as "-"
     vpc_cidr: str = ""  # the VPC's IPv4 block: egress beyond it went through the internet gateway
+    vpc_cidr6: str = ""  # the VPC's IPv6 block (dual stack), the same for IPv6 destinations
 
 
 def header(spec: FlowLogSpec) -> str:
@@ -160,9 +163,13 @@ class FlowLogAggregator:
             raise ValueError(f"max_records: a whole number >= 1, got {max_records!r}")
         self.spec = spec
         self.eni = eni
-        vpc = ipaddress.ip_network(eni.vpc_cidr) if eni.vpc_cidr else None
-        # Without a CIDR every destination counts as inside (mask 0 matches all).
-        self._vpc_net, self._vpc_mask = (int(vpc.network_address), int(vpc.netmask)) if vpc else (0, 0)
+        # (net, mask) per address family, indexed by key >> 128, compared with address keys (IPv6 ones
+        # carry V6_TAG, and so does the IPv6 net). Without a CIDR of its family every destination counts
+        # as inside (mask 0 matches all).
+        self._vpc = tuple(
+            (int(net.network_address) | tag, int(net.netmask) | tag) if net else (0, 0)
+            for net, tag in ((ipaddress.IPv4Network(eni.vpc_cidr) if eni.vpc_cidr else None, 0),
+                             (ipaddress.IPv6Network(eni.vpc_cidr6) if eni.vpc_cidr6 else None, addresses.V6_TAG)))
         self.max_records = max_records
         self._log_accepted = spec.traffic_type in ("ACCEPT", "ALL")
         self._log_rejected = spec.traffic_type in ("REJECT", "ALL")
@@ -252,8 +259,8 @@ class FlowLogAggregator:
                 "type": "IPv6" if src & addresses.V6_TAG else "IPv4",
                 "pkt-srcaddr": pkt_src_text, "pkt-dstaddr": pkt_dst_text,
                 "flow-direction": "egress" if egress else "ingress",
-                "traffic-path": (("8" if dst & self._vpc_mask != self._vpc_net else "1") if egress
-                                 else ABSENT)}
+                "traffic-path": (("8" if dst & self._vpc[dst >> 128][1] != self._vpc[dst >> 128][0] else "1")
+                                 if egress else ABSENT)}
 
 
 Identity = tuple[tuple[str, str], ...]  # ((field, value), ...) of the IDENTITY_FIELDS a format has

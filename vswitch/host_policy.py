@@ -1,7 +1,8 @@
 """The firewall state and route tables of one host's ENIs, compiled from the control plane's desired view.
 
 For each ENI the agent serves: its security groups (``SecurityGroupPolicy``: the groups' rules, with
-group peers resolved to the private addresses of their members), its subnet's network ACL
+group peers resolved to the private addresses of their members, IPv4 and, for members that have one,
+IPv6: ``enis[].ipv6_address``), its subnet's network ACL
 (``NetworkAclPolicy``), its subnet's route table (``RouteTable``) and its connection-tracking
 settings. Pure: the agent hands in the view and its ``Eni`` objects, nothing here does I/O.
 
@@ -87,10 +88,11 @@ class HostPolicy:
         acls = {a["id"]: a for a in view.get("network_acls", ())}
         subnets = {s["id"]: s for s in view.get("subnets", ())}
         tables = {t["id"]: t for t in view.get("route_tables", ())}
-        members: dict[str, list[str]] = {}
+        members: dict[str, list[str]] = {}  # group id -> its members' private addresses, IPv4 and IPv6
         for e in view["enis"]:
+            own = [e["private_ip"], e["ipv6_address"]] if e.get("ipv6_address") else [e["private_ip"]]
             for g in e.get("security_group_ids") or ():
-                members.setdefault(g, []).append(e["private_ip"])
+                members.setdefault(g, []).extend(own)
         for eni_id, eni in enis.items():
             rec = records.get(eni_id)
             if rec is None:

@@ -648,7 +648,8 @@ def test_packet_info_malformed():
     good = ipv4_packet(LOCAL, REMOTE, TCP(1, 2, flags=ACK))
     for raw in (
         good[:19],
-        bytes([0x60]) + good[1:],  # version 6
+        bytes([0x50]) + good[1:],  # version 5 (an IPv4 header marked 6 can be a valid IPv6 one: test_conntrack6)
+        bytes([0x75]) + good[1:],  # version 7
         bytes([0x44]) + good[1:],  # IHL of 16 bytes
         good[:-1],  # shorter than its total length
         total_length(good, 19),  # total length inside the header

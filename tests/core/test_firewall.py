@@ -423,3 +423,241 @@ def test_longest_prefix_blackhole_and_no_route():
     bare = Host(with_routes([]), edge=EDGE)
     assert bare.send(bare.client, syn("10.0.1.4", "198.51.100.9")) is None
     assert bare.egress.last_drop is Drop.NO_ROUTE
+
+
+# --- IPv6 (dual stack) -----------------------------------------------------------------------------
+# The egress and ingress paths do not carry IPv6 yet: these tests call the firewall as they will, per
+# direction (``Firewall.admit``), on ENIs that have an IPv6 address, with policy from HostPolicy.
+from vswitch.flowlog import EniIdentity, FlowLogAggregator, FlowLogSpec  # noqa: E402
+from vswitch.headers import ipv6_packet  # noqa: E402
+
+C6, N6, S6, R6 = "2001:db8:0:1::4", "2001:db8:0:1::5", "2001:db8:0:2::5", "2001:db8:0:1::10"
+V6_OF = {CLIENT: C6, NEIGHBOUR: N6, SERVER: S6, REMOTE: R6}
+ALLOW_ALL_ACL6 = [entry(100, "allow"), entry(101, "allow", cidr="::/0"),
+                  entry(100, "allow", egress=True), entry(101, "allow", egress=True, cidr="::/0")]
+DEF6 = {"sg-def": {"ingress": [rule(group="sg-def")], "egress": [rule(cidr="0.0.0.0/0"), rule(cidr="::/0")]}}
+
+
+def view6(groups=None, v6_of=V6_OF, acl_app=ALLOW_ALL_ACL6, acl_db=ALLOW_ALL_ACL6, **kw):
+    """``view`` with the ENIs' IPv6 addresses (``ipv6_address``; None or absent for ENIs without)."""
+    desired = view(groups or DEF6, acl_app=acl_app, acl_db=acl_db, **kw)
+    for e in desired["enis"]:
+        if e["id"] in v6_of:
+            e["ipv6_address"] = v6_of[e["id"]]
+    return desired
+
+
+class Dual:
+    """Client and neighbour (subnet app, 2001:db8:0:1::/64) and server (subnet db, 2001:db8:0:2::/64)."""
+
+    def __init__(self, desired=None):
+        self.vpc = VpcView(1, ipaddress.IPv4Network("10.0.0.0/16"), reserved_keys(["10.0.1.0/24", "10.0.2.0/24"]),
+                           {}, cidr6="2001:db8::/56")
+        self.firewall = Firewall()
+        self.client = Eni(CLIENT, 1, ipaddress.IPv4Interface("10.0.1.4/24"), vpc=self.vpc, ipv6=C6 + "/64")
+        self.neighbour = Eni(NEIGHBOUR, 1, ipaddress.IPv4Interface("10.0.1.5/24"), vpc=self.vpc, ipv6=N6 + "/64")
+        self.server = Eni(SERVER, 1, ipaddress.IPv4Interface("10.0.2.5/24"), vpc=self.vpc, ipv6=S6 + "/64")
+        self.policy = HostPolicy()
+        self.apply(desired or view6())
+
+    def apply(self, desired):
+        return self.policy.apply(desired, {e.id: e for e in (self.client, self.neighbour, self.server)})
+
+    def admit(self, eni, packet, outbound, now=0.0, trace=None):
+        buf = bytearray(packet)
+        return self.firewall.admit(eni, buf, 0, len(buf), outbound, now, 1, trace)
+
+    def send(self, sender, receiver, packet, now=0.0):
+        """Out of ``sender`` and into ``receiver`` (either may be None: the far end is elsewhere).
+        None if both let it pass, else the Drop."""
+        if sender is not None and (refused := self.admit(sender, packet, True, now)) is not None:
+            return refused
+        return None if receiver is None else self.admit(receiver, packet, False, now)
+
+
+def syn6(src, dst, sport=40000, dport=80, seq=1000):
+    return ipv6_packet(src, dst, TCP(sport, dport, seq=seq, flags=TCP.SYN, window=64240))
+
+
+def synack6(src, dst, sport=80, dport=40000, seq=5000, ack=1001):
+    return ipv6_packet(src, dst, TCP(sport, dport, seq=seq, ack=ack, flags=TCP.SYN | TCP.ACK, window=65160))
+
+
+def ack6(src, dst, sport=40000, dport=80, seq=1001, ack_=5001, payload=b""):
+    return ipv6_packet(src, dst, TCP(sport, dport, seq=seq, ack=ack_, flags=TCP.ACK, window=502, payload=payload))
+
+
+def echo6(src, dst, icmp_type=128, ident=7):
+    return ipv6_packet(src, dst, ICMP(icmp_type, 0, bytes([0, ident, 0, 1])))
+
+
+def handshake6(d, now=0.0):
+    assert d.send(d.client, d.server, syn6(C6, S6), now) is None
+    assert d.send(d.server, d.client, synack6(S6, C6), now) is None
+    assert d.send(d.client, d.server, ack6(C6, S6), now) is None
+
+
+def test_ipv6_flow_through_groups_conntrack_and_acls():
+    d = Dual()
+    handshake6(d)
+    assert len(d.client.ct) == 1 and len(d.server.ct) == 1
+    [entry_] = d.server.ct.entries()
+    assert (entry_.key.local, entry_.key.remote) == (K(S6), K(C6)) and entry_.state.name == "TCP_ESTABLISHED"
+    data = ack6(S6, C6, 80, 40000, 5001, 1001, b"hello")
+    buf = bytearray(data)
+    assert d.client.ct.lookup_wire(buf, 0, len(buf), False, 1.0) is not None  # the IPv6 fast path
+    assert d.send(d.server, d.client, data, 1.0) is None
+    assert d.send(d.client, d.server, ack6(C6, S6, seq=1001 + 2**30, payload=b"x"), 2) is Drop.CONNTRACK_INVALID
+    # A connection the server starts: sg-def lets it out (::/0) and in at the client (the server is a
+    # member of sg-def, by its IPv6 address too).
+    assert d.send(d.server, d.client, syn6(S6, C6, 5555, 22), 3) is None
+    assert d.send(None, d.client, syn6("2001:db8:0:2::99", C6, 5555, 22), 3) is Drop.SG_DENY  # no member
+
+
+def test_sg_rule_for_0_0_0_0_0_does_not_admit_ipv6_but_one_for_ipv6_0_does():
+    v4_only = {"sg-def": {"ingress": [rule(group="sg-def")], "egress": [rule(cidr="0.0.0.0/0")]}}
+    d = Dual(view6(v4_only))
+    assert d.admit(d.client, syn6(C6, "2001:db8:ffff::1"), True) is Drop.SG_DENY
+    assert d.admit(d.client, syn("10.0.1.4", "10.0.9.9"), True) is None
+    d.apply(view6(DEF6))
+    assert d.admit(d.client, syn6(C6, "2001:db8:ffff::1", sport=40001), True) is None
+    # Inbound likewise: a ::/0 rule for port 443, and an IPv4 one for port 80 that never admits IPv6.
+    web = {"sg-def": DEF6["sg-def"], "sg-web": {"ingress": [rule("tcp", 443, 443, "::/0"),
+                                                             rule("tcp", 80, 80, "0.0.0.0/0")], "egress": []}}
+    d.apply(view6(web, server_groups=("sg-web",)))
+    assert d.admit(d.server, syn6("2001:db8:ffff::1", S6, dport=443), False) is None
+    assert d.admit(d.server, syn6("2001:db8:ffff::1", S6, dport=80), False) is Drop.SG_DENY
+    assert d.admit(d.server, syn("10.9.9.9", "10.0.2.5", dport=80), False) is None
+    assert d.admit(d.server, syn("10.9.9.9", "10.0.2.5", dport=443), False) is Drop.SG_DENY
+
+
+def test_group_peers_include_the_members_ipv6_addresses():
+    groups = {"sg-def": DEF6["sg-def"], "sg-db": {"ingress": [rule("tcp", 5432, 5432, group="sg-def")], "egress": []}}
+    # The neighbour has no IPv6 address in the view (None), the remote ENI no field at all.
+    d = Dual(view6(groups, server_groups=("sg-db",), v6_of={CLIENT: C6, SERVER: S6, NEIGHBOUR: None}))
+    assert d.admit(d.server, syn6(C6, S6, dport=5432), False) is None  # a member's IPv6 address
+    assert d.admit(d.server, syn("10.0.1.4", "10.0.2.5", dport=5432), False) is None  # and its IPv4 one
+    assert d.admit(d.server, syn6(N6, S6, dport=5432), False) is Drop.SG_DENY  # not its address (yet)
+    assert d.admit(d.server, syn6(R6, S6, dport=5432), False) is Drop.SG_DENY
+    assert d.admit(d.server, syn6(C6, S6, sport=40001, dport=22), False) is Drop.SG_DENY
+    d.apply(view6(groups, server_groups=("sg-db",)))  # now everyone has one
+    assert d.admit(d.server, syn6(N6, S6, dport=5432), False) is None
+    assert d.admit(d.server, syn6(R6, S6, dport=5432), False) is None
+
+
+def test_acl_entries_for_ipv6_0_and_the_default_deny():
+    v4_only_acl = [entry(100, "allow"), entry(100, "allow", egress=True)]
+    d = Dual(view6(acl_db=v4_only_acl))
+    trace = []
+    assert d.admit(d.server, syn6(C6, S6), False, trace=trace) is Drop.NACL_DENY
+    assert {"step": "network ACL (inbound)", "result": "deny", "rule": "acl-db ingress rule * deny"} in trace
+    assert d.admit(d.server, syn("10.0.1.4", "10.0.2.5"), False) is None
+    # A ::/0 deny before the allow, for one port; the rest of IPv6 passes on rule 101.
+    db = [entry(50, "deny", cidr="::/0", protocol="tcp", from_port=22, to_port=22), *ALLOW_ALL_ACL6]
+    d.apply(view6(acl_db=db))
+    trace = []
+    assert d.admit(d.server, syn6(C6, S6, dport=22), False, trace=trace) is Drop.NACL_DENY
+    assert {"step": "network ACL (inbound)", "result": "deny", "rule": "acl-db ingress rule 50 deny"} in trace
+    trace = []
+    assert d.admit(d.server, syn6(C6, S6, dport=80), False, trace=trace) is None
+    assert {"step": "network ACL (inbound)", "result": "allow", "rule": "acl-db ingress rule 101 allow"} in trace
+    assert d.admit(d.server, syn("10.0.1.4", "10.0.2.5", dport=22), False) is None  # IPv4: rule 100
+
+
+def test_acl_change_applies_to_established_ipv6_flows_at_once():
+    d = Dual()
+    handshake6(d)
+    d.apply(view6(acl_db=[entry(50, "deny", cidr="::/0", protocol="tcp", from_port=80, to_port=80),
+                          *ALLOW_ALL_ACL6]))
+    assert d.send(d.client, d.server, ack6(C6, S6, payload=b"x"), 1) is Drop.NACL_DENY
+    d.apply(view6())
+    assert d.send(d.client, d.server, ack6(C6, S6, payload=b"x"), 2) is None
+
+
+def test_ipv6_subnet_decides_what_crosses_the_boundary():
+    d = Dual(view6(acl_app=[]))  # the app subnet's ACL denies everything that crosses it
+    assert d.send(d.client, d.neighbour, syn6(C6, N6)) is None  # the same /64: no ACL
+    assert d.send(d.client, None, syn6(C6, S6)) is Drop.NACL_DENY  # another /64
+    # An IPv6 peer whose low 32 bits fall in the IPv4 subnet (::10.0.1.5) is outside, not a neighbour.
+    assert d.send(d.client, None, syn6(C6, "::a00:105")) is Drop.NACL_DENY
+    assert d.send(d.client, None, syn6(C6, "::ffff:10.0.1.5")) is Drop.NACL_DENY
+    assert d.send(d.client, d.neighbour, syn("10.0.1.4", "10.0.1.5")) is None  # IPv4 unchanged
+    # Flows inside the subnet are marked so: their later packets never ask the ACL.
+    assert d.send(d.neighbour, d.client, synack6(N6, C6)) is None
+    assert d.send(d.client, d.neighbour, ack6(C6, N6), 1) is None
+    # An ENI without IPv6: every IPv6 peer is beyond its (absent) IPv6 subnet.
+    d.client.set_ipv6(None)
+    assert d.admit(d.client, syn6(C6, N6, sport=40001), True) is Drop.NACL_DENY
+
+
+def test_icmpv6_rules_match_icmpv6_type_and_code_only():
+    groups = {"sg-def": DEF6["sg-def"],
+              "sg-ping": {"ingress": [rule("icmp", -1, -1, "0.0.0.0/0"), rule("icmp", -1, -1, "::/0"),
+                                      rule("icmpv6", 128, 0, "::/0")], "egress": []}}
+    d = Dual(view6(groups, server_groups=("sg-ping",)))
+    assert d.admit(d.server, echo6(C6, S6, 128, 1), False) is None
+    assert d.admit(d.server, ipv6_packet(C6, S6, ICMP(128, 1, bytes([0, 2, 0, 1]))), False) is Drop.SG_DENY  # code 1
+    assert d.admit(d.server, echo6(C6, S6, 129, 3), False) is Drop.SG_DENY  # an unsolicited reply: type 129
+    assert d.admit(d.server, ipv4_packet("10.0.1.4", "10.0.2.5", ICMP(8, 0, b"\x00\x01\x00\x01")), False) is None
+    # "icmp" rules, even for ::/0, never admit ICMPv6; "icmpv6" ones never ICMP.
+    only_icmp = {"sg-def": DEF6["sg-def"], "sg-ping": {"ingress": [rule("icmp", -1, -1, "::/0"),
+                                                                   rule("icmpv6", -1, -1, "0.0.0.0/0")],
+                                                       "egress": []}}
+    d = Dual(view6(only_icmp, server_groups=("sg-ping",)))
+    assert d.admit(d.server, echo6(C6, S6, 128, 4), False) is Drop.SG_DENY
+    assert d.admit(d.server, ipv4_packet("10.0.1.4", "10.0.2.5", ICMP(8, 0, b"\x00\x05\x00\x01")), False) \
+        is Drop.SG_DENY
+
+
+def test_icmpv6_echo_is_tracked_and_packet_too_big_follows_its_flow():
+    d = Dual()
+    assert d.send(d.client, d.server, echo6(C6, S6), 0) is None
+    assert d.send(d.server, d.client, echo6(S6, C6, 129), 0.1) is None  # the reply, on the state
+    assert d.send(d.client, None, echo6(C6, "2001:db8:ffff::9", ident=9), 0.2) is None
+    assert [e.state.name for e in d.client.ct.entries()] == ["ICMP", "ICMP"]
+    # Open groups still track ICMPv6 (untracked flows are for other protocols only).
+    handshake6(d)
+    sent = ack6(C6, S6, payload=b"x" * 1400)
+    ptb = ipv6_packet("2001:db8:0:1::1", C6, ICMP(2, 0, b"\x00\x00\x05\x00" + sent[:1232]))
+    # sg-def admits inbound from its members only: the router is none, yet its packet too big passes.
+    assert d.admit(d.client, ptb, False, 1) is None
+    unrelated = ipv6_packet("2001:db8:0:1::1", C6, ICMP(2, 0, b"\x00\x00\x05\x00" +
+                                                       ack6(C6, S6, sport=40009, payload=b"x" * 100)))
+    assert d.admit(d.client, unrelated, False, 1) is Drop.SG_DENY
+    ns = ipv6_packet(S6, C6, ICMP(135, 0, bytes(4) + ipaddress.IPv6Address(C6).packed))
+    assert d.admit(d.client, ns, False, 1) is Drop.NOT_A_FLOW_START  # allowed by sg-def, but no flow
+
+
+def test_untracked_ipv6_needs_ipv6_0_both_ways():
+    open_v4 = {"sg-open": {"ingress": [rule(cidr="0.0.0.0/0")], "egress": [rule(cidr="0.0.0.0/0"), rule(cidr="::/0")]}}
+    d = Dual(view6(open_v4, client_groups=("sg-open",), server_groups=("sg-open",)))
+    assert d.admit(d.client, syn6(C6, S6), True) is None
+    assert len(d.client.ct) == 1  # IPv6 is not open inbound: tracked
+    open_both = {"sg-open": {"ingress": [rule(cidr="0.0.0.0/0"), rule(cidr="::/0")],
+                             "egress": [rule(cidr="0.0.0.0/0"), rule(cidr="::/0")]}}
+    d = Dual(view6(open_both, client_groups=("sg-open",), server_groups=("sg-open",)))
+    assert d.send(d.client, d.server, syn6(C6, S6)) is None
+    assert d.send(d.client, d.server, ack6(C6, S6, payload=b"mid-stream")) is None  # no state needed
+    assert len(d.client.ct) == 0 and len(d.server.ct) == 0
+    assert d.send(d.client, d.server, echo6(C6, S6)) is None and len(d.client.ct) == 1  # ICMPv6 is tracked
+
+
+def test_ipv6_flow_log_records():
+    d = Dual()
+    fmt = ("${type} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${action} "
+           "${tcp-flags} ${flow-direction} ${traffic-path} ${pkt-srcaddr} ${pkt-dstaddr}")
+    spec = FlowLogSpec("fl-0123456789abcdef0", "acct-1", "ALL", fmt, 60)
+    log = FlowLogAggregator(spec, EniIdentity(CLIENT, "acct-1", "vpc-1", "subnet-app", "i-1", "10.0.0.0/16",
+                                              "2001:db8::/56"), 0.0)
+    d.client.flow_logs.append(log)
+    handshake6(d)
+    assert d.send(d.client, None, echo6(C6, "2001:db8:ffff::9", ident=9), 1) is None
+    assert d.admit(d.client, syn6(S6, C6, 5555, 22), False, 2) is None  # sg-def admits its members
+    d.apply(view6({"sg-def": {"ingress": [], "egress": [rule(cidr="::/0")]}}))
+    assert d.admit(d.client, syn6(S6, C6, 5556, 22), False, 3) is Drop.SG_DENY
+    assert log.flush(10.0, 1_000_010.0) == [  # by first packet, then key: ingress (False) first
+        f"IPv6 {S6} {C6} 80 40000 6 1 60 ACCEPT 18 ingress - {S6} {C6}",
+        f"IPv6 {C6} {S6} 40000 80 6 2 120 ACCEPT 18 egress 1 {C6} {S6}",
+        f"IPv6 {C6} 2001:db8:ffff::9 0 0 58 1 48 ACCEPT 0 egress 8 {C6} 2001:db8:ffff::9",
+        f"IPv6 {S6} {C6} 5555 22 6 1 60 ACCEPT 2 ingress - {S6} {C6}",
+        f"IPv6 {S6} {C6} 5556 22 6 1 60 REJECT 2 ingress - {S6} {C6}"]

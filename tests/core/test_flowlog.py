@@ -447,3 +447,47 @@ def test_traffic_path_is_8_beyond_the_vpc_and_1_inside():
     agg.add(False, True, 6, key("203.0.113.10"), key("10.0.1.4"), 80, 40000, 1, 60, 18, 2.0)
     lines = agg.flush(60.0, 1_000_060.0)
     assert lines == ["10.0.2.5 egress 1", "203.0.113.10 egress 8", "10.0.1.4 ingress -"]
+
+
+def test_traffic_path_of_ipv6_against_the_vpcs_ipv6_block():
+    from vswitch.addresses import key
+    spec = FlowLogSpec(id=FL, account="123456789012", traffic_type="ALL",
+                       log_format="${type} ${dstaddr} ${flow-direction} ${traffic-path}", interval=60)
+    eni = EniIdentity("eni-1", "123456789012", "vpc-1", "subnet-1", "i-1", "10.0.0.0/16", "2001:db8:0:100::/56")
+    agg = FlowLogAggregator(spec, eni, now=0.0)
+    src = key("2001:db8:0:101::4")
+    # Inside the /56; beyond it; an IPv6 address whose low 32 bits fall in the IPv4 block (::10.0.2.5)
+    # and an IPv4-mapped one: both beyond, not inside.
+    for i, dst in enumerate(("2001:db8:0:1ff::5", "2001:db8:1::5", "::a00:205", "::ffff:10.0.2.5", "10.0.2.5")):
+        agg.add(True, True, 6, key("10.0.1.4") if dst == "10.0.2.5" else src, key(dst), 40000, 80, 1, 60, 2, i)
+    agg.add(False, True, 58, key("2001:db8:1::5"), src, 7, 0, 1, 48, 0, 9.0)
+    assert agg.flush(60.0, 1_000_060.0) == [
+        "IPv6 2001:db8:0:1ff::5 egress 1", "IPv6 2001:db8:1::5 egress 8", "IPv6 ::a00:205 egress 8",
+        "IPv6 ::ffff:a00:205 egress 8", "IPv4 10.0.2.5 egress 1", "IPv6 2001:db8:0:101::4 ingress -"]
+    # Without the IPv6 block (an IPv4-only VPC identity) every IPv6 destination counts as inside, as
+    # every destination does without any block.
+    agg = FlowLogAggregator(spec, EniIdentity("eni-1", "123456789012", "vpc-1", "subnet-1", "i-1", "10.0.0.0/16"),
+                            now=0.0)
+    agg.add(True, True, 6, src, key("2001:db8:1::5"), 40000, 80, 1, 60, 2, 1.0)
+    agg.add(True, True, 6, key("10.0.1.4"), key("203.0.113.9"), 40000, 80, 1, 60, 2, 2.0)
+    assert agg.flush(60.0, 1_000_060.0) == ["IPv6 2001:db8:1::5 egress 1", "IPv4 203.0.113.9 egress 8"]
+
+
+def test_ipv6_records_in_the_default_and_v5_formats():
+    a = agg()
+    a.add(True, True, TCP, V6A, V6B, 40512, 443, 3, 300, SYN | ACK, T0 + 1)
+    a.add(False, False, ICMPV6, V6B, V6A, 128, 0, 1, 104, 0, T0 + 2)
+    a.add(True, True, UDP, addresses.key("2001:db8::1:0:0:1"), addresses.key("2001:0db8:0000:0000:0000:0000:0000:0053"),
+          5353, 53, 1, 80, 0, T0 + 3)
+    w = int(WALL0)
+    assert flush(a, T0 + 60) == [
+        f"2 {ACCT} {ENI.eni_id} fd00::4 fd00::10 40512 443 6 3 300 {w + 1} {w + 1} ACCEPT OK",
+        f"2 {ACCT} {ENI.eni_id} fd00::10 fd00::4 0 0 58 1 104 {w + 2} {w + 2} REJECT OK",
+        f"2 {ACCT} {ENI.eni_id} 2001:db8::1:0:0:1 2001:db8::53 5353 53 17 1 80 {w + 3} {w + 3} ACCEPT OK"]
+    a = agg(log_format=V5_FORMAT)
+    a.add(False, True, TCP, V6B, V6A, 443, 40512, 1, 60, SYN | ACK | ECE, T0 + 1)
+    [line] = flush(a, T0 + 60)
+    r = as_dict(line, V5_FORMAT)
+    assert (r["version"], r["type"], r["srcaddr"], r["dstaddr"], r["pkt-srcaddr"], r["pkt-dstaddr"], r["tcp-flags"],
+            r["flow-direction"], r["traffic-path"]) == ("5", "IPv6", "fd00::10", "fd00::4", "fd00::10", "fd00::4",
+                                                         "18", "ingress", "-")

@@ -167,6 +167,36 @@ def test_icmp_all_types_and_icmpv6_is_another_protocol():
     assert inbound(p, ICMP, "2001:db8::1", icmp=(128, 0)) is None  # icmp rule is IPv4-only: 0.0.0.0/0
 
 
+def test_icmpv6_type_and_code_rules():
+    p = sgp(sg("sg-1", ingress=[rule("icmpv6", 2, 0, cidr="::/0"), rule("icmpv6", 1, -1, cidr="2001:db8::/32"),
+                                rule(cidr="fd00::/8")]))
+    assert inbound(p, ICMPV6, "2001:db9::1", icmp=(2, 0)) == Match("sg-1 ingress #1 icmpv6 2/0 from ::/0", True)
+    assert inbound(p, ICMPV6, "2001:db9::1", icmp=(2, 1)) is None
+    assert inbound(p, ICMPV6, "2001:db8::1", icmp=(1, 4)) == \
+        Match("sg-1 ingress #2 icmpv6 1/all from 2001:db8::/32", True)
+    assert inbound(p, ICMPV6, "2001:db9::1", icmp=(1, 4)) is None
+    assert inbound(p, ICMPV6, "fd00::1", icmp=(135, 0)) == Match("sg-1 ingress #3 all from fd00::/8", True)
+    # An "icmp" rule is protocol 1 whatever its CIDR: ICMPv6 (58) never matches it, nor ICMP an "icmpv6" one.
+    q = sgp(sg("sg-2", ingress=[rule("icmp", -1, -1, cidr="::/0"), rule("icmpv6", -1, -1, cidr="0.0.0.0/0")]))
+    for t, c in ((128, 0), (2, 0), (8, 0), (0, 0)):
+        assert inbound(q, ICMPV6, "2001:db9::1", icmp=(t, c)) is None
+        assert inbound(q, ICMP, "10.0.0.1", icmp=(t, c)) is None
+
+
+def test_acl_default_entries_cover_both_families():
+    """The default ACL (service.py): rules 100 (0.0.0.0/0) and 101 (::/0) allow, both directions."""
+    p = acl(*(entry(n, "allow", cidr=c, egress=e) for e in (False, True) for n, c in ((100, "0.0.0.0/0"),
+                                                                                       (101, "::/0"))))
+    for proto, icmp in ((TCP, (-1, -1)), (UDP, (-1, -1)), (GRE, (-1, -1)), (ICMPV6, (128, 0)), (ICMPV6, (2, 0))):
+        assert acl_in(p, proto, "2001:db8::1", 80, icmp, dst="2001:db8:1::4").rule == "acl-1 ingress rule 101 allow"
+        assert acl_out(p, proto, "2001:db8::1", 80, icmp, src="2001:db8:1::4").rule == "acl-1 egress rule 101 allow"
+        assert acl_in(p, proto, "10.9.9.9", 80, icmp).rule == "acl-1 ingress rule 100 allow"
+    only_v4 = acl(entry(100, "allow"), entry(100, "allow", egress=True))
+    assert acl_in(only_v4, TCP, "2001:db8::1", 80, dst="2001:db8:1::4").rule == "acl-1 ingress rule * deny"
+    assert acl_out(only_v4, ICMPV6, "2001:db8::1", icmp=(128, 0), src="2001:db8:1::4").rule == \
+        "acl-1 egress rule * deny"
+
+
 def test_icmp_all_types_ignores_the_code():
     """Type -1 is every type and code; the cloud requires the code to be -1 then, the API here does not."""
     p = sgp(sg("sg-1", ingress=[rule("icmp", -1, 4, cidr="0.0.0.0/0")]))
