@@ -378,7 +378,7 @@ class HostAgent:
                 port.routes6 = wanted
 
     def _prepare_namespace(self, netns: str, e: dict, vpc: dict, neighbours) -> None:
-        instance_ns.create(netns, ipv6=bool(e.get("ipv6_address")))
+        instance_ns.create(netns, ipv6=bool(e.get("ipv6_address")), solicit=e.get("interface_type") == "tap")
         options = vpc.get("dhcp_options") or {}
         instance_ns.write_identity(netns, e["instance"], e["private_ip"], vpc["cidr_block"],
                                    f"{self.cfg.region}.compute.internal", neighbours,

@@ -221,19 +221,25 @@ class Lab:
 
     def _boot_vms(self, state: dict, timeout: float = 15.0) -> None:
         """TAP instances stand for virtual machines: as a VM would at boot, each runs a DHCP client
-        (busybox udhcpc, with ``agents/dhcp_client.sh``) on its ENI; wait until each has its address."""
+        (busybox udhcpc; ISC dhclient -6 too when it has IPv6; both with ``agents/dhcp_client.sh``) on
+        its ENI; wait until each has its addresses."""
         vms = {name: i for name, i in state["instances"].items() if i.get("interface_type") == "tap"}
         for name, i in vms.items():
             self.spawn(name, ["udhcpc", "-f", "-i", "eth0", "-s", str(DHCP_CLIENT_SCRIPT), "-t", "10", "-T", "1",
                               "-A", "1", "-O", "mtu", "-O", "ntpsrv", "-x", f"hostname:{name}"], f"dhcp-{name}")
+            if i.get("ipv6"):  # and ISC dhclient for its IPv6 address (lease and pid files: the lab's)
+                self.spawn(name, ["dhclient", "-6", "-d", "-v", "-lf", str(self.dir / f"dhclient6-{name}.leases"),
+                                  "-pf", str(self.dir / f"dhclient6-{name}.pid"), "-sf", str(DHCP_CLIENT_SCRIPT),
+                                  "eth0"], f"dhcp6-{name}")
         deadline = time.monotonic() + timeout
         for name, i in vms.items():
-            while f"inet {i['ip']}/" not in run("ip", "-n", i["netns"], "-4", "addr", "show", "eth0",
-                                                check=False).stdout:
-                if time.monotonic() > deadline:
-                    raise LabError(f"TAP instance {name} got no DHCP lease in {timeout:.0f} s; "
-                                   f"see {self.dir / f'dhcp-{name}.out'}")
-                time.sleep(0.1)
+            wanted = [("-4", f"inet {i['ip']}/")] + ([("-6", f"inet6 {i['ipv6']}/")] if i.get("ipv6") else [])
+            for family, line in wanted:
+                while line not in run("ip", "-n", i["netns"], family, "addr", "show", "eth0", check=False).stdout:
+                    if time.monotonic() > deadline:
+                        raise LabError(f"TAP instance {name} got no DHCP{'v6' if family == '-6' else ''} lease in "
+                                       f"{timeout:.0f} s; see {self.dir / f'dhcp-{name}.out'}")
+                    time.sleep(0.1)
 
     # --- the API ---------------------------------------------------------------------------------
     @property

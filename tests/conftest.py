@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REQUIRED_TOOLS = ("ip", "ping", "curl", "iperf3", "tshark")
+REQUIRED_TOOLS = ("ip", "ping", "curl", "iperf3", "tshark", "dig", "udhcpc", "dhclient")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -26,18 +26,19 @@ def _ip(*args: str) -> None:
         raise OSError(f"ip {' '.join(args)}: {p.stderr.strip()}")
 
 
-def create(netns: str, ipv6: bool = False) -> bool:
+def create(netns: str, ipv6: bool = False, solicit: bool = False) -> bool:
     """Create the namespace (loopback up). False if it already existed. Raises OSError naming the
     failed command. IPv6 stays off unless asked for (an instance with an IPv6 address, the edge, the
     internet): a kernel with IPv6 on chatters (router solicitations, MLD) on every link. With it on,
-    router solicitations are off too: a TUN ENI has no router to solicit (a TAP one is sent a router
-    advertisement when it attaches, and its DHCP client asks for the rest)."""
+    duplicate address detection is off (the VPC hands out unique addresses), and so are router
+    solicitations unless ``solicit`` (a TAP instance, whose host answers them; a TUN has no router)."""
     if (NETNS_DIR / netns).exists():
         return False
     _ip("netns", "add", netns)
     off = "0" if ipv6 else "1"
     _ip("netns", "exec", netns, "sysctl", "-qw", f"net.ipv6.conf.all.disable_ipv6={off}",
-        f"net.ipv6.conf.default.disable_ipv6={off}", "net.ipv6.conf.default.router_solicitations=0")
+        f"net.ipv6.conf.default.disable_ipv6={off}", "net.ipv6.conf.default.accept_dad=0",
+        f"net.ipv6.conf.default.router_solicitations={3 if solicit else 0}")
     _ip("-n", netns, "link", "set", "lo", "up")
     return True
 
