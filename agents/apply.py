@@ -1,5 +1,6 @@
 """``vpc apply FILE``: make an account's VPCs, subnets, instances, their policy, their way to the
-internet and their load balancers what a topology file says.
+internet, their load balancers, their IPv6 blocks and their names (DHCP options, private zones) what a
+topology file says.
 
 Idempotent: what already is as the file says is left alone, so applying twice changes nothing. A
 changed file converges: resources it no longer names are deleted, changed ones are modified in place
@@ -9,9 +10,21 @@ table; a gateway's name; a target group's targets and health check; a load balan
 re-created when it does not (a subnet's CIDR, an instance's address or subnet; any change to a flow
 log, which has no update for its fields; a NAT gateway's subnet, connectivity or explicit address; a
 target group's protocol or port; a load balancer's subnets or explicit address), and new ones are
-created. Rules, entries, routes, targets, listeners and an instance's groups are compared as the API
-records them, normalized (``tcp`` is ``6``, an empty description is none; a table's implicit local
-route and each route's ``state`` left out) and in any order.
+created. Rules, entries, routes, targets, listeners, an instance's groups and a zone's records are
+compared as the API records them, normalized (``tcp`` is ``6``, an empty description is none; a
+table's implicit local routes and each route's ``state`` left out; names as DNS compares them) and in
+any order.
+
+IPv6: a VPC's /56 is added, removed or replaced in place (``ipv6: true`` keeps any block the VPC has); a
+subnet's /64 is added in place, and one that must go or change re-creates the subnet (the API removes a
+/64 only once no ENI has an address in it, and a VPC's block only once no subnet has a /64). An
+instance is re-created when its interface type or its IPv6 address is not the file's: an address in a
+subnet with a /64 (the file's, when it gives one), none in another. The egress-only gateway is the VPC's
+(at most one): renamed in place, made, or deleted with the routes to it. A VPC's DHCP option set is
+replaced by a new one (sets cannot change) named after the VPC when its options are not the file's, and
+dropped ("default") when the file gives none; a set a VPC leaves is deleted once no VPC uses it. A
+zone is the one of its name associated with the VPC, its records changed in place; a zone of the VPC
+the file does not name is deleted, or, when other VPCs have it too, leaves the VPC.
 
 Names are the identity: a VPC by its name, a subnet, group, network ACL, route table, flow log, NAT
 gateway, target group or load balancer by (VPC name, its name), an instance by its name. A flow log
@@ -34,13 +47,15 @@ Order, so that every reference exists when it is made and nothing is deleted whi
 1. flow logs the file does not name (or whose VPC goes); load balancers, target groups of VPCs that go
    and NAT gateways that go (before their subnets; a NAT gateway's elastic IP is then disassociated);
    instances; elastic IPs the file does not ask for (before any gateway is detached); subnets; then
-   VPCs (with their groups, ACLs and route tables, and their gateway detached and deleted);
-2. VPCs; gateways, created attached; groups, created without the rules that name groups; ACLs with
-   their entries; route tables, with the routes whose targets exist; subnets, with their ACL and route
-   table; every group's rules, now that all groups exist; instances, with their groups; NAT gateways,
-   with their elastic IPs; every table's routes, now that every instance's ENI and every NAT gateway
-   exists; elastic IPs, allocated and associated; target groups, now that their instances exist; load
-   balancers, now that their target groups exist;
+   VPCs (with their zones, egress-only gateway, groups, ACLs and route tables, and their gateway
+   detached and deleted);
+2. VPCs, with their IPv6 blocks; their DHCP option sets (the ones left unused deleted); their zones;
+   gateways, created attached, and egress-only gateways; groups, created without the rules that name
+   groups; ACLs with their entries; route tables, with the routes whose targets exist; subnets, with
+   their ACL, route table and /64; every group's rules, now that all groups exist; instances, with
+   their groups; NAT gateways, with their elastic IPs; every table's routes, now that every instance's
+   ENI and every NAT gateway exists; elastic IPs, allocated and associated; target groups, now that
+   their instances exist; load balancers, now that their target groups exist;
 3. target groups the file no longer names (no listener names them any more); groups, ACLs and route
    tables the file no longer names (no instance or subnet uses them any more); gateways the file no
    longer gives, once no route names them; flow logs.
@@ -53,8 +68,8 @@ import ipaddress
 
 from vswitch.controlplane import resources
 from vswitch.controlplane.client import ApiClient
-from vswitch.topology import (DEFAULT, INTERNET_GATEWAY, MAIN, NAT_GATEWAY, FlowLog, NetworkAclEntry, Route,
-                               SecurityGroupRule, Target, Topology, Vpc)
+from vswitch.topology import (DEFAULT, EGRESS_ONLY_GATEWAY, INTERNET_GATEWAY, MAIN, NAT_GATEWAY, DnsZone, FlowLog,
+                               NetworkAclEntry, Route, SecurityGroupRule, Target, Topology, Vpc)
 
 
 def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
@@ -75,9 +90,32 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
     def keep_vpc(name: str) -> bool:
         return name in want_vpcs and str(want_vpcs[name].cidr) == vpcs[name]["cidr_block"]
 
+    def block_after(name: str) -> ipaddress.IPv6Network | None:
+        """A kept VPC's IPv6 /56 once converged, when known now: the file's, or the amazon-provided one it
+        has (None: no IPv6, or one still to be made, which no subnet can have a /64 of yet)."""
+        want, have = want_vpcs[name], vpcs[name].get("ipv6_cidr_block")
+        if not want.ipv6:
+            return None
+        return want.ipv6_cidr or (ipaddress.IPv6Network(have) if have else None)
+
+    def subnet_block(key) -> ipaddress.IPv6Network | None:
+        return want_subnets[key].ipv6_block(block_after(key[0]))
+
     def keep_subnet(key) -> bool:
+        # An IPv6 /64 is added in place; one that must go or change re-creates the subnet.
         return (key in want_subnets and keep_vpc(key[0])
-                and str(want_subnets[key].cidr) == subnets_by_name[key]["cidr_block"])
+                and str(want_subnets[key].cidr) == subnets_by_name[key]["cidr_block"]
+                and subnets_by_name[key].get("ipv6_cidr_block") in (None, str(subnet_block(key))))
+
+    def same_ipv6(inst: dict, want) -> bool:
+        """The instance has the IPv6 address the file asks for: one (the file's, if it gives one) in a
+        subnet with IPv6, none in another."""
+        v, i = want
+        if want_subnets[(v.name, i.subnet)].ipv6_index is None:
+            return inst.get("ipv6_address") is None
+        if inst.get("ipv6_address") is None:
+            return False
+        return i.ipv6 is None or str(i.ipv6_address(subnet_block((v.name, i.subnet)))) == inst["ipv6_address"]
 
     # 1. deletions, dependents first
     # A flow log belongs to the VPC of what it watches, as that is now (its target may go below).
@@ -141,7 +179,8 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
         where = subnet_names.get(inst["subnet_id"])
         want = want_instances.get(name)
         same = (want is not None and where == (want[0].name, want[1].subnet) and keep_subnet(where)
-                and (not want[1].ip_given or str(want[1].ip) == inst["private_ip"]))
+                and (not want[1].ip_given or str(want[1].ip) == inst["private_ip"])
+                and inst.get("interface_type", "tun") == want[1].interface and same_ipv6(inst, want))
         if not same:
             api.call("DELETE", f"/v1/instances/{inst['id']}")
             changes.append(f"deleted instance {name} ({inst['private_ip']})")
@@ -155,8 +194,17 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
         if not keep_subnet(key):
             api.call("DELETE", f"/v1/subnets/{s['id']}")
             changes.append(f"deleted subnet {key[0]}/{key[1]} ({s['cidr_block']})")
+    zones = api.call("GET", "/v1/dns-zones")
+    doomed_dhcp: set[str] = set()  # option sets that were a VPC's: deleted once no VPC uses them
     for name, vpc in vpcs.items():
         if not keep_vpc(name):
+            zones = _leave_zones(api, changes, name, vpc["id"], zones, keep=[])
+            for eigw in api.call("GET", "/v1/egress-only-internet-gateways", params={"vpc_id": vpc["id"]}):
+                api.call("DELETE", f"/v1/egress-only-internet-gateways/{eigw['id']}")
+                changes.append(f"deleted egress-only internet gateway {name}/{eigw.get('name') or eigw['id']} "
+                               f"({eigw['id']})")
+            if vpc.get("dhcp_options_id"):
+                doomed_dhcp.add(vpc["dhcp_options_id"])
             groups = api.call("GET", "/v1/security-groups", params={"vpc_id": vpc["id"]})
             _delete_groups(api, [g for g in groups if not g.get("default")], [g for g in groups if g.get("default")])
             for acl in api.call("GET", "/v1/network-acls", params={"vpc_id": vpc["id"]}):
@@ -174,13 +222,30 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
     vpcs = {v.get("name"): v for v in api.call("GET", "/v1/vpcs")}
     for name, v in want_vpcs.items():
         if name not in vpcs:
-            vpcs[name] = api.call("POST", "/v1/vpcs", {"name": name, "cidr_block": str(v.cidr)})
-            changes.append(f"created VPC {name} ({v.cidr}, VNI {vpcs[name]['vni']})")
+            body = {"name": name, "cidr_block": str(v.cidr), **_ipv6_body(v)}
+            vpcs[name] = api.call("POST", "/v1/vpcs", body)
+            changes.append(f"created VPC {name} ({v.cidr}" + (f", {vpcs[name]['ipv6_cidr_block']}" if v.ipv6 else "")
+                           + f", VNI {vpcs[name]['vni']})")
+        else:
+            vpcs[name] = _converge_vpc_ipv6(api, changes, v, vpcs[name])
+    region = None
+    for name, v in want_vpcs.items():
+        if v.dhcp_options is not None and region is None:
+            region = api.call("GET", "/v1/whoami").get("region")
+        vpcs[name] = _converge_dhcp(api, changes, v, vpcs[name], region, doomed_dhcp)
+    if doomed_dhcp:
+        used = {x.get("dhcp_options_id") for x in api.call("GET", "/v1/vpcs")}
+        for dopt_id in sorted(doomed_dhcp - used):
+            api.call("DELETE", f"/v1/dhcp-options/{dopt_id}")
+            changes.append(f"deleted DHCP options {dopt_id} (no VPC uses them)")
+    for name, v in want_vpcs.items():
+        zones = _converge_zones(api, changes, v, vpcs[name]["id"], zones)
     gateways = api.call("GET", "/v1/internet-gateways")
     detached = [g for g in gateways if not g.get("vpc_id")]  # the ones no VPC of the file takes again go
     routing = {name: _Routing(api, v, vpcs[name], changes, gateways) for name, v in want_vpcs.items()}
     for rt in routing.values():
         rt.converge_gateway(detached)
+        rt.converge_egress_only_gateway()
     policies = {name: _Policy(api, v, vpcs[name], changes) for name, v in want_vpcs.items()}
     for p in policies.values():
         p.create_groups()
@@ -190,24 +255,30 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
         rt.create_tables(enis)
     have = {(s["vpc_id"], s.get("name")): s for s in api.call("GET", "/v1/subnets")}
     subnet_ids = {}
+    subnet_blocks = {}  # the subnets' IPv6 /64s, now that every VPC has its /56
     for (vpc_name, name), s in want_subnets.items():
         vpc_id = vpcs[vpc_name]["id"]
+        block = vpcs[vpc_name].get("ipv6_cidr_block")
+        subnet_blocks[(vpc_name, name)] = six = s.ipv6_block(ipaddress.IPv6Network(block) if block else None)
         ids = {"network_acl_id": policies[vpc_name].acl_ids[s.network_acl],
                "route_table_id": routing[vpc_name].table_ids[s.route_table]}
         found = have.get((vpc_id, name))
         if found is None:
             found = api.call("POST", "/v1/subnets", {"vpc_id": vpc_id, "name": name, "cidr_block": str(s.cidr),
-                                                     **ids})
+                                                     **ids, **({"ipv6_cidr_block": str(six)} if six else {})})
             changes.append(f"created subnet {vpc_name}/{name} (" + ", ".join(
-                [str(s.cidr)] + ([f"network ACL {s.network_acl}"] if s.network_acl != DEFAULT else [])
+                [str(s.cidr)] + ([str(six)] if six else [])
+                + ([f"network ACL {s.network_acl}"] if s.network_acl != DEFAULT else [])
                 + ([f"route table {s.route_table}"] if s.route_table != MAIN else [])) + ")")
         else:
             patch = {k: x for k, x in ids.items() if found.get(k) != x}
+            if six is not None and found.get("ipv6_cidr_block") is None:  # a /64 added (step 1 removed others)
+                patch["ipv6_cidr_block"] = str(six)
             if patch:
                 api.call("PATCH", f"/v1/subnets/{found['id']}", patch)
                 changes.append(f"changed subnet {vpc_name}/{name}: " + ", ".join(
-                    {"network_acl_id": f"network_acl={s.network_acl}",
-                     "route_table_id": f"route_table={s.route_table}"}[k] for k in patch))
+                    {"network_acl_id": f"network_acl={s.network_acl}", "route_table_id": f"route_table={s.route_table}",
+                     "ipv6_cidr_block": f"ipv6_cidr={six}"}[k] for k in patch))
         subnet_ids[(vpc_name, name)] = found["id"]
     for p in policies.values():
         p.converge_rules()
@@ -218,11 +289,15 @@ def apply_topology(api: ApiClient, topo: Topology) -> list[str]:
         if found is None:
             body = {"name": name, "subnet_id": subnet_ids[(v.name, i.subnet)], "host": i.host,
                     "source_dest_check": i.source_dest_check, "security_group_ids": group_ids,
-                    "connection_tracking": tracking}
+                    "connection_tracking": tracking, "interface_type": i.interface}
             if i.ip_given:
                 body["private_ip"] = str(i.ip)
+            if i.ipv6 is not None:
+                body["ipv6_address"] = str(i.ipv6_address(subnet_blocks[(v.name, i.subnet)]))
             created = api.call("POST", "/v1/instances", body)
-            changes.append(f"created instance {name} ({created['private_ip']} on {i.host})")
+            changes.append(f"created instance {name} (" + ", ".join(
+                [created["private_ip"]] + ([created["ipv6_address"]] if created.get("ipv6_address") else [])
+                + ([i.interface] if i.interface != "tun" else [])) + f" on {i.host})")
             continue
         patch, shown = {}, []
         if found["host"] != i.host:
@@ -383,6 +458,8 @@ class _Routing:
         # The NAT gateways left by step 1 are the file's, one a name.
         self.nat_ids = {n.get("name"): n["id"] for n in api.call("GET", "/v1/nat-gateways")
                         if n["vpc_id"] == record["id"]}
+        self.eigw = next(iter(api.call("GET", "/v1/egress-only-internet-gateways",
+                                       params={"vpc_id": record["id"]})), None)  # at most one
 
     def converge_gateway(self, detached: list[dict]) -> None:
         """The file's gateway attached to the VPC: the one attached, renamed if need be; else a detached one
@@ -409,6 +486,23 @@ class _Routing:
             self.gateway = self.api.call("POST", "/v1/internet-gateways",
                                          {"name": want.name, "vpc_id": self.record["id"]})
             self.changes.append(f"created internet gateway {where} ({self.gateway['id']})")
+
+    def converge_egress_only_gateway(self) -> None:
+        """The file's egress-only gateway: the VPC's, renamed if need be, else a new one. One the file no
+        longer gives goes in ``delete_unnamed``, once no route names it."""
+        want = self.vpc.egress_only_gateway
+        if want is None:
+            return
+        where = f"{self.vpc.name}/{want.name}"
+        if self.eigw is None:
+            self.eigw = self.api.call("POST", "/v1/egress-only-internet-gateways",
+                                      {"vpc_id": self.record["id"], "name": want.name})
+            self.changes.append(f"created egress-only internet gateway {where} ({self.eigw['id']})")
+        elif self.eigw.get("name") != want.name:
+            old = self.eigw.get("name")
+            self.eigw = self.api.call("PATCH", f"/v1/egress-only-internet-gateways/{self.eigw['id']}",
+                                      {"name": want.name})
+            self.changes.append(f"changed egress-only internet gateway {where}: name (was {old})")
 
     def create_nat_gateways(self, subnet_ids: dict[tuple[str, str], str], kept_eips: dict[str, dict]) -> None:
         """The NAT gateways the file names and the VPC lacks (its subnets and gateway exist now); a public
@@ -437,6 +531,8 @@ class _Routing:
         """A route as the API takes it; None while its instance (NAT gateway) has no ENI (is not made) yet."""
         if route.target == INTERNET_GATEWAY:
             return {"destination": route.destination, "gateway_id": self.gateway["id"]}
+        if route.target == EGRESS_ONLY_GATEWAY:
+            return {"destination": route.destination, "egress_only_gateway_id": self.eigw["id"]}
         kind, _, name = route.target.partition("/")
         if kind == NAT_GATEWAY:
             nat = self.nat_ids.get(name)
@@ -468,28 +564,144 @@ class _Routing:
                 self.changes.append(f"changed route table {self.vpc.name}/{t.name}: routes")
 
     def delete_unnamed(self) -> None:
-        """The tables the file does not name (no subnet uses them now); then the gateway, if the file no
-        longer gives one: the routes to it go first (from the main table, when the file leaves that
-        as it is), then it is detached (no elastic IP of the VPC is associated any more) and deleted."""
+        """The tables the file does not name (no subnet uses them now); then the gateways the file no
+        longer gives: the routes to one go first (from the main table, when the file leaves that as it
+        is), then an internet gateway is detached (no elastic IP of the VPC is associated any more), and
+        each is deleted."""
         kept = {self.table_ids[n] for n in {t.name for t in self.vpc.route_tables} | {MAIN} if n in self.table_ids}
         for t in list(self.tables.values()):
             if t["id"] not in kept:
                 self.api.call("DELETE", f"/v1/route-tables/{t['id']}")
                 self.changes.append(f"deleted route table {self.vpc.name}/{t.get('name')} ({t['id']})")
                 del self.tables[t["id"]]
+        if self.vpc.egress_only_gateway is None and self.eigw is not None:
+            shown = self.eigw.get("name") or self.eigw["id"]
+            self._drop_routes("egress_only_gateway_id", self.eigw["id"], f"egress-only internet gateway {shown}")
+            self.api.call("DELETE", f"/v1/egress-only-internet-gateways/{self.eigw['id']}")
+            self.changes.append(f"deleted egress-only internet gateway {self.vpc.name}/{shown} ({self.eigw['id']})")
+            self.eigw = None
         if self.vpc.internet_gateway is not None or self.gateway is None:
             return
+        self._drop_routes("gateway_id", self.gateway["id"],
+                          f"internet gateway {self.gateway.get('name') or self.gateway['id']}")
+        _delete_gateway(self.api, self.changes, self.vpc.name, self.gateway)
+        self.gateway = None
+
+    def _drop_routes(self, field: str, target: str, shown: str) -> None:
+        """Remove the routes to ``target`` (in the route field ``field``) from every table of the VPC."""
         for t in self.tables.values():
             routes = [{"destination": x["destination"], **{f: x.get(f) for f, _ in resources.ROUTE_TARGETS}}
                       for x in t["routes"] if x.get("gateway_id") != "local"]
-            kept_routes = [x for x in routes if x.get("gateway_id") != self.gateway["id"]]
+            kept_routes = [x for x in routes if x.get(field) != target]
             if len(kept_routes) != len(routes):
                 self.tables[t["id"]] = self.api.call("PATCH", f"/v1/route-tables/{t['id']}", {"routes": kept_routes})
-                self.changes.append(f"changed route table {self.vpc.name}/{t.get('name')}: routes "
-                                    f"(those to internet gateway {self.gateway.get('name') or self.gateway['id']} "
+                self.changes.append(f"changed route table {self.vpc.name}/{t.get('name')}: routes (those to {shown} "
                                     "removed)")
-        _delete_gateway(self.api, self.changes, self.vpc.name, self.gateway)
-        self.gateway = None
+
+
+def _ipv6_body(v: Vpc) -> dict:
+    """The fields of a VPC body that give it the file's IPv6 /56 (none: no IPv6)."""
+    if v.ipv6_cidr is not None:
+        return {"ipv6_cidr_block": str(v.ipv6_cidr)}
+    return {"amazon_provided_ipv6_cidr_block": True} if v.ipv6 else {}
+
+
+def _converge_vpc_ipv6(api: ApiClient, changes: list[str], v: Vpc, record: dict) -> dict:
+    """A kept VPC's IPv6 /56 as the file says (step 1 removed the subnets' /64s that must go): removed,
+    added, or replaced by the file's; ``ipv6: true`` keeps any block the VPC has. Returns the record."""
+    have = record.get("ipv6_cidr_block")
+    drop = have is not None and (not v.ipv6 or (v.ipv6_cidr is not None and str(v.ipv6_cidr) != have))
+    if drop:
+        record = api.call("PATCH", f"/v1/vpcs/{record['id']}", {"disassociate_ipv6_cidr_block": True})
+        changes.append(f"changed VPC {v.name}: IPv6 block {have} removed")
+    if v.ipv6 and record.get("ipv6_cidr_block") is None:
+        record = api.call("PATCH", f"/v1/vpcs/{record['id']}", _ipv6_body(v))
+        changes.append(f"changed VPC {v.name}: IPv6 block {record['ipv6_cidr_block']} added")
+    return record
+
+
+def _converge_dhcp(api: ApiClient, changes: list[str], v: Vpc, record: dict, region: str | None,
+                   doomed: set[str]) -> dict:
+    """The VPC's DHCP option set as the file says: the one it has when its options are the file's, else a
+    new one (sets cannot be changed), named after the VPC; none ("default") when the file gives none. A
+    set the VPC leaves goes into ``doomed`` (deleted once no VPC uses it). Returns the VPC's record."""
+    have = record.get("dhcp_options_id")
+    want = v.dhcp_options
+    if want is None:
+        if have is None:
+            return record
+        record = api.call("PATCH", f"/v1/vpcs/{record['id']}", {"dhcp_options_id": "default"})
+        changes.append(f"changed VPC {v.name}: dhcp_options=default")
+        doomed.add(have)
+        return record
+    wanted = {"domain_name": want.domain_name or f"{region}.compute.internal",
+              "domain_name_servers": list(want.domain_name_servers), "ntp_servers": list(want.ntp_servers)}
+    if have is not None:
+        found = api.call("GET", f"/v1/dhcp-options/{have}")
+        if all(found.get(k) == x for k, x in wanted.items()):
+            return record
+    body = {"name": v.name, "domain_name_servers": wanted["domain_name_servers"], "ntp_servers": wanted["ntp_servers"],
+            **({"domain_name": want.domain_name} if want.domain_name else {})}
+    made = api.call("POST", "/v1/dhcp-options", body)
+    record = api.call("PATCH", f"/v1/vpcs/{record['id']}", {"dhcp_options_id": made["id"]})
+    changes.append(f"created DHCP options {v.name} ({made['id']}: {made['domain_name']}, "
+                   f"{', '.join(made['domain_name_servers'])}) for VPC {v.name}")
+    if have is not None:
+        doomed.add(have)
+    return record
+
+
+def _records_key(records: list[dict]) -> list:
+    """A zone's records as a sorted list of normalized tuples: equal keys, same records (names compare
+    in lower case without the trailing dot, as DNS does; a record set's values in any order)."""
+    def value(kind: str, x: str) -> str:
+        return resources.dns_name(x) if kind in ("CNAME", "PTR") else x
+    return sorted(repr((resources.dns_name(r["name"]), r["type"], r["ttl"],
+                        sorted(value(r["type"], x) for x in r["values"]))) for r in records)
+
+
+def _zone_body(zone: DnsZone) -> list[dict]:
+    return [{"name": r.name, "type": r.type, "ttl": r.ttl, "values": list(r.values)} for r in zone.records]
+
+
+def _leave_zones(api: ApiClient, changes: list[str], vpc_name: str, vpc_id: str, zones: list[dict],
+                 keep: list[str]) -> list[dict]:
+    """The zones associated with the VPC but those in ``keep`` (ids) no longer are: deleted when it was
+    their only VPC, else the VPC is taken off their list. Returns the zones as they are now."""
+    out = []
+    for z in zones:
+        if vpc_id not in z["vpc_ids"] or z["id"] in keep:
+            out.append(z)
+        elif z["vpc_ids"] == [vpc_id]:
+            api.call("DELETE", f"/v1/dns-zones/{z['id']}")
+            changes.append(f"deleted DNS zone {vpc_name}/{z['name']} ({z['id']})")
+        else:
+            z = api.call("PATCH", f"/v1/dns-zones/{z['id']}", {"vpc_ids": [x for x in z["vpc_ids"] if x != vpc_id]})
+            changes.append(f"changed DNS zone {z['name']} ({z['id']}): no longer associated with VPC {vpc_name}")
+            out.append(z)
+    return out
+
+
+def _converge_zones(api: ApiClient, changes: list[str], v: Vpc, vpc_id: str, zones: list[dict]) -> list[dict]:
+    """The file's zones of the VPC: each the zone of its name associated with the VPC, its records changed
+    in place if need be, else a new one associated with the VPC alone; the VPC's other zones are left
+    (``_leave_zones``). Returns the zones as they are now."""
+    mine = {resources.dns_name(z["name"]): z for z in zones if vpc_id in z["vpc_ids"]}
+    kept = []
+    for zone in v.dns_zones:
+        records = _zone_body(zone)
+        found = mine.get(resources.dns_name(zone.name))
+        if found is None:
+            found = api.call("POST", "/v1/dns-zones", {"name": zone.name, "vpc_ids": [vpc_id], "records": records})
+            zones = [*zones, found]
+            changes.append(f"created DNS zone {v.name}/{zone.name} ({found['id']}, {len(records)} record set"
+                           f"{'s' if len(records) != 1 else ''})")
+        elif _records_key(records) != _records_key(found["records"]):
+            found = api.call("PATCH", f"/v1/dns-zones/{found['id']}", {"records": records})
+            zones = [found if z["id"] == found["id"] else z for z in zones]
+            changes.append(f"changed DNS zone {v.name}/{zone.name}: records")
+        kept.append(found["id"])
+    return _leave_zones(api, changes, v.name, vpc_id, zones, kept)
 
 
 def _delete_gateway(api: ApiClient, changes: list[str], vpc_name: str | None, igw: dict) -> None:

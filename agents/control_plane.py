@@ -38,7 +38,8 @@ def read_or_create_token(path: str) -> str:
 async def run(cfg: config.ControlPlaneConfig) -> None:
     log = logs.get("control-plane")
     store = open_store(cfg.store)
-    cp = ControlPlane(store, cfg.region, flow_log_dir=cfg.flow_log_dir, public_ip_pool=cfg.public_ip_pool)
+    cp = ControlPlane(store, cfg.region, flow_log_dir=cfg.flow_log_dir, public_ip_pool=cfg.public_ip_pool,
+                      ipv6_pool=cfg.ipv6_pool)
     await cp.ensure_admin_token(read_or_create_token(cfg.admin_token_file))
     app = build_app(cp)
     servers = []

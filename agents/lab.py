@@ -169,7 +169,7 @@ class Lab:
         cp = component("control-plane", "control_plane", "", "-")
         cp.socket = str(self.api_socket)
         self._write_config(cp, {"unix_socket": cp.socket, "store": f"sqlite:///{self.dir / 'control-plane.db'}",
-                                "admin_token_file": str(self.admin_token_file), "region": REGION,
+                                "admin_token_file": str(self.admin_token_file), "region": REGION, "ipv6_pool": IPV6_POOL,
                                 "flow_log_dir": str(self.dir / "flow-logs")})
         self._start(cp, state)
         self._wait_ready([cp])

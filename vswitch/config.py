@@ -149,6 +149,9 @@ class ControlPlaneConfig(_Strict):
     # Elastic IPs come from this region-wide IPv4 pool: first free, network and broadcast skipped
     public_ip_pool: Annotated[str, pydantic.AfterValidator(lambda v: str(ipaddress.IPv4Network(v)))] = \
         "198.51.100.0/24"
+    # VPCs' amazon-provided IPv6 /56 blocks come from this region-wide pool (the edge routes it)
+    ipv6_pool: Annotated[str, pydantic.AfterValidator(lambda v: str(ipaddress.IPv6Network(v)))] = \
+        "2001:db8:100::/40"
     log_file: str | None = None
     log_level: str = "info"
 

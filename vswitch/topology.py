@@ -1,7 +1,8 @@
 """The topology file: which hosts exist, which VPCs, subnets and instances run on them, each VPC's
 policy (security groups, network ACLs, connection tracking per instance, flow logs), its way to the
-internet (an internet gateway, route tables, elastic IPs, NAT gateways) and its load balancers (target
-groups, network load balancers).
+internet (an internet gateway, route tables, elastic IPs, NAT gateways, an egress-only gateway), its load
+balancers (target groups, network load balancers), its IPv6 blocks and its names (DHCP options, private
+DNS zones).
 
 A YAML file such as ``configs/demo.yaml``, ``configs/policy.yaml``, ``configs/internet.yaml`` or
 ``configs/hyperplane.yaml``::
@@ -12,21 +13,29 @@ A YAML file such as ``configs/demo.yaml``, ``configs/policy.yaml``, ``configs/in
       - name: demo
         cidr: 10.0.0.0/16                   # /16 .. /28
         vni: 7                              # optional: else the smallest free positive number
+        ipv6: true                          # optional: an amazon-provided /56; or ipv6_cidr: 2001:db8:ab00::/56
         internet_gateway: true              # optional: or {name: gw}; absent or false: none
+        egress_only_gateway: true           # optional: or {name: out}; absent or false: none
+        dhcp_options: {domain_name: corp.example, domain_name_servers: [AmazonProvidedDNS, 192.0.2.53]}
+        dns_zones:                          # optional: private zones of this VPC
+          - name: corp.internal
+            records: [{name: web.corp.internal, type: A, values: [10.0.1.10]},
+                      {name: www.corp.internal, type: CNAME, ttl: 60, values: [web.corp.internal]}]
         route_tables:                       # optional
           - name: public
-            routes:                         # optional: else none but the implicit local route
+            routes:                         # optional: else none but the implicit local routes
               - {destination: 0.0.0.0/0, target: internet_gateway}
+              - {destination: "::/0", target: egress_only_gateway}
               - {destination: 10.1.0.0/24, target: instance/db}
           - name: main                      # the VPC's main table: sets its routes
             routes: [{destination: 192.168.0.0/16, target: instance/db}]
         subnets:
-          - {name: app, cidr: 10.0.1.0/24, route_table: public}   # optional: else the main table
+          - {name: app, cidr: 10.0.1.0/24, route_table: public, ipv6: true}   # optional: else the main table
           - {name: ops, cidr: 10.0.2.0/24, network_acl: strict}   # optional: else the default ACL
         instances:
           - {name: web, subnet: app, host: host-b, ip: 10.0.1.10, security_groups: [web, default],
-             elastic_ip: true}              # optional: else none
-          - {name: client, subnet: app, host: host-a, source_dest_check: false}
+             elastic_ip: true, ipv6: "::10"}   # optional: else none; else the API's IPv6 address
+          - {name: client, subnet: app, host: host-a, source_dest_check: false, interface: tap}
           - name: db
             subnet: ops
             host: host-b
@@ -113,9 +122,10 @@ route's ``target`` as a flow log's ``resource``); the cloud's rules are the API'
   and deletes one it finds).
 - A route table has ``routes``, each a ``destination`` (a CIDR, IPv4 or IPv6, normalized as the API
   records it; one route a destination per table; at most 50, the API's limit) and a ``target``:
-  ``internet_gateway`` (the VPC's, which it must then have), ``instance/NAME`` (that instance's ENI,
-  an instance of the VPC) or ``nat_gateway/NAME`` (a NAT gateway of the VPC). Every table also has the
-  implicit local route for the VPC's CIDR, which the file does not list: a route for the VPC's CIDR
+  ``internet_gateway`` (the VPC's, which it must then have), ``egress_only_gateway`` (likewise; IPv6
+  destinations only), ``instance/NAME`` (that instance's ENI, an instance of the VPC) or
+  ``nat_gateway/NAME`` (a NAT gateway of the VPC). Every table also has the implicit local route for
+  the VPC's CIDR (and one for its IPv6 /56), which the file does not list: a route for the VPC's CIDR
   itself is refused, and one inside it only for a whole subnet's CIDR to an instance or a NAT gateway
   (the API's rules). A table's ``routes`` absent is none.
 - ``main`` is reserved, as ``default`` is for groups: it is the VPC's main table, which every VPC has
@@ -128,6 +138,35 @@ route's ``target`` as a flow log's ``resource``); the cloud's rules are the API'
   ``connectivity_type``): ``public``, the default, with an elastic IP of its own (``vpc apply``
   allocates it; the VPC must have an internet gateway), or ``private``; and an optional ``private_ip``
   in its subnet (absent: the API's choice, the first free address when it is made).
+
+IPv6 (dual stack; the API's rules: a VPC's block is a /56, a subnet's a /64 of it, addresses ::0-::3 and
+the last of a /64 reserved):
+
+- ``ipv6: true`` gives the VPC an amazon-provided /56 (the region pool's next free one, known once
+  ``vpc apply`` makes it; a VPC that has one keeps it); ``ipv6_cidr: 2001:db8:ab00::/56`` gives it that
+  /56 (not both). Absent: no IPv6 (``vpc apply`` removes a block the VPC has). With a block, a group
+  whose ``egress`` the file leaves out gets all outbound to 0.0.0.0/0 and ::/0 (the API's default), and
+  the API gives the default group and ACL their ::/0 rules.
+- A subnet's ``ipv6: true`` gives it a /64: the VPC's /56's ``ipv6_index``-th (0-255; absent: the
+  subnet's position in the file's list); or ``ipv6_cidr: <a /64>``, only when the VPC's /56 is given.
+  /64s do not repeat. Absent: none. A subnet's /64 is added in place; one that must go or change makes
+  ``vpc apply`` re-create the subnet and its instances.
+- An instance in a subnet with a /64 gets an IPv6 address: its ``ipv6`` — the whole address (only when
+  the file gives the /64) or its interface part, such as ``::10`` (the /64's ::10) — else the API's
+  choice (the first free one from ::4). Not reserved, unique in the subnet. ``interface: tun`` (the
+  default) or ``tap`` is the API's ``interface_type``.
+- ``egress_only_gateway: true`` gives the VPC an egress-only internet gateway named ``VPC-eigw``
+  (``{name: out}`` names it); a route's ``target: egress_only_gateway`` names it, for IPv6 destinations
+  only. Routes inside the VPC's /56 (when the file gives it) follow the API's local-route rules: not the
+  /56 itself; inside it only a whole subnet's /64, to an instance.
+
+Names. ``dhcp_options`` (the API's ``DhcpOptionsCreate`` keys: ``domain_name``, ``domain_name_servers``
+— IPv4 addresses or ``AmazonProvidedDNS``, the default —, ``ntp_servers``) gives the VPC an option set of
+its own, named after it (absent: the default options). ``dns_zones`` are private zones associated with
+the VPC, each a ``name`` and ``records`` (``name``, ``type`` — A, AAAA, CNAME, TXT or PTR —, ``ttl``,
+default 300, and ``values``, a list or one value), with the API's rules: names the zone's apex or under
+it, values that fit the type, one record set a name and type, a CNAME alone at its name; zone names do
+not repeat in a VPC.
 
 Load balancers. The API's rules, with names instead of ids:
 
@@ -154,8 +193,9 @@ addresses, ENI ids, gateway names), and validates the bodies ``vpc apply`` would
 models (``vswitch.controlplane.resources``: ``SecurityGroupUpdate`` with its ``SgRule``,
 ``NetworkAclUpdate`` with its ``AclEntry``, ``InstanceUpdate``, ``FlowLogCreate``, ``RouteTableUpdate``
 with its ``Route``, ``NatGatewayCreate``, ``TargetGroupCreate`` with its ``Target`` and ``HealthCheck``,
-``LoadBalancerCreate`` with its ``Listener``), naming each of the API's complaints by its place in the
-file, so that a file the API would refuse fails before any call. Nothing is half-accepted: any problem raises ``TopologyError``
+``LoadBalancerCreate`` with its ``Listener``, ``DhcpOptionsCreate``, ``DnsZoneCreate`` with its
+``DnsRecord``), naming each of the API's complaints by its place in the file, so that a file the API
+would refuse fails before any call. Nothing is half-accepted: any problem raises ``TopologyError``
 listing all problems found, one per line, each starting with the field's path
 (``vpcs[0].subnets[1].cidr: ...``) so the reader can find it in the file.
 
@@ -169,7 +209,7 @@ import hashlib
 import ipaddress
 import re
 import reprlib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
@@ -196,12 +236,23 @@ DEFAULT = "default"  # the name of a VPC's default security group and default ne
 MAIN = "main"  # the name of a VPC's main route table
 
 
+SUBNET_IPV6_PREFIX = 64  # a subnet's IPv6 block; a VPC's is a /56: 256 of them
+
+
 @dataclasses.dataclass(frozen=True)
 class Subnet:
     name: str
     cidr: ipaddress.IPv4Network
     network_acl: str = DEFAULT  # a network ACL of the VPC by name
     route_table: str = MAIN  # a route table of the VPC by name
+    ipv6_index: int | None = None  # its /64 is the VPC /56's n-th (0-255); None: no IPv6
+    ipv6_cidr: ipaddress.IPv6Network | None = None  # that /64, when the VPC's /56 is given in the file
+
+    def ipv6_block(self, vpc_block: ipaddress.IPv6Network | None) -> ipaddress.IPv6Network | None:
+        """The subnet's /64 in a VPC whose /56 is ``vpc_block`` (None: no IPv6, or no block to be in)."""
+        if self.ipv6_index is None or vpc_block is None:
+            return None
+        return ipaddress.IPv6Network((int(vpc_block.network_address) + (self.ipv6_index << 64), SUBNET_IPV6_PREFIX))
 
 
 _CT = api.ConnectionTracking()  # the API's defaults
@@ -229,6 +280,19 @@ class Instance:
     security_groups: tuple[str, ...] = (DEFAULT,)  # groups of the VPC by name
     connection_tracking: ConnectionTracking = ConnectionTracking()
     elastic_ip: bool = False  # an elastic IP associated with it (its VPC has an internet gateway)
+    interface: str = "tun"  # the API's interface_type: "tun" (packets) or "tap" (frames: a VM)
+    # An explicit IPv6 address (its subnet has IPv6): the whole address when the subnet's /64 is known
+    # from the file, else its interface part (the low 64 bits, such as ::10). None: in a subnet with IPv6,
+    # the API's choice (the first free one from ::4), kept by `vpc apply`.
+    ipv6: ipaddress.IPv6Address | None = None
+
+    def ipv6_address(self, subnet_block: ipaddress.IPv6Network | None) -> ipaddress.IPv6Address | None:
+        """The explicit IPv6 address in the subnet whose /64 is ``subnet_block``."""
+        if self.ipv6 is None or subnet_block is None:
+            return self.ipv6
+        if int(self.ipv6) >> 64 == 0:  # the interface part
+            return subnet_block.network_address + int(self.ipv6)
+        return self.ipv6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +308,8 @@ class SecurityGroupRule:
 
 ALLOW_ALL_EGRESS = tuple(SecurityGroupRule(r["protocol"], r["from_port"], r["to_port"], r["cidr"])
                          for r in api.ALLOW_ALL_EGRESS)  # a new group's egress when none is given
+ALLOW_ALL_EGRESS_DUAL = ALLOW_ALL_EGRESS + tuple(  # the same in a VPC with IPv6: ::/0 too
+    SecurityGroupRule(r["protocol"], r["from_port"], r["to_port"], r["cidr"]) for r in api.ALLOW_ALL_EGRESS_IPV6)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,12 +349,15 @@ class FlowLog:
 
 
 INTERNET_GATEWAY = "internet_gateway"  # a route's target: the VPC's internet gateway
+EGRESS_ONLY_GATEWAY = "egress_only_gateway"  # a route's target: the VPC's egress-only internet gateway
 
 
 @dataclasses.dataclass(frozen=True)
 class Route:
     destination: str  # a CIDR, IPv4 or IPv6, as the API records it (normalized)
-    target: str  # INTERNET_GATEWAY or "instance/NAME" (its ENI), an instance of the table's VPC
+    # INTERNET_GATEWAY, EGRESS_ONLY_GATEWAY, "instance/NAME" (its ENI, an instance of the table's VPC)
+    # or "nat_gateway/NAME"
+    target: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,6 +369,35 @@ class RouteTable:
 @dataclasses.dataclass(frozen=True)
 class InternetGateway:
     name: str  # the gateway resource's name; the VPC it is attached to is its identity
+
+
+@dataclasses.dataclass(frozen=True)
+class EgressOnlyGateway:
+    name: str  # the gateway resource's name; its VPC is its identity
+
+
+@dataclasses.dataclass(frozen=True)
+class DhcpOptions:
+    """A VPC's DHCP option set: the API's ``DhcpOptionsCreate`` fields (``domain_name`` None: the API's
+    default, ``<region>.compute.internal``)."""
+    domain_name: str | None = None
+    domain_name_servers: tuple[str, ...] = ("AmazonProvidedDNS",)
+    ntp_servers: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class DnsRecord:
+    name: str
+    type: str  # A, AAAA, CNAME, TXT or PTR
+    values: tuple[str, ...]
+    ttl: int = api.DnsRecord.model_fields["ttl"].default
+
+
+@dataclasses.dataclass(frozen=True)
+class DnsZone:
+    """A private hosted zone associated with its VPC (and only it)."""
+    name: str
+    records: tuple[DnsRecord, ...] = ()
 
 
 NAT_GATEWAY = "nat_gateway"  # a route's target: nat_gateway/NAME, a NAT gateway of the VPC
@@ -376,6 +474,11 @@ class Vpc:
     nat_gateways: tuple[NatGateway, ...] = ()
     target_groups: tuple[TargetGroup, ...] = ()
     load_balancers: tuple[LoadBalancer, ...] = ()
+    ipv6: bool = False  # an IPv6 /56: ``ipv6_cidr``, else (None) an amazon-provided one
+    ipv6_cidr: ipaddress.IPv6Network | None = None
+    egress_only_gateway: EgressOnlyGateway | None = None
+    dhcp_options: DhcpOptions | None = None  # None: the default options (no set)
+    dns_zones: tuple[DnsZone, ...] = ()
 
     def subnet(self, name: str) -> Subnet:
         for s in self.subnets:
@@ -510,6 +613,33 @@ def _address(value: Any) -> ipaddress.IPv4Address:
         raise ValueError(f"{value!r} is not an IPv4 address") from None
 
 
+def _ipv6_network(prefixlen: int):
+    def check(value: Any) -> ipaddress.IPv6Network:
+        if not isinstance(value, str):
+            raise ValueError(f"expected an IPv6 CIDR string such as 2001:db8:ab00::/{prefixlen}, "
+                             f"got {reprlib.repr(value)}")
+        try:
+            net = ipaddress.IPv6Network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv6 CIDR such as 2001:db8:ab00::/{prefixlen}") from None
+        if net.prefixlen != prefixlen:
+            raise ValueError(f"{value}: the prefix must be /{prefixlen}, not /{net.prefixlen}")
+        if ipaddress.IPv6Interface(value).ip != net.network_address:
+            raise ValueError(f"{value} is not a network address (host bits are set): did you mean {net}?")
+        return net
+    return check
+
+
+def _ipv6_address(value: Any) -> ipaddress.IPv6Address:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IPv6 address string such as 2001:db8:ab00:1::10 or ::10, "
+                         f"got {reprlib.repr(value)}")
+    try:
+        return ipaddress.IPv6Address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv6 address") from None
+
+
 _PROTOCOL = pydantic.TypeAdapter(api.Protocol)  # the API's spellings; its numbers go to 255
 
 
@@ -542,6 +672,9 @@ def _ports(value: Any) -> tuple[int, int]:
 _Name = Annotated[str, pydantic.AfterValidator(_name)]
 _Network = Annotated[ipaddress.IPv4Network, pydantic.PlainValidator(_network)]
 _Address = Annotated[ipaddress.IPv4Address, pydantic.PlainValidator(_address)]
+_Ipv6Network56 = Annotated[ipaddress.IPv6Network, pydantic.PlainValidator(_ipv6_network(56))]
+_Ipv6Network64 = Annotated[ipaddress.IPv6Network, pydantic.PlainValidator(_ipv6_network(SUBNET_IPV6_PREFIX))]
+_Ipv6Address = Annotated[ipaddress.IPv6Address, pydantic.PlainValidator(_ipv6_address)]
 _Protocol = Annotated[str, pydantic.PlainValidator(_protocol)]
 _Ports = Annotated[tuple[int, int], pydantic.PlainValidator(_ports)]
 _IcmpNumber = Annotated[int, pydantic.Field(ge=-1, le=255)]
@@ -561,6 +694,9 @@ class _SubnetFile(_Model):
     cidr: _Network
     network_acl: str = DEFAULT
     route_table: str = MAIN
+    ipv6: bool = False
+    ipv6_index: int | None = pydantic.Field(None, ge=0, le=255)
+    ipv6_cidr: _Ipv6Network64 | None = None
 
 
 class _ConnectionTrackingFile(api.ConnectionTracking):
@@ -577,6 +713,8 @@ class _InstanceFile(_Model):
     security_groups: list[str] | None = None
     connection_tracking: _ConnectionTrackingFile | None = None
     elastic_ip: bool = False
+    interface: Literal["tun", "tap"] = "tun"
+    ipv6: _Ipv6Address | None = None
 
 
 class _PortsFile(_Model):
@@ -654,7 +792,7 @@ class _FlowLogFile(_Model):
 
 
 class _GatewayFile(_Model):
-    name: _Name | None = None  # None: the default name, VPC-igw
+    name: _Name | None = None  # None: the default name, VPC-igw (VPC-eigw for the egress-only one)
 
 
 def _gateway(value: Any) -> Any:
@@ -734,11 +872,40 @@ class _LoadBalancerFile(_Model):
     private_ip: _Address | None = None
 
 
+class _DhcpOptionsFile(_Model):
+    """The API's ``DhcpOptionsCreate`` fields (checked by it in pass 2), absent ones its defaults."""
+    domain_name: str | None = None
+    domain_name_servers: list[str] | None = None
+    ntp_servers: list[str] | None = None
+
+
+def _values(value: Any) -> Any:
+    """A record's ``values``: a list, or one value alone."""
+    return [value] if isinstance(value, str) else value
+
+
+class _DnsRecordFile(_Model):
+    name: str
+    type: str
+    ttl: int | None = None
+    values: Annotated[list[str], pydantic.BeforeValidator(_values)]
+
+
+class _DnsZoneFile(_Model):
+    name: str
+    records: list[_DnsRecordFile] = []
+
+
 class _VpcFile(_Model):
     name: _Name
     cidr: _Network
     vni: int | None = pydantic.Field(None, ge=1, le=MAX_VNI)
+    ipv6: bool = False
+    ipv6_cidr: _Ipv6Network56 | None = None
     internet_gateway: Annotated[_GatewayFile | None, pydantic.BeforeValidator(_gateway)] = None
+    egress_only_gateway: Annotated[_GatewayFile | None, pydantic.BeforeValidator(_gateway)] = None
+    dhcp_options: _DhcpOptionsFile | None = None
+    dns_zones: list[_DnsZoneFile] = []
     route_tables: list[_RouteTableFile] = []
     subnets: list[_SubnetFile] = []
     instances: list[_InstanceFile] = []
@@ -763,7 +930,9 @@ _ITEM_MODEL = {"hosts": _HostFile, "vpcs": _VpcFile, "subnets": _SubnetFile, "in
                "connection_tracking": _ConnectionTrackingFile, "internet_gateway": _GatewayFile,
                "route_tables": _RouteTableFile, "routes": _RouteFile, "nat_gateways": _NatGatewayFile,
                "target_groups": _TargetGroupFile, "targets": _TargetFile, "health_check": _HealthCheckFile,
-               "load_balancers": _LoadBalancerFile, "listeners": _ListenerFile}
+               "load_balancers": _LoadBalancerFile, "listeners": _ListenerFile,
+               "egress_only_gateway": _GatewayFile, "dhcp_options": _DhcpOptionsFile, "dns_zones": _DnsZoneFile,
+               "records": _DnsRecordFile}
 
 
 def _path(loc) -> str:
@@ -838,10 +1007,15 @@ class _Builder:
 
     def _vpc(self, path: str, vpc: _VpcFile, vni: int, hosts: set[str]) -> Vpc:
         self._unique(f"{path}.name", "VPC name", vpc.name, self.vpc_names)
+        if vpc.ipv6 and vpc.ipv6_cidr is not None:
+            self.problems.append(f"{path}.ipv6_cidr: give ipv6: true (an amazon-provided /56) or ipv6_cidr "
+                                 "(this /56), not both")
         group_names = list(dict.fromkeys([DEFAULT, *(g.name for g in vpc.security_groups)]))
         subnets = self._subnets(path, vpc)
         # Explicit addresses first, so automatic ones cannot take an address someone asked for.
         taken: dict[ipaddress.IPv4Address, str] = {}
+        taken6: dict[tuple[str, int], str] = {}  # (subnet, interface part) -> path of its first use
+        ipv6s: dict[int, ipaddress.IPv6Address] = {}
         for n, inst in enumerate(vpc.instances):
             ipath = f"{path}.instances[{n}]"
             self._unique(f"{ipath}.name", "instance name", inst.name, self.instance_names)
@@ -853,6 +1027,10 @@ class _Builder:
                                      f"(subnets: {', '.join(subnets) or 'none'})")
             elif inst.ip is not None:
                 self._check_ip(f"{ipath}.ip", inst.ip, subnet, taken)
+            if subnet is not None and inst.ipv6 is not None:
+                ip6 = self._check_ipv6(f"{ipath}.ipv6", inst.ipv6, subnet, taken6)
+                if ip6 is not None:
+                    ipv6s[n] = ip6
             self._instance_groups(ipath, vpc, inst, group_names)
             if inst.elastic_ip and vpc.internet_gateway is None:
                 self.problems.append(f"{ipath}.elastic_ip: an elastic IP needs the VPC's internet gateway, and "
@@ -870,22 +1048,28 @@ class _Builder:
                      inst.source_dest_check, ip_given=inst.ip is not None,
                      security_groups=tuple(inst.security_groups or (DEFAULT,)),
                      connection_tracking=ConnectionTracking(**(inst.connection_tracking or _CT).model_dump()),
-                     elastic_ip=inst.elastic_ip)
+                     elastic_ip=inst.elastic_ip, interface=inst.interface, ipv6=ipv6s.get(n))
             for n, inst in enumerate(vpc.instances) if n in ips)
         groups = self._groups(path, vpc, group_names)
         acls = self._acls(path, vpc)
-        tables = self._route_tables(path, vpc)
+        tables = self._route_tables(path, vpc, subnets)
         flow_logs = self._flow_logs(path, vpc)
         gateway = None if vpc.internet_gateway is None else \
             InternetGateway(vpc.internet_gateway.name or f"{vpc.name}-igw")
+        egress_only = None if vpc.egress_only_gateway is None else \
+            EgressOnlyGateway(vpc.egress_only_gateway.name or f"{vpc.name}-eigw")
         target_groups = self._target_groups(path, vpc)
         load_balancers = self._load_balancers(path, vpc, subnets, target_groups)
         return Vpc(vpc.name, vpc.cidr, vni, tuple(subnets.values()), instances, groups, acls, flow_logs,
-                   gateway, tables, nat_gateways, target_groups, load_balancers)
+                   gateway, tables, nat_gateways, target_groups, load_balancers,
+                   ipv6=vpc.ipv6 or vpc.ipv6_cidr is not None, ipv6_cidr=vpc.ipv6_cidr,
+                   egress_only_gateway=egress_only, dhcp_options=self._dhcp_options(path, vpc),
+                   dns_zones=self._dns_zones(path, vpc))
 
     def _subnets(self, path: str, vpc: _VpcFile) -> dict[str, Subnet]:
         subnets: dict[str, Subnet] = {}
         where: dict[str, str] = {}
+        indexes: dict[int, str] = {}  # the /64s given out, by index in the VPC's /56
         for s, sub in enumerate(vpc.subnets):
             spath = f"{path}.subnets[{s}]"
             if not self._unique(f"{spath}.name", "subnet name", sub.name, where):
@@ -903,8 +1087,48 @@ class _Builder:
             if sub.route_table not in tables:
                 self.problems.append(f"{spath}.route_table: unknown route table {sub.route_table!r} in VPC "
                                      f"{vpc.name!r} (route tables: {', '.join(tables)})")
-            subnets[sub.name] = Subnet(sub.name, sub.cidr, sub.network_acl, sub.route_table)
+            index, cidr6 = self._subnet_ipv6(spath, s, vpc, sub, indexes)
+            subnets[sub.name] = Subnet(sub.name, sub.cidr, sub.network_acl, sub.route_table, index, cidr6)
         return subnets
+
+    def _subnet_ipv6(self, path: str, position: int, vpc: _VpcFile, sub: _SubnetFile,
+                     indexes: dict) -> tuple[int | None, ipaddress.IPv6Network | None]:
+        """A subnet's /64: its index in the VPC's /56 (``ipv6_index``, else its position in the file; or
+        from ``ipv6_cidr``) and, when the VPC's /56 is in the file, the /64 itself."""
+        if not (sub.ipv6 or sub.ipv6_cidr is not None or sub.ipv6_index is not None):
+            return None, None
+        key = "ipv6_cidr" if sub.ipv6_cidr is not None else "ipv6" if sub.ipv6 else "ipv6_index"
+        if sub.ipv6_index is not None and not sub.ipv6:
+            self.problems.append(f"{path}.ipv6_index: the index of the subnet's /64 in the VPC's /56 comes with "
+                                 "ipv6: true")
+            return None, None
+        if sub.ipv6_cidr is not None and sub.ipv6:
+            self.problems.append(f"{path}.ipv6_cidr: give ipv6: true (its /64 by ipv6_index, default its "
+                                 "position) or ipv6_cidr (this /64), not both")
+            return None, None
+        if not (vpc.ipv6 or vpc.ipv6_cidr is not None):
+            self.problems.append(f"{path}.{key}: VPC {vpc.name!r} has no IPv6 block (give it ipv6: true or "
+                                 "ipv6_cidr)")
+            return None, None
+        if sub.ipv6_cidr is not None:
+            if vpc.ipv6_cidr is None:
+                self.problems.append(f"{path}.ipv6_cidr: VPC {vpc.name!r}'s /56 is amazon-provided (ipv6: true), "
+                                     "known only once it is made: give the subnet ipv6: true (and ipv6_index)")
+                return None, None
+            if not sub.ipv6_cidr.subnet_of(vpc.ipv6_cidr):
+                self.problems.append(f"{path}.ipv6_cidr: {sub.ipv6_cidr} is outside VPC {vpc.name!r}'s IPv6 block "
+                                     f"({vpc.ipv6_cidr})")
+                return None, None
+            index = (int(sub.ipv6_cidr.network_address) - int(vpc.ipv6_cidr.network_address)) >> 64
+        else:
+            index = position if sub.ipv6_index is None else sub.ipv6_index
+            if index > 255:
+                self.problems.append(f"{path}.ipv6_index: a /56 holds 256 /64s (0-255): give this subnet "
+                                     "an ipv6_index")
+                return None, None
+        if not self._unique(f"{path}.{key}", "IPv6 /64 number", index, indexes):
+            return None, None
+        return index, Subnet(sub.name, sub.cidr, ipv6_index=index).ipv6_block(vpc.ipv6_cidr)
 
     # --- policy ------------------------------------------------------------------------------------
 
@@ -941,8 +1165,9 @@ class _Builder:
             checked = self._api_check(api.SecurityGroupUpdate, body, lambda loc: _item_path(gpath, loc, given))
             if not fresh or checked is None:
                 continue
+            all_out = ALLOW_ALL_EGRESS_DUAL if vpc.ipv6 or vpc.ipv6_cidr is not None else ALLOW_ALL_EGRESS
             made = {d: None if group.name == DEFAULT else default
-                    for d, default in (("ingress", ()), ("egress", ALLOW_ALL_EGRESS))}
+                    for d, default in (("ingress", ()), ("egress", all_out))}
             for d, rules in given.items():
                 made[d] = tuple(SecurityGroupRule(r.protocol, r.from_port, r.to_port, r.cidr, f.source_group,
                                                   r.description) for r, f in zip(getattr(checked, d), rules))
@@ -976,11 +1201,11 @@ class _Builder:
                     for e in checked.entries)))
         return tuple(out)
 
-    def _route_tables(self, path: str, vpc: _VpcFile) -> tuple[RouteTable, ...]:
+    def _route_tables(self, path: str, vpc: _VpcFile, subnets: dict[str, Subnet]) -> tuple[RouteTable, ...]:
         out = []
         where: dict[str, str] = {}
         instances = [i.name for i in vpc.instances]
-        subnet_cidrs = {str(s.cidr) for s in vpc.subnets}
+        subnet_cidrs = {str(s.cidr) for s in vpc.subnets} | {str(s.ipv6_cidr) for s in subnets.values() if s.ipv6_cidr}
         nat_gateways = list(dict.fromkeys(n.name for n in vpc.nat_gateways))
         for t, table in enumerate(vpc.route_tables):
             tpath = f"{path}.route_tables[{t}]"
@@ -996,6 +1221,7 @@ class _Builder:
                 self._route_target(f"{rpath}.target", vpc, route.target, instances, nat_gateways)
                 # The route `vpc apply` sends, the target's id aside, checked by the API's model.
                 target = {"gateway_id": _PLACEHOLDER["igw"]} if route.target == INTERNET_GATEWAY \
+                    else {"egress_only_gateway_id": _PLACEHOLDER["eigw"]} if route.target == EGRESS_ONLY_GATEWAY \
                     else {"nat_gateway_id": _PLACEHOLDER["nat"]} if route.target.startswith(f"{NAT_GATEWAY}/") \
                     else {"network_interface_id": _PLACEHOLDER["eni"]}
                 checked = self._api_check(api.Route, {"destination": route.destination, **target},
@@ -1005,6 +1231,9 @@ class _Builder:
                 dest = ipaddress.ip_network(checked.destination)
                 if self._unique(f"{rpath}.destination", "destination", checked.destination, seen):
                     self._local_route(f"{rpath}.destination", vpc, dest, route.target, subnet_cidrs)
+                    if route.target == EGRESS_ONLY_GATEWAY and dest.version != 6:
+                        self.problems.append(f"{rpath}.destination: an egress-only internet gateway takes IPv6 "
+                                             f"destinations, not {dest}")
                 routes.append(Route(checked.destination, route.target))
             # And the table's: how many routes it may hold (each route's problems are reported above).
             some_route = {"destination": "0.0.0.0/0", "gateway_id": _PLACEHOLDER["igw"]}
@@ -1021,17 +1250,31 @@ class _Builder:
             if vpc.internet_gateway is None:
                 self.problems.append(f"{path}: {INTERNET_GATEWAY} is the VPC's internet gateway, and VPC "
                                      f"{vpc.name!r} has none (give it internet_gateway: true)")
+        elif target == EGRESS_ONLY_GATEWAY:
+            if vpc.egress_only_gateway is None:
+                self.problems.append(f"{path}: {EGRESS_ONLY_GATEWAY} is the VPC's egress-only internet gateway, "
+                                     f"and VPC {vpc.name!r} has none (give it egress_only_gateway: true)")
         elif kind in ("instance", NAT_GATEWAY) and name:
             names, what = (instances, "instance") if kind == "instance" else (nat_gateways, "NAT gateway")
             if name not in names:
                 self.problems.append(f"{path}: unknown {what} {name!r} in VPC {vpc.name!r} "
                                      f"({what}s: {', '.join(names) or 'none'})")
         else:
-            self.problems.append(f"{path}: {target!r} is not {INTERNET_GATEWAY}, instance/NAME or "
-                                 f"{NAT_GATEWAY}/NAME")
+            self.problems.append(f"{path}: {target!r} is not {INTERNET_GATEWAY}, {EGRESS_ONLY_GATEWAY}, "
+                                 f"instance/NAME or {NAT_GATEWAY}/NAME")
 
     def _local_route(self, path: str, vpc: _VpcFile, dest, target: str, subnet_cidrs: set[str]) -> None:
-        """The API's rules for routes inside the VPC's CIDR (the implicit local route's)."""
+        """The API's rules for routes inside the VPC's CIDR or its IPv6 block, when the file gives it (the
+        implicit local routes')."""
+        if dest.version == 6 and vpc.ipv6_cidr is not None and dest.subnet_of(vpc.ipv6_cidr):
+            if dest == vpc.ipv6_cidr:
+                self.problems.append(f"{path}: {dest} is the VPC's IPv6 block: its route is the local route, "
+                                     "which cannot be replaced")
+            elif not target.startswith("instance/") or str(dest) not in subnet_cidrs:
+                self.problems.append(f"{path}: {dest} is more specific than the IPv6 local route ({vpc.ipv6_cidr}): "
+                                     "only a route for a whole subnet's /64 to an instance may be (NAT gateways "
+                                     "are IPv4-only)")
+            return
         if dest.version != 4 or not dest.subnet_of(vpc.cidr):
             return
         if dest == vpc.cidr:
@@ -1194,6 +1437,64 @@ class _Builder:
         else:
             self._unique(path, "address", ip, taken, scope="in this VPC")
 
+    def _check_ipv6(self, path: str, ip: ipaddress.IPv6Address, subnet: Subnet,
+                    taken: dict) -> ipaddress.IPv6Address | None:
+        """An instance's explicit IPv6 address: in its subnet's /64 (the whole address, when the file gives
+        that /64; else its interface part, the low 64 bits), not reserved, unique. Returns it as
+        ``Instance.ipv6`` holds it."""
+        if subnet.ipv6_index is None:
+            self.problems.append(f"{path}: subnet {subnet.name!r} has no IPv6 block (give it ipv6: true)")
+            return None
+        part = int(ip) & ((1 << 64) - 1)
+        if int(ip) >> 64:
+            if subnet.ipv6_cidr is None:
+                self.problems.append(f"{path}: the /64 of subnet {subnet.name!r} is known only once `vpc apply` "
+                                     f"makes its VPC (ipv6: true): give the interface part, such as ::{part:x}")
+                return None
+            if ip not in subnet.ipv6_cidr:
+                self.problems.append(f"{path}: {ip} is outside subnet {subnet.name!r} ({subnet.ipv6_cidr})")
+                return None
+        if part < FIRST_HOST_OFFSET or part == (1 << 64) - 1:
+            self.problems.append(f"{path}: {ip} is one of the 5 reserved addresses of the /64 of subnet "
+                                 f"{subnet.name!r} (the first four and the last)")
+            return None
+        if (subnet.name, part) in taken:
+            self.problems.append(f"{path}: duplicate IPv6 address {ip} in subnet {subnet.name!r} (first used at "
+                                 f"{taken[subnet.name, part]})")
+            return None
+        taken[subnet.name, part] = path
+        return subnet.ipv6_cidr.network_address + part if subnet.ipv6_cidr is not None else ipaddress.IPv6Address(part)
+
+    def _dhcp_options(self, path: str, vpc: _VpcFile) -> DhcpOptions | None:
+        if vpc.dhcp_options is None:
+            return None
+        given = vpc.dhcp_options.model_dump(exclude_none=True)
+        checked = self._api_check(api.DhcpOptionsCreate, given, lambda loc: _loc_path(f"{path}.dhcp_options", loc, {}))
+        if checked is None:
+            return None
+        return DhcpOptions(vpc.dhcp_options.domain_name, tuple(checked.domain_name_servers),
+                           tuple(checked.ntp_servers))
+
+    def _dns_zones(self, path: str, vpc: _VpcFile) -> tuple[DnsZone, ...]:
+        out = []
+        where: dict[str, str] = {}
+        for z, zone in enumerate(vpc.dns_zones):
+            zpath = f"{path}.dns_zones[{z}]"
+            records = [{"name": x.name, "type": x.type, "values": x.values,
+                        **({} if x.ttl is None else {"ttl": x.ttl})} for x in zone.records]
+            checked = self._api_check(api.DnsZoneCreate, {"name": zone.name, "records": records},
+                                      lambda loc: _loc_path(zpath, loc, {}))
+            if checked is None:
+                continue
+            fresh = self._unique(f"{zpath}.name", "zone name", api.dns_name(zone.name), where)
+            problem = api.zone_records_problem(zone.name, [x.model_dump() for x in checked.records])
+            if problem is not None:
+                self.problems.append(f"{zpath}.records[{problem[0]}].name: {problem[1]}")
+            elif fresh:
+                out.append(DnsZone(checked.name, tuple(DnsRecord(x.name, x.type, tuple(x.values), x.ttl)
+                                                       for x in checked.records)))
+        return tuple(out)
+
     def _assign(self, path: str, vpc: _VpcFile, subnets: dict[str, Subnet], taken: dict) -> dict:
         """Instance index -> address: explicit ones, then the first free from .4 up, in file order."""
         ips = {n: inst.ip for n, inst in enumerate(vpc.instances) if inst.ip is not None}
@@ -1228,7 +1529,7 @@ class _Builder:
 # Ids standing for the resources a file names, so that bodies can be checked before they exist.
 _PLACEHOLDER = {"sg": "sg-" + "0" * 17, "vpc": "vpc-" + "0" * 17, "igw": "igw-" + "0" * 17,
                 "subnet": "subnet-" + "0" * 17, "eipalloc": "eipalloc-" + "0" * 17, "nat": "nat-" + "0" * 17,
-                "tg": "tg-" + "0" * 17, "i": "i-" + "0" * 17,
+                "tg": "tg-" + "0" * 17, "i": "i-" + "0" * 17, "eigw": "eigw-" + "0" * 17,
                 "eni": "eni-" + "0" * 16}
 _FLOW_LOG_KEYS = {"max_aggregation_interval": "interval", "resource_id": "resource"}
 # The file's keys for the API's fields, where they differ.
@@ -1238,7 +1539,8 @@ _LOAD_BALANCER_KEYS = {"subnet_ids": "subnets", "target_group_id": "target_group
 # The file keys that can give an API body field of a rule or an entry, in the order they are looked for.
 _FILE_KEYS = {"from_port": ("ports", "icmp_type", "from_port"), "to_port": ("ports", "icmp_code", "to_port"),
               "source_group_id": ("source_group",), "rule_number": ("rule",),
-              "gateway_id": ("target",), "network_interface_id": ("target",)}
+              "gateway_id": ("target",), "network_interface_id": ("target",), "egress_only_gateway_id": ("target",),
+              "nat_gateway_id": ("target",)}
 
 
 def _rule_body(rule: _RuleFile) -> dict:

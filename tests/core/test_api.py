@@ -229,12 +229,19 @@ def build_world(api: Api, token: str, n: int = 0) -> dict[str, str]:
     w["network-acls"] = api.create(token, "network-acls", {"vpc_id": vpc["id"], "name": "strict", "entries": [
         {"rule_number": 10, "action": "deny", "cidr": "192.0.2.0/24"}]})["id"]
     w["internet-gateways"] = api.create(token, "internet-gateways", {"vpc_id": vpc["id"], "name": "gw"})["id"]
+    w["egress-only-internet-gateways"] = api.create(token, "egress-only-internet-gateways", {
+        "vpc_id": vpc["id"], "name": "v6-out"})["id"]
+    # A second VPC (one egress-only gateway a VPC: a fresh one goes there), with its own defaults.
+    spare = api.create(token, "vpcs", {"name": "spare", "cidr_block": f"10.{n}.0.0/16"})
+    w["spare-vpc"], w["spare-rtb"] = spare["id"], spare["main_route_table_id"]
+    w["spare-acl"], w["spare-sg"] = spare["default_network_acl_id"], spare["default_security_group_id"]
     w["elastic-ips"] = api.create(token, "elastic-ips", {"name": "web", "instance_id": w["instances"]})["id"]
     w["nat-eip"] = api.create(token, "elastic-ips", {"name": "nat"})["id"]
     nat = api.create(token, "nat-gateways", {"subnet_id": w["subnets"], "name": "nat", "allocation_id": w["nat-eip"]})
     w["nat-gateways"], w["nat-eni"] = nat["id"], nat["eni_id"]
     w["route-tables"] = api.create(token, "route-tables", {"vpc_id": vpc["id"], "name": "public", "routes": [
-        {"destination": "0.0.0.0/0", "gateway_id": w["internet-gateways"]}]})["id"]
+        {"destination": "0.0.0.0/0", "gateway_id": w["internet-gateways"]},
+        {"destination": "::/0", "egress_only_gateway_id": w["egress-only-internet-gateways"]}]})["id"]
     w["target-groups"] = api.create(token, "target-groups", {
         "vpc_id": vpc["id"], "name": "web", "protocol": "tcp", "port": 80,
         "targets": [{"instance_id": w["instances"], "port": 80}]})["id"]
@@ -254,7 +261,9 @@ def every_resource(w: dict[str, str]) -> list[tuple[str, str]]:
     out = [(c, rid) for c, rid in w.items() if c in resources.KINDS]
     return out + [("route-tables", w["main-route-table"]), ("network-acls", w["default-acl"]),
                   ("security-groups", w["default-sg"]), ("elastic-ips", w["nat-eip"]),
-                  ("network-interfaces", w["nat-eni"]), ("network-interfaces", w["nlb-eni"])]
+                  ("network-interfaces", w["nat-eni"]), ("network-interfaces", w["nlb-eni"]),
+                  ("vpcs", w["spare-vpc"]), ("route-tables", w["spare-rtb"]), ("network-acls", w["spare-acl"]),
+                  ("security-groups", w["spare-sg"])]
 
 
 # For each kind: a fresh resource's body (in a world), a change to it, and what the change must show.
@@ -295,6 +304,9 @@ SPECS: dict[str, tuple] = {
                          "destination": "10.99.0.0/16", "network_interface_id": w["network-interfaces"],
                          "gateway_id": None, "nat_gateway_id": None, "egress_only_gateway_id": None,
                          "state": "active"}]}),
+    "egress-only-internet-gateways": (lambda w: {"vpc_id": w["spare-vpc"], "name": "extra"},
+                                      lambda w: {"name": "renamed"},
+                                      lambda w: {"name": "renamed", "vpc_id": w["spare-vpc"]}),
     "internet-gateways": (lambda w: {"name": "extra"},
                           lambda w: {"name": "renamed"},
                           lambda w: {"name": "renamed", "vpc_id": None}),
@@ -667,24 +679,28 @@ def test_references_across_vpcs_are_refused(api, alice):
         api.refused(method, path, alice, body, status=422, field=field, says=(says,))
 
 
-@pytest.mark.parametrize("field", ["gateway_id", "nat_gateway_id", "network_interface_id"])
+@pytest.mark.parametrize("field", ["gateway_id", "nat_gateway_id", "network_interface_id", "egress_only_gateway_id"])
 def test_route_targets_in_another_vpc_are_refused(api, alice, field):
     w = build_world(api, alice, 0)
     v2 = api.create(alice, "vpcs", {"cidr_block": "10.1.0.0/16"})["id"]
     s2 = api.create(alice, "subnets", {"vpc_id": v2, "cidr_block": "10.1.1.0/24"})["id"]
-    targets = {"gateway_id": api.create(alice, "internet-gateways", {"vpc_id": v2})["id"],
-               "nat_gateway_id": api.create(alice, "nat-gateways", {"subnet_id": s2,
-                                                                     "connectivity_type": "private"})["id"],
-               "network_interface_id": api.create(alice, "instances", {"name": "b", "subnet_id": s2,
-                                                                       "host": "h1"})["eni_id"]}
-    route = {"destination": "0.0.0.0/0", field: targets[field]}
+    targets = {"gateway_id": lambda: api.create(alice, "internet-gateways", {"vpc_id": v2})["id"],
+               "nat_gateway_id": lambda: api.create(alice, "nat-gateways", {"subnet_id": s2,
+                                                                             "connectivity_type": "private"})["id"],
+               "network_interface_id": lambda: api.create(alice, "instances", {"name": "b", "subnet_id": s2,
+                                                                               "host": "h1"})["eni_id"],
+               "egress_only_gateway_id": lambda: api.create(alice, "egress-only-internet-gateways",
+                                                            {"vpc_id": v2})["id"]}
+    target = targets[field]()
+    destination = "::/0" if field == "egress_only_gateway_id" else "0.0.0.0/0"
+    route = {"destination": destination, field: target}
     api.refused("POST", "/v1/route-tables", alice, {"vpc_id": w["vpcs"], "routes": [route]}, status=422,
                 field=f"routes[0].{field}", says=("another VPC",))
     api.refused("PATCH", f"/v1/route-tables/{w['route-tables']}", alice, {"routes": [route]}, status=422,
                 field=f"routes[0].{field}", says=("another VPC",))
     routes = api.create(alice, "route-tables", {"vpc_id": v2, "routes": [route]})["routes"]
     assert [(x["destination"], x["gateway_id"] if x["gateway_id"] == "local" else x[field]) for x in routes] == \
-        [("10.1.0.0/16", "local"), ("0.0.0.0/0", targets[field])]
+        [("10.1.0.0/16", "local"), (destination, target)]
 
 
 def test_duplicate_names_are_refused_where_names_are_identities(api, alice, bob):
@@ -780,7 +796,8 @@ def test_a_missing_or_unknown_token_is_401(api, alice):
     r = api.client.get("/v1/vpcs", headers={"Authorization": f"Basic {alice}"})
     assert r.status_code == 401
     assert api.list(alice, "vpcs") == []
-    assert api.ok("GET", "/v1/whoami", alice) == {"account": api.account_id(alice), "admin": False}
+    assert api.ok("GET", "/v1/whoami", alice) == {"account": api.account_id(alice), "admin": False,
+                                                  "region": "lab-1"}
     assert api.ok("GET", "/v1/whoami", ADMIN)["admin"] is True
 
 
@@ -850,6 +867,10 @@ def test_another_accounts_ids_as_references_answer_404_naming_the_field(api, ali
         ("POST", "/v1/route-tables", {"vpc_id": b["vpcs"], "routes": [
             {"destination": "10.9.0.0/16", "network_interface_id": a["network-interfaces"]}]},
          "routes[0].network_interface_id"),
+        ("POST", "/v1/route-tables", {"vpc_id": b["vpcs"], "routes": [
+            {"destination": "::/0", "egress_only_gateway_id": a["egress-only-internet-gateways"]}]},
+         "routes[0].egress_only_gateway_id"),
+        ("POST", "/v1/egress-only-internet-gateways", {"vpc_id": a["vpcs"]}, "vpc_id"),
         ("POST", "/v1/internet-gateways", {"vpc_id": a["vpcs"]}, "vpc_id"),
         ("POST", "/v1/nat-gateways", {"subnet_id": a["subnets"], "connectivity_type": "private"}, "subnet_id"),
         ("POST", "/v1/nat-gateways", {"subnet_id": b["subnets"], "allocation_id": a["nat-eip"]}, "allocation_id"),
@@ -993,6 +1014,9 @@ def test_a_refused_request_writes_nothing_but_its_audit_record(api, alice, bob):
         (alice, "PATCH", f"/v1/load-balancers/{w['load-balancers']}", {"listeners": [
             {"port": 53, "protocol": "tcp", "target_group_id": udp}]}, 422),
         (alice, "POST", "/v1/internet-gateways", {"vpc_id": w["vpcs"]}, 409),
+        (alice, "POST", "/v1/egress-only-internet-gateways", {"vpc_id": w["vpcs"]}, 409),
+        (alice, "PATCH", f"/v1/vpcs/{w['vpcs']}", {"ipv6_cidr_block": "2001:db8:ffff:ff00::/56",
+                                                   "amazon_provided_ipv6_cidr_block": True}, 422),
         (bob, "DELETE", f"/v1/vpcs/{v2['id']}", None, 404),
         (bob, "POST", "/v1/subnets", {"vpc_id": w["vpcs"], "cidr_block": "10.0.9.0/24"}, 404),
         (alice, "POST", "/v1/accounts", {"name": "mallory"}, 403),
@@ -1057,12 +1081,20 @@ def test_infra_desired_lists_hosts_vpcs_and_every_eni(api, alice, bob):
     assert isinstance(view["revision"], int) and view["revision"] > 0
     assert sorted((h["name"], h["underlay_ip"]) for h in view["hosts"]) == sorted(HOSTS.items())
     vpcs = {v["id"]: v for v in view["vpcs"]}
-    assert set(vpcs) == {a["vpcs"], b["vpcs"]}
+    assert set(vpcs) == {a["vpcs"], b["vpcs"], a["spare-vpc"], b["spare-vpc"]}
     assert vpcs[a["vpcs"]]["subnets"] == ["10.0.1.0/24"]
     assert sorted(vpcs[b["vpcs"]]["subnets"]) == ["10.0.1.0/24", "10.0.2.0/24"]
     for v in vpcs.values():
         assert v["cidr_block"] == "10.0.0.0/16"
-        assert v["vni"] == api.get(alice if v["id"] == a["vpcs"] else bob, "vpcs", v["id"])["vni"]
+        assert v["vni"] == api.get(alice if v["id"] in (a["vpcs"], a["spare-vpc"]) else bob, "vpcs", v["id"])["vni"]
+        assert (v["ipv6_cidr_block"], v["ipv6_subnets"]) == (None, [])
+    # The world's VPC has a set (its resolver named directly); the spare VPC the default options.
+    assert vpcs[a["vpcs"]]["dhcp_options"] == {"domain_name": "corp.example", "domain_name_servers": ["10.0.0.2"],
+                                               "ntp_servers": []}
+    assert vpcs[a["spare-vpc"]]["dhcp_options"] == {"domain_name": "lab-1.compute.internal",
+                                                    "domain_name_servers": ["10.0.0.2"], "ntp_servers": []}
+    assert sorted((g["vpc_id"], g["account"]) for g in view["egress_only_gateways"]) == sorted(
+        [(a["vpcs"], api.account_id(alice)), (b["vpcs"], api.account_id(bob))])
     enis = {e["id"]: e for e in view["enis"]}
     assert set(enis) == {a["network-interfaces"], b["network-interfaces"], moved["eni_id"], a["nat-eni"], b["nat-eni"],
                          a["nlb-eni"], b["nlb-eni"]}
@@ -1074,7 +1106,7 @@ def test_infra_desired_lists_hosts_vpcs_and_every_eni(api, alice, bob):
                  "security_group_ids": moved["security_group_ids"],
                  "connection_tracking": {"tcp_established_timeout": 432000, "udp_stream_timeout": 180,
                                          "udp_timeout": 30, "max_tracked_flows": 65536}, "nat_gateway_id": None,
-                 "load_balancer_id": None}
+                 "load_balancer_id": None, "ipv6_address": None, "ipv6_prefixlen": None}
     # Policy travels with the view: every group, ACL, subnet (with its ACL) and flow log.
     groups = {g["id"]: g for g in view["security_groups"]}
     assert set(moved["security_group_ids"]) <= set(groups)
@@ -1083,8 +1115,9 @@ def test_infra_desired_lists_hosts_vpcs_and_every_eni(api, alice, bob):
     acls = {a["id"]: a for a in view["network_acls"]}
     assert subnets[moved["subnet_id"]]["network_acl_id"] in acls
     default_acl = acls[subnets[moved["subnet_id"]]["network_acl_id"]]
+    # A VPC without IPv6: rule 100 alone (rule 101, for ::/0, comes with an IPv6 block: test_ipv6_api.py).
     assert sorted((x["rule_number"], x["egress"], x["cidr"]) for x in default_acl["entries"]) == [
-        (100, False, "0.0.0.0/0"), (100, True, "0.0.0.0/0"), (101, False, "::/0"), (101, True, "::/0")]
+        (100, False, "0.0.0.0/0"), (100, True, "0.0.0.0/0")]
     assert (enis[a["network-interfaces"]]["host"], enis[a["network-interfaces"]]["underlay_ip"]) == ("h1", HOSTS["h1"])
     assert enis[a["network-interfaces"]]["account"] == api.account_id(alice)
 
@@ -1137,7 +1170,7 @@ NESTED = {
     "route-tables": ("routes", lambda w: [{"destination": "192.0.2.0/24",
                                             "network_interface_id": w["network-interfaces"]}]),
     "target-groups": ("targets", lambda w: [{"instance_id": w["instances"], "port": 8080}]),
-    "dns-zones": ("records", lambda w: [{"name": "a.corp.internal", "type": "A", "values": ["10.0.1.5"]}]),
+    "dns-zones": ("records", lambda w: [{"name": "a.extra.internal", "type": "A", "values": ["10.0.1.5"]}]),
 }
 
 
@@ -1146,7 +1179,9 @@ def test_patched_nested_objects_are_stored_like_created_ones(api, alice, collect
     w = build_world(api, alice)
     field, value = NESTED[collection]
     body = SPECS[collection][0](w)
-    created = api.create(alice, collection, {**body, field: value(w), **({"name": "other"} if "name" in body else {})})
+    # Another name where names must be unique (a zone's name is its domain: two zones in no VPC may share it).
+    renamed = {"name": "other"} if "name" in body and collection != "dns-zones" else {}
+    created = api.create(alice, collection, {**body, field: value(w), **renamed})
     patched = api.patch(alice, collection, api.create(alice, collection, body)["id"], {field: value(w)})
     assert patched[field] == created[field]
 

@@ -50,13 +50,16 @@ async def seed(cp: ControlPlane) -> None:
         return rec
 
     dopt = await create("dhcp-options", name="corp")
-    vpc = await create("vpcs", cidr_block="10.0.0.0/16", name="fuzz", dhcp_options_id=dopt["id"])
-    subnet = await create("subnets", vpc_id=vpc["id"], cidr_block="10.0.1.0/24")
+    vpc = await create("vpcs", cidr_block="10.0.0.0/16", name="fuzz", dhcp_options_id=dopt["id"],
+                       amazon_provided_ipv6_cidr_block=True)  # dual stack: the IPv6 rules run too
+    subnet = await create("subnets", vpc_id=vpc["id"], cidr_block="10.0.1.0/24",
+                          ipv6_cidr_block=vpc["ipv6_cidr_block"].replace("/56", "/64"))
     sg = await create("security-groups", vpc_id=vpc["id"], name="web", ingress=[{"cidr": "0.0.0.0/0"}])
     inst = await create("instances", name="fuzz-1", subnet_id=subnet["id"], host="h1", security_group_ids=[sg["id"]])
     SEEDED["network-interfaces"] = inst["eni_id"]
     await create("network-acls", vpc_id=vpc["id"], name="strict")
     igw = await create("internet-gateways", vpc_id=vpc["id"])
+    await create("egress-only-internet-gateways", vpc_id=vpc["id"])
     await create("elastic-ips", instance_id=inst["id"])
     nat_eip = await cp.create(me, "elastic-ips", r.ElasticIpCreate(name="nat"))  # not seeded: the instance's is
     await create("nat-gateways", subnet_id=subnet["id"], allocation_id=nat_eip["id"])

@@ -9,6 +9,7 @@ fresh store with three registered hosts and one account.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import pathlib
 import re
 
@@ -1126,3 +1127,348 @@ def test_any_sequence_of_hyperplane_files_converges(api, files):
             assert w.balancers[b["name"]]["subnet_ids"] == [w.net.subnets[s]["id"] for s in b["subnets"]]
             if b.get("private_ip"):
                 assert w.balancers[b["name"]]["private_ip"] == b["private_ip"]
+
+
+# --- IPv6, egress-only gateways, DHCP options and private DNS ------------------------------------------------
+POOL_FIRST = "2001:db8:100::/56"  # the API's default pool's first /56
+
+
+def dual() -> dict:
+    """A dual-stack VPC (an amazon-provided /56): two subnets with /64s (by position and by index), one
+    without; a TAP instance with an explicit interface part; the egress-only gateway routed to; a DHCP
+    option set and a private zone."""
+    return {
+        "hosts": [{"name": "host-a"}, {"name": "host-b"}],
+        "vpcs": [{
+            "name": "six",
+            "cidr": "10.0.0.0/16",
+            "ipv6": True,
+            "internet_gateway": True,
+            "egress_only_gateway": True,
+            "dhcp_options": {"domain_name": "corp.example", "domain_name_servers": ["AmazonProvidedDNS", "192.0.2.53"]},
+            "dns_zones": [{"name": "corp.internal", "records": [
+                {"name": "web.corp.internal", "type": "A", "values": ["10.0.1.10"]},
+                {"name": "www.corp.internal", "type": "CNAME", "ttl": 60, "values": "web.corp.internal"}]}],
+            "route_tables": [{"name": "main", "routes": [
+                {"destination": "0.0.0.0/0", "target": "internet_gateway"},
+                {"destination": "::/0", "target": "egress_only_gateway"}]}],
+            "subnets": [{"name": "app", "cidr": "10.0.1.0/24", "ipv6": True},
+                        {"name": "ops", "cidr": "10.0.2.0/24", "ipv6": True, "ipv6_index": 5},
+                        {"name": "legacy", "cidr": "10.0.3.0/24"}],
+            "instances": [
+                {"name": "web", "subnet": "app", "host": "host-b", "ip": "10.0.1.10", "ipv6": "::10",
+                 "interface": "tap"},
+                {"name": "db", "subnet": "app", "host": "host-a"},
+                {"name": "admin", "subnet": "ops", "host": "host-a", "security_groups": ["admin"]},
+                {"name": "old", "subnet": "legacy", "host": "host-a"},
+            ],
+            "security_groups": [{"name": "admin", "ingress": [{"protocol": "tcp", "ports": 22, "cidr": "::/0"}]}],
+        }],
+    }
+
+
+class Six:
+    """The account's dual-stack resources by name, read back through the API."""
+
+    def __init__(self, api):
+        (self.vpc,) = api.call("GET", "/v1/vpcs")
+        self.subnets = {s["name"]: s for s in api.call("GET", "/v1/subnets")}
+        self.instances = {i["name"]: i for i in api.call("GET", "/v1/instances")}
+        self.eigws = api.call("GET", "/v1/egress-only-internet-gateways")
+        self.groups = {g["name"]: g for g in api.call("GET", "/v1/security-groups")}
+        self.main = api.call("GET", f"/v1/route-tables/{self.vpc['main_route_table_id']}")
+        self.dhcp = api.call("GET", "/v1/dhcp-options")
+        self.zones = api.call("GET", "/v1/dns-zones")
+        self.acl = api.call("GET", f"/v1/network-acls/{self.vpc['default_network_acl_id']}")
+
+    def six(self, subnet: str) -> str | None:
+        return self.subnets[subnet]["ipv6_cidr_block"]
+
+    def ipv6(self) -> dict:
+        return {n: (i["ipv6_address"], i["interface_type"]) for n, i in self.instances.items()}
+
+    def routes(self) -> list[tuple]:
+        return [(r["destination"], "local" if r["gateway_id"] == "local" else
+                 "eigw" if r["egress_only_gateway_id"] else "igw" if r["gateway_id"] else "eni", r["state"])
+                for r in self.main["routes"]]
+
+    def egress(self, group: str) -> list[str]:
+        return [r["cidr"] for r in self.groups[group]["egress"]]
+
+
+def test_dual_stack_applies_then_a_second_apply_changes_nothing(api):
+    changes = applied(api, dual())
+    shown = [re.sub(r"-[0-9a-f]{16,17}", "-ID", c) for c in changes]
+    for line in (f"created VPC six (10.0.0.0/16, {POOL_FIRST}, VNI 1)",
+                 "created egress-only internet gateway six/six-eigw (eigw-ID)",
+                 "created subnet six/app (10.0.1.0/24, 2001:db8:100::/64)",
+                 "created subnet six/ops (10.0.2.0/24, 2001:db8:100:5::/64)", "created subnet six/legacy (10.0.3.0/24)",
+                 "created instance web (10.0.1.10, 2001:db8:100::10, tap on host-b)",
+                 "created instance db (10.0.1.4, 2001:db8:100::4 on host-a)",
+                 "created instance old (10.0.3.4 on host-a)",
+                 "created DHCP options six (dopt-ID: corp.example, AmazonProvidedDNS, 192.0.2.53) for VPC six",
+                 "created DNS zone six/corp.internal (zone-ID, 2 record sets)", "changed route table six/main: routes"):
+        assert line in shown, (line, changes)
+    w = Six(api)
+    assert (w.vpc["ipv6_cidr_block"], w.vpc["amazon_provided_ipv6_cidr_block"]) == (POOL_FIRST, True)
+    assert (w.six("app"), w.six("ops"), w.six("legacy")) == ("2001:db8:100::/64", "2001:db8:100:5::/64", None)
+    assert w.ipv6() == {"web": ("2001:db8:100::10", "tap"), "db": ("2001:db8:100::4", "tun"),
+                        "admin": ("2001:db8:100:5::4", "tun"), "old": (None, "tun")}
+    (eigw,) = w.eigws
+    assert (eigw["name"], eigw["vpc_id"]) == ("six-eigw", w.vpc["id"])
+    assert w.routes() == [("10.0.0.0/16", "local", "active"), (POOL_FIRST, "local", "active"),
+                          ("0.0.0.0/0", "igw", "active"), ("::/0", "eigw", "active")]
+    # The defaults with a block: all out to both families; a group without egress in the file the same.
+    assert w.egress("default") == ["0.0.0.0/0", "::/0"] and w.egress("admin") == ["0.0.0.0/0", "::/0"]
+    assert sorted((e["rule_number"], e["egress"], e["cidr"]) for e in w.acl["entries"]) == [
+        (100, False, "0.0.0.0/0"), (100, True, "0.0.0.0/0"), (101, False, "::/0"), (101, True, "::/0")]
+    (dopt,) = w.dhcp
+    assert w.vpc["dhcp_options_id"] == dopt["id"]
+    assert (dopt["name"], dopt["domain_name"], dopt["domain_name_servers"], dopt["ntp_servers"]) == (
+        "six", "corp.example", ["AmazonProvidedDNS", "192.0.2.53"], [])
+    (zone,) = w.zones
+    assert (zone["name"], zone["vpc_ids"]) == ("corp.internal", [w.vpc["id"]])
+    assert zone["records"] == [{"name": "web.corp.internal", "type": "A", "ttl": 300, "values": ["10.0.1.10"]},
+                               {"name": "www.corp.internal", "type": "CNAME", "ttl": 60,
+                                "values": ["web.corp.internal"]}]
+
+
+def test_a_given_block_places_subnets_and_addresses_as_the_file_says(api):
+    data = dual()
+    vpc = data["vpcs"][0]
+    del vpc["ipv6"]
+    vpc["ipv6_cidr"] = "2001:db8:ab00::/56"
+    vpc["subnets"][1] = {"name": "ops", "cidr": "10.0.2.0/24", "ipv6_cidr": "2001:db8:ab00:7::/64"}
+    vpc["instances"][2]["ipv6"] = "2001:db8:ab00:7::99"
+    vpc["route_tables"][0]["routes"].append({"destination": "2001:db8:ab00:7::/64", "target": "instance/web"})
+    applied(api, data)
+    w = Six(api)
+    assert (w.vpc["ipv6_cidr_block"], w.six("app"), w.six("ops")) == (
+        "2001:db8:ab00::/56", "2001:db8:ab00::/64", "2001:db8:ab00:7::/64")
+    assert w.ipv6()["admin"] == ("2001:db8:ab00:7::99", "tun")
+    assert w.ipv6()["web"] == ("2001:db8:ab00::10", "tap")
+    assert w.routes()[-1] == ("2001:db8:ab00:7::/64", "eni", "active")
+    # Another given block: the subnets with /64s and their instances are re-created in it.
+    vpc["ipv6_cidr"] = "2001:db8:cd00::/56"
+    vpc["subnets"][1]["ipv6_cidr"] = "2001:db8:cd00:7::/64"
+    vpc["instances"][2]["ipv6"] = "2001:db8:cd00:7::99"
+    vpc["route_tables"][0]["routes"][-1]["destination"] = "2001:db8:cd00:7::/64"
+    changes = applied(api, data)
+    assert "changed VPC six: IPv6 block 2001:db8:ab00::/56 removed" in changes
+    assert "changed VPC six: IPv6 block 2001:db8:cd00::/56 added" in changes
+    assert any(c.startswith("deleted subnet six/ops") for c in changes)
+    assert not any(c.startswith("deleted subnet six/legacy") for c in changes)
+    w = Six(api)
+    assert (w.vpc["ipv6_cidr_block"], w.six("app"), w.six("ops")) == (
+        "2001:db8:cd00::/56", "2001:db8:cd00::/64", "2001:db8:cd00:7::/64")
+    assert w.ipv6() == {"web": ("2001:db8:cd00::10", "tap"), "db": ("2001:db8:cd00::4", "tun"),
+                        "admin": ("2001:db8:cd00:7::99", "tun"), "old": (None, "tun")}
+
+
+def test_ipv6_is_added_in_place_and_removed_by_re_creating_what_had_it(api):
+    data = dual()
+    v4 = copy.deepcopy(data)
+    v4vpc = v4["vpcs"][0]
+    for key in ("ipv6", "egress_only_gateway"):
+        del v4vpc[key]
+    v4vpc["route_tables"] = []
+    for s in v4vpc["subnets"]:
+        s.pop("ipv6", None), s.pop("ipv6_index", None)
+    for i in v4vpc["instances"]:
+        i.pop("ipv6", None)
+    applied(api, v4)
+    before = Six(api)
+    assert before.vpc["ipv6_cidr_block"] is None and set(before.ipv6().values()) <= {(None, "tun"), (None, "tap")}
+    assert before.egress("default") == ["0.0.0.0/0"] and before.egress("admin") == ["0.0.0.0/0"]
+    # Added: the VPC and the subnets in place; instances that now get addresses are re-created.
+    changes = applied(api, data)
+    assert f"changed VPC six: IPv6 block {POOL_FIRST} added" in changes
+    assert "changed subnet six/app: ipv6_cidr=2001:db8:100::/64" in changes
+    assert "changed security group six/admin: egress" in changes  # the file's default: both families now
+    assert "deleted instance db (10.0.1.4)" in changes and "deleted instance old (10.0.3.4)" not in changes
+    after = Six(api)
+    assert after.vpc["id"] == before.vpc["id"] and after.subnets["app"]["id"] == before.subnets["app"]["id"]
+    assert after.instances["old"]["id"] == before.instances["old"]["id"]
+    assert after.ipv6()["db"] == ("2001:db8:100::4", "tun")
+    assert after.egress("default") == ["0.0.0.0/0", "::/0"]  # the API's doing: its default, unmodified
+    # Removed: the subnets with /64s are re-created without, the block goes, and so does the gateway with
+    # its routes (the main table, were the file to leave it as it is).
+    v4vpc["route_tables"] = [{"name": "main"}]
+    changes = applied(api, v4)
+    shown = [re.sub(r"-[0-9a-f]{16,17}", "-ID", c) for c in changes]
+    assert f"changed VPC six: IPv6 block {POOL_FIRST} removed" in changes
+    assert "changed route table six/main: routes (those to egress-only internet gateway six-eigw removed)" in changes
+    assert "deleted egress-only internet gateway six/six-eigw (eigw-ID)" in shown
+    w = Six(api)
+    assert w.vpc["ipv6_cidr_block"] is None and w.eigws == []
+    assert (w.six("app"), w.six("ops")) == (None, None) and w.subnets["legacy"]["id"] == before.subnets["legacy"]["id"]
+    assert all(x == (None, "tun") for n, x in w.ipv6().items() if n != "web")
+    assert w.routes() == [("10.0.0.0/16", "local", "active"), ("0.0.0.0/0", "igw", "active")]
+
+
+def test_an_instances_interface_or_address_change_re_creates_it(api):
+    data = dual()
+    applied(api, data)
+    before = Six(api)
+    data["vpcs"][0]["instances"][1]["interface"] = "tap"
+    data["vpcs"][0]["instances"][2]["ipv6"] = "::20"
+    changes = applied(api, data)
+    assert "deleted instance db (10.0.1.4)" in changes and "deleted instance admin (10.0.2.4)" in changes
+    assert "created instance admin (10.0.2.4, 2001:db8:100:5::20 on host-a)" in changes
+    w = Six(api)
+    assert w.ipv6()["db"] == ("2001:db8:100::4", "tap") and w.ipv6()["admin"] == ("2001:db8:100:5::20", "tun")
+    assert w.instances["web"]["id"] == before.instances["web"]["id"]
+    # An explicit address given out of the file (the API's choice) is kept: no change.
+    del data["vpcs"][0]["instances"][2]["ipv6"]
+    assert apply(api, data) == []
+
+
+def test_dhcp_options_are_replaced_when_they_change_and_go_when_the_file_drops_them(api):
+    data = dual()
+    applied(api, data)
+    (first,) = Six(api).dhcp
+    data["vpcs"][0]["dhcp_options"] = {"ntp_servers": ["169.254.169.123"]}  # the region's domain, the resolver
+    changes = applied(api, data)
+    shown = [re.sub(r"-[0-9a-f]{16,17}", "-ID", c) for c in changes]
+    assert shown == ["created DHCP options six (dopt-ID: lab-1.compute.internal, AmazonProvidedDNS) for VPC six",
+                     f"deleted DHCP options {first['id']} (no VPC uses them)".replace(first["id"], "dopt-ID")]
+    w = Six(api)
+    (dopt,) = w.dhcp
+    assert w.vpc["dhcp_options_id"] == dopt["id"] and dopt["ntp_servers"] == ["169.254.169.123"]
+    del data["vpcs"][0]["dhcp_options"]
+    assert applied(api, data) == ["changed VPC six: dhcp_options=default",
+                                  f"deleted DHCP options {dopt['id']} (no VPC uses them)"]
+    w = Six(api)
+    assert w.vpc["dhcp_options_id"] is None and w.dhcp == []
+
+
+def test_zones_are_changed_in_place_and_go_with_the_file_or_the_vpc(api):
+    data = dual()
+    applied(api, data)
+    (zone,) = Six(api).zones
+    records = data["vpcs"][0]["dns_zones"][0]["records"]
+    records[0]["values"] = ["10.0.1.10", "10.0.1.11"]
+    records[1]["name"] = "WWW.Corp.Internal."  # the same name as DNS compares names: no change for it
+    assert applied(api, data) == ["changed DNS zone six/corp.internal: records"]
+    (again,) = Six(api).zones
+    assert again["id"] == zone["id"] and again["records"][0]["values"] == ["10.0.1.10", "10.0.1.11"]
+    data["vpcs"][0]["dns_zones"] = [{"name": "other.internal"}]
+    changes = applied(api, data)
+    shown = [re.sub(r"-[0-9a-f]{16,17}", "-ID", c) for c in changes]
+    assert shown == ["created DNS zone six/other.internal (zone-ID, 0 record sets)",
+                     "deleted DNS zone six/corp.internal (zone-ID)"]
+    # A zone shared by hand with another VPC is taken off this VPC's list, not deleted.
+    other = api.call("POST", "/v1/vpcs", {"name": "by-hand", "cidr_block": "10.9.0.0/16"})
+    (mine,) = api.call("GET", "/v1/dns-zones")
+    api.call("PATCH", f"/v1/dns-zones/{mine['id']}", {"vpc_ids": mine["vpc_ids"] + [other["id"]]})
+    data["vpcs"][0]["dns_zones"] = []
+    data["vpcs"].append({"name": "by-hand", "cidr": "10.9.0.0/16", "dns_zones": [{"name": "other.internal"}]})
+    assert apply(api, data) == [f"changed DNS zone other.internal ({mine['id']}): no longer associated with VPC six"]
+    assert [z["vpc_ids"] for z in api.call("GET", "/v1/dns-zones")] == [[other["id"]]]
+    # Deleting a VPC deletes its zones, its egress-only gateway and its (no longer used) DHCP options.
+    data["vpcs"] = [data["vpcs"][1]]
+    changes = apply(api, data)
+    shown = [re.sub(r"-[0-9a-f]{16,17}", "-ID", c) for c in changes]
+    assert "deleted egress-only internet gateway six/six-eigw (eigw-ID)" in shown
+    assert "deleted VPC six (10.0.0.0/16)" in shown and "deleted DHCP options dopt-ID (no VPC uses them)" in shown
+    assert api.call("GET", "/v1/dhcp-options") == [] and api.call("GET", "/v1/egress-only-internet-gateways") == []
+    data["vpcs"] = []
+    assert apply(api, data) == [f"deleted DNS zone by-hand/other.internal ({mine['id']})",
+                                "deleted VPC by-hand (10.9.0.0/16)"]
+    assert api.call("GET", "/v1/dns-zones") == []
+
+
+def test_a_renamed_egress_only_gateway_is_renamed_in_place(api):
+    data = dual()
+    applied(api, data)
+    (before,) = Six(api).eigws
+    data["vpcs"][0]["egress_only_gateway"] = {"name": "v6-out"}
+    assert applied(api, data) == ["changed egress-only internet gateway six/v6-out: name (was six-eigw)"]
+    (after,) = Six(api).eigws
+    assert after["id"] == before["id"] and after["name"] == "v6-out"
+
+
+def test_the_dual_stack_vpc_is_deleted_whole(api):
+    applied(api, dual())
+    changes = applied(api, {"hosts": [{"name": "host-a"}], "vpcs": []})
+    assert changes[-1] == "deleted DHCP options %s (no VPC uses them)" % changes[-1].split()[3]
+    for collection in ("vpcs", "subnets", "instances", "egress-only-internet-gateways", "dns-zones", "dhcp-options",
+                       "internet-gateways"):
+        assert api.call("GET", f"/v1/{collection}") == [], collection
+
+
+ZONES = [("x.internal", "10.0.0.9"), ("y.internal", "10.0.0.8"), ("x.internal", "10.0.0.7")]
+
+
+@st.composite
+def dual_stack_files(draw) -> dict:
+    """A valid file of random IPv6 over a fixed VPC: its block (none, amazon-provided, one of two given),
+    which subnets have /64s (at which index), the instances' interfaces and explicit interface parts, the
+    egress-only gateway and routes to it, DHCP options and a zone."""
+    block = draw(st.sampled_from([None, True, "2001:db8:ab00::/56", "2001:db8:cd00::/56"]))
+    eigw = draw(st.booleans())
+    subnets = []
+    for n, (name, cidr) in enumerate((("app", "10.0.1.0/24"), ("ops", "10.0.2.0/24"))):
+        s = {"name": name, "cidr": cidr}
+        if block and draw(st.booleans()):
+            s.update(ipv6=True, ipv6_index=draw(st.sampled_from([n, n + 10])))
+        subnets.append(s)
+    instances = []
+    for name in draw(st.lists(st.sampled_from(["i1", "i2", "i3"]), unique=True, max_size=3)):
+        subnet = draw(st.sampled_from(subnets))
+        inst = {"name": name, "subnet": subnet["name"], "host": "host-a",
+                "interface": draw(st.sampled_from(["tun", "tap"]))}
+        if subnet.get("ipv6") and draw(st.booleans()):
+            inst["ipv6"] = f"::{10 + int(name[1]):x}"
+        instances.append(inst)
+    routes = [{"destination": d, "target": "egress_only_gateway"}
+              for d in draw(st.lists(st.sampled_from(["::/0", "2001:db8:ffff::/48"]), unique=True))] if eigw else []
+    vpc = {"name": "six", "cidr": "10.0.0.0/16", "egress_only_gateway": eigw, "subnets": subnets,
+           "instances": instances, "route_tables": [{"name": "main", "routes": routes}],
+           "dns_zones": [{"name": z, "records": [{"name": f"a.{z}", "type": "A", "values": [v]}]}
+                         for z, v in draw(st.lists(st.sampled_from(ZONES), unique_by=lambda zv: zv[0], max_size=2))]}
+    if block is True:
+        vpc["ipv6"] = True
+    elif block:
+        vpc["ipv6_cidr"] = block
+    dhcp = draw(st.sampled_from([None, {}, {"domain_name": "corp.example"}, {"ntp_servers": ["192.0.2.1"]}]))
+    if dhcp is not None:
+        vpc["dhcp_options"] = dhcp
+    return {"hosts": [{"name": "host-a"}], "vpcs": [vpc]}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(dual_stack_files(), min_size=2, max_size=3))
+def test_any_sequence_of_dual_stack_files_converges(api, files):
+    for data in files:
+        apply(api, data)
+        assert apply(api, data) == []
+        w, (vpc,) = Six(api), data["vpcs"]
+        block = w.vpc["ipv6_cidr_block"]
+        assert (block is not None) == bool(vpc.get("ipv6") or vpc.get("ipv6_cidr"))
+        assert block == vpc.get("ipv6_cidr", block)
+        for s in vpc["subnets"]:
+            want = None
+            if s.get("ipv6"):
+                net = ipaddress.IPv6Network(block)
+                want = str(ipaddress.IPv6Network((int(net.network_address) + (s["ipv6_index"] << 64), 64)))
+            assert w.six(s["name"]) == want, s
+        subnets = {s["name"]: s for s in vpc["subnets"]}
+        for i in vpc["instances"]:
+            address, interface = w.ipv6()[i["name"]]
+            assert interface == i["interface"]
+            six = w.six(i["subnet"])
+            assert (address is None) == (six is None)
+            if "ipv6" in i:
+                assert address == str(ipaddress.IPv6Network(six)[int(i["ipv6"][2:], 16)])
+            assert subnets[i["subnet"]]
+        assert [e["name"] for e in w.eigws] == (["six-eigw"] if vpc["egress_only_gateway"] else [])
+        assert sorted(d for d, kind, state in w.routes() if kind == "eigw" and state == "active") == sorted(
+            r["destination"] for r in vpc["route_tables"][0]["routes"])
+        assert sorted(z["name"] for z in w.zones) == sorted(z["name"] for z in vpc["dns_zones"])
+        if "dhcp_options" in vpc:
+            (dopt,) = w.dhcp
+            assert w.vpc["dhcp_options_id"] == dopt["id"]
+            assert dopt["domain_name"] == vpc["dhcp_options"].get("domain_name", "lab-1.compute.internal")
+        else:
+            assert w.vpc["dhcp_options_id"] is None and w.dhcp == []

@@ -240,7 +240,8 @@ def test_the_infrastructure_view_carries_nat_gateways_and_their_addresses(api, a
         "id": nat["eni_id"], "vni": vni, "vpc_id": vpc, "private_ip": "10.0.1.6", "prefixlen": 24, "host": None,
         "underlay_ip": None, "instance": "", "instance_id": None, "account": account, "source_dest_check": False,
         "interface_type": "nat_gateway", "subnet_id": w["subnet"]["id"], "security_group_ids": [],
-        "connection_tracking": None, "nat_gateway_id": nat["id"], "load_balancer_id": None}
+        "connection_tracking": None, "nat_gateway_id": nat["id"], "load_balancer_id": None,
+        "ipv6_address": None, "ipv6_prefixlen": None}
     assert enis[w["web"]["eni_id"]]["nat_gateway_id"] is None
 
 

@@ -193,7 +193,8 @@ def test_the_infrastructure_view_carries_load_balancers_and_target_groups(api, a
         "id": lb["eni_id"], "vni": vni, "vpc_id": vpc, "private_ip": "10.0.1.100", "prefixlen": 24, "host": None,
         "underlay_ip": None, "instance": "", "instance_id": None, "account": account, "source_dest_check": False,
         "interface_type": "network_load_balancer", "subnet_id": w["subnet"]["id"], "security_group_ids": [],
-        "connection_tracking": None, "nat_gateway_id": None, "load_balancer_id": lb["id"]}
+        "connection_tracking": None, "nat_gateway_id": None, "load_balancer_id": lb["id"],
+        "ipv6_address": None, "ipv6_prefixlen": None}
     assert enis[w["web"]["eni_id"]]["load_balancer_id"] is None
 
     # A deleted instance's target is left out; the others stay.

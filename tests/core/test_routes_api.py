@@ -307,7 +307,8 @@ def test_the_infrastructure_view_carries_tables_gateways_and_public_addresses(ap
     assert subnets[a["subnet"]["id"]]["route_table_id"] == a["rtb"]  # the main table, by default
     assert subnets[s2["id"]]["route_table_id"] == public["id"]
     assert subnets[b["subnet"]["id"]]["route_table_id"] == b["rtb"]
-    assert set(subnets[s2["id"]]) == {"id", "account", "vpc_id", "cidr_block", "network_acl_id", "route_table_id"}
+    assert set(subnets[s2["id"]]) == {"id", "account", "vpc_id", "cidr_block", "network_acl_id", "route_table_id",
+                                      "ipv6_cidr_block"}
     tables = {t["id"]: t for t in view["route_tables"]}
     assert set(tables) == {a["rtb"], b["rtb"], public["id"]}
     assert tables[public["id"]] == {

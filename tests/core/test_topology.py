@@ -272,8 +272,9 @@ ERRORS = {
 }
 
 
-PATH = r"[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: "  # every line of a refusal starts with the field's path
-TOP_OR_PATH = r"(top level|[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*): "
+# Every line of a refusal starts with the field's path (keys may hold digits: ipv6_cidr).
+PATH = r"[a-z_][a-z0-9_]*(\[\d+\])?(\.[a-z_][a-z0-9_]*(\[\d+\])?)*: "
+TOP_OR_PATH = r"(top level|[a-z_][a-z0-9_]*(\[\d+\])?(\.[a-z_][a-z0-9_]*(\[\d+\])?)*): "
 
 
 def assert_refused(data, expected: list[str], line_start: str = PATH) -> None:
@@ -834,10 +835,11 @@ INTERNET_ERRORS = {
             {"destination": "0.0.0.0/0", "target": "instance/web"}]}]),
         ["vpcs[1].route_tables[0].routes[0].target: unknown instance 'web' in VPC 'other' (instances: none)"]),
     "route target unknown kind": (_route(0, destination="0.0.0.0/0", target="igw"),
-                                  [f"{T}[0].target: 'igw' is not internet_gateway, instance/NAME or nat_gateway/NAME"]),
+                                  [f"{T}[0].target: 'igw' is not internet_gateway, egress_only_gateway, "
+                                   "instance/NAME or nat_gateway/NAME"]),
     "route target without a name": (_route(0, destination="0.0.0.0/0", target="instance/"),
-                                     [f"{T}[0].target: 'instance/' is not internet_gateway, instance/NAME or "
-                                      "nat_gateway/NAME"]),
+                                     [f"{T}[0].target: 'instance/' is not internet_gateway, egress_only_gateway, "
+                                      "instance/NAME or nat_gateway/NAME"]),
     "destination not a cidr": (_route(0, destination="anywhere", target="internet_gateway"),
                                [f"{T}[0].destination: 'anywhere' is not a CIDR block"]),
     "destination host bits": (_route(0, destination="10.1.0.1/24", target="internet_gateway"),
@@ -1172,7 +1174,7 @@ HYPERPLANE_ERRORS = {
                                  "(NAT gateways: nat)"]),
     "route to nat_gateway/": (_set("vpcs.0.route_tables.1.routes.0.target", "nat_gateway/"),
                               ["vpcs[0].route_tables[1].routes[0].target: 'nat_gateway/' is not internet_gateway, "
-                               "instance/NAME or nat_gateway/NAME"]),
+                               "egress_only_gateway, instance/NAME or nat_gateway/NAME"]),
     "duplicate target group": (_append("vpcs.0.target_groups", {"name": "web", "port": 81}),
                                [f"vpcs[0].target_groups[1].name: duplicate target group name 'web' (first used at "
                                 f"{TG}.name)"]),
@@ -1300,3 +1302,255 @@ def test_any_hyperplane_input_either_parses_or_raises_topology_error(data):
         parse_topology(data)
     except TopologyError as e:
         assert str(e)
+
+
+# --- IPv6, egress-only gateways, DHCP options and private DNS ------------------------------------------------
+from vswitch.topology import (ALLOW_ALL_EGRESS_DUAL, DhcpOptions, DnsRecord, DnsZone,  # noqa: E402
+                              EgressOnlyGateway)
+
+IP6 = ipaddress.IPv6Address
+NET6 = ipaddress.IPv6Network
+
+
+def dual() -> dict:
+    """A dual-stack VPC with its /56 given: subnets by position, by index and by /64, one without; instances
+    with whole addresses, interface parts and none; an egress-only gateway; DHCP options; two zones."""
+    return {
+        "hosts": [{"name": "host-a"}],
+        "vpcs": [{
+            "name": "six",
+            "cidr": "10.0.0.0/16",
+            "ipv6_cidr": "2001:db8:ab00::/56",
+            "egress_only_gateway": True,
+            "dhcp_options": {"domain_name": "corp.example", "domain_name_servers": ["AmazonProvidedDNS", "192.0.2.53"],
+                             "ntp_servers": ["169.254.169.123"]},
+            "dns_zones": [
+                {"name": "corp.internal", "records": [
+                    {"name": "web.corp.internal", "type": "A", "values": "10.0.1.10"},
+                    {"name": "WEB.corp.internal.", "type": "AAAA", "ttl": 60, "values": ["2001:DB8:AB00::10"]}]},
+                {"name": "1.0.10.in-addr.arpa", "records": [
+                    {"name": "10.1.0.10.in-addr.arpa", "type": "PTR", "values": ["web.corp.internal"]}]}],
+            "route_tables": [{"name": "main", "routes": [
+                {"destination": "::/0", "target": "egress_only_gateway"},
+                {"destination": "2001:db8:ab00:7::/64", "target": "instance/db"}]}],
+            "subnets": [{"name": "app", "cidr": "10.0.1.0/24", "ipv6": True},
+                        {"name": "ops", "cidr": "10.0.2.0/24", "ipv6_cidr": "2001:db8:ab00:7::/64"},
+                        {"name": "lab", "cidr": "10.0.3.0/24", "ipv6": True, "ipv6_index": 255},
+                        {"name": "legacy", "cidr": "10.0.4.0/24"}],
+            "instances": [
+                {"name": "web", "subnet": "app", "host": "host-a", "ipv6": "::10", "interface": "tap"},
+                {"name": "db", "subnet": "ops", "host": "host-a", "ipv6": "2001:db8:ab00:7::20"},
+                {"name": "auto", "subnet": "lab", "host": "host-a"},
+                {"name": "old", "subnet": "legacy", "host": "host-a", "interface": "tun"},
+            ],
+            "security_groups": [{"name": "web"}, {"name": "closed", "egress": []}],
+        }],
+    }
+
+
+def test_every_dual_stack_key():
+    (vpc,) = parse_topology(dual()).vpcs
+    assert (vpc.ipv6, vpc.ipv6_cidr) == (True, NET6("2001:db8:ab00::/56"))
+    assert [(s.name, s.ipv6_index, s.ipv6_cidr) for s in vpc.subnets] == [
+        ("app", 0, NET6("2001:db8:ab00::/64")), ("ops", 7, NET6("2001:db8:ab00:7::/64")),
+        ("lab", 255, NET6("2001:db8:ab00:ff::/64")), ("legacy", None, None)]
+    assert [(i.name, i.interface, i.ipv6) for i in vpc.instances] == [
+        ("web", "tap", IP6("2001:db8:ab00::10")), ("db", "tun", IP6("2001:db8:ab00:7::20")),
+        ("auto", "tun", None), ("old", "tun", None)]
+    assert vpc.instances[0].ipv6_address(NET6("2001:db8:ab00::/64")) == IP6("2001:db8:ab00::10")
+    assert vpc.egress_only_gateway == EgressOnlyGateway("six-eigw")
+    assert vpc.route_table("main").routes == (Route("::/0", "egress_only_gateway"),
+                                              Route("2001:db8:ab00:7::/64", "instance/db"))
+    assert vpc.dhcp_options == DhcpOptions("corp.example", ("AmazonProvidedDNS", "192.0.2.53"), ("169.254.169.123",))
+    assert vpc.dns_zones == (
+        DnsZone("corp.internal", (DnsRecord("web.corp.internal", "A", ("10.0.1.10",)),
+                                  DnsRecord("WEB.corp.internal.", "AAAA", ("2001:db8:ab00::10",), 60))),
+        DnsZone("1.0.10.in-addr.arpa", (DnsRecord("10.1.0.10.in-addr.arpa", "PTR", ("web.corp.internal",)),)))
+    # A group without egress in a dual-stack VPC: all out, both families (the API's default there).
+    assert vpc.security_group("web").egress == ALLOW_ALL_EGRESS_DUAL
+    assert vpc.security_group("closed").egress == ()
+
+
+def test_an_amazon_provided_block_leaves_subnets_by_index_and_addresses_by_interface_part():
+    data = dual()
+    vpc = data["vpcs"][0]
+    del vpc["ipv6_cidr"]
+    vpc["ipv6"] = True
+    vpc["subnets"][1] = {"name": "ops", "cidr": "10.0.2.0/24", "ipv6": True, "ipv6_index": 7}
+    vpc["instances"][1]["ipv6"] = "::20"
+    vpc["route_tables"][0]["routes"].pop()  # a /64 of a block not known yet
+    (six,) = parse_topology(data).vpcs
+    assert (six.ipv6, six.ipv6_cidr) == (True, None)
+    assert [(s.name, s.ipv6_index, s.ipv6_cidr) for s in six.subnets] == [
+        ("app", 0, None), ("ops", 7, None), ("lab", 255, None), ("legacy", None, None)]
+    web, db = six.instances[:2]
+    assert (web.ipv6, db.ipv6) == (IP6("::10"), IP6("::20"))  # interface parts: placed when the /56 is known
+    block = NET6("2001:db8:100::/56")
+    assert six.subnet("ops").ipv6_block(block) == NET6("2001:db8:100:7::/64")
+    assert db.ipv6_address(six.subnet("ops").ipv6_block(block)) == IP6("2001:db8:100:7::20")
+    assert six.subnet("legacy").ipv6_block(block) is None
+
+
+def test_dual_stack_defaults():
+    (vpc,) = parse_topology(demo()).vpcs
+    assert (vpc.ipv6, vpc.ipv6_cidr, vpc.egress_only_gateway, vpc.dhcp_options, vpc.dns_zones) == (
+        False, None, None, None, ())
+    assert all((s.ipv6_index, s.ipv6_cidr) == (None, None) for s in vpc.subnets)
+    assert all((i.interface, i.ipv6) == ("tun", None) for i in vpc.instances)
+    data = demo()
+    data["vpcs"][0].update(egress_only_gateway={"name": "out"}, dhcp_options={}, ipv6=True)
+    data["vpcs"][0]["subnets"][0]["ipv6"] = True
+    data["vpcs"][0]["dns_zones"] = [{"name": "x.internal"}]
+    data["vpcs"][0]["security_groups"] = [{"name": "web"}]
+    (vpc,) = parse_topology(data).vpcs
+    assert vpc.egress_only_gateway == EgressOnlyGateway("out")
+    assert vpc.dhcp_options == DhcpOptions(None, ("AmazonProvidedDNS",), ())
+    assert vpc.dns_zones == (DnsZone("x.internal", ()),)
+    assert vpc.subnet("app").ipv6_index == 0 and vpc.security_group("web").egress == ALLOW_ALL_EGRESS_DUAL
+    assert vpc.egress_only_gateway is not None and parse_topology(
+        {**data, "vpcs": [{**data["vpcs"][0], "egress_only_gateway": False}]}).vpcs[0].egress_only_gateway is None
+
+
+V6, S6, I6, Z6 = "vpcs[0]", "vpcs[0].subnets", "vpcs[0].instances", "vpcs[0].dns_zones"
+DUAL_ERRORS = {
+    "both vpc blocks": (_set("vpcs.0.ipv6", True), [f"{V6}.ipv6_cidr: give ipv6: true", "not both"]),
+    "vpc block /48": (_set("vpcs.0.ipv6_cidr", "2001:db8:ab00::/48"), [f"{V6}.ipv6_cidr: ", "/56, not /48"]),
+    "vpc block host bits": (_set("vpcs.0.ipv6_cidr", "2001:db8:ab00::1/56"), [f"{V6}.ipv6_cidr: ", "host bits"]),
+    "vpc block ipv4": (_set("vpcs.0.ipv6_cidr", "10.0.0.0/16"), [f"{V6}.ipv6_cidr: ", "not an IPv6 CIDR"]),
+    "vpc ipv6 not a bool": (_set("vpcs.0.ipv6", "yes"), [f"{V6}.ipv6: ", "'yes'"]),
+    "subnet without a vpc block": (lambda d: d["vpcs"][0].pop("ipv6_cidr"),
+                                   [f"{S6}[0].ipv6: VPC 'six' has no IPv6 block", f"{S6}[1].ipv6_cidr: VPC 'six'",
+                                    f"{I6}[0].ipv6: subnet 'app' has no IPv6 block"]),
+    "subnet /64 outside": (_set("vpcs.0.subnets.1.ipv6_cidr", "2001:db8:ab01:7::/64"),
+                           [f"{S6}[1].ipv6_cidr: 2001:db8:ab01:7::/64 is outside VPC 'six'"]),
+    "subnet /64 of an amazon block": (lambda d: d["vpcs"][0].update(ipv6=True, ipv6_cidr=None),
+                                      [f"{S6}[1].ipv6_cidr: VPC 'six''s /56 is amazon-provided"]),
+    "subnet /56": (_set("vpcs.0.subnets.1.ipv6_cidr", "2001:db8:ab00::/56"), [f"{S6}[1].ipv6_cidr: ", "/64, not /56"]),
+    "subnet both ways": (_set("vpcs.0.subnets.1.ipv6", True), [f"{S6}[1].ipv6_cidr: give ipv6: true", "not both"]),
+    "subnet index without ipv6": (_set("vpcs.0.subnets.3.ipv6_index", 3), [f"{S6}[3].ipv6_index: ", "ipv6: true"]),
+    "subnet index 256": (_set("vpcs.0.subnets.2.ipv6_index", 256), [f"{S6}[2].ipv6_index: ", "255"]),
+    "subnet /64 twice": (_set("vpcs.0.subnets.2.ipv6_index", 7),
+                         [f"{S6}[2].ipv6: duplicate IPv6 /64 number 7 (first used at {S6}[1].ipv6_cidr)"]),
+    "instance address outside": (_set("vpcs.0.instances.1.ipv6", "2001:db8:ab00:8::20"),
+                                 [f"{I6}[1].ipv6: 2001:db8:ab00:8::20 is outside subnet 'ops'"]),
+    "instance address reserved": (_set("vpcs.0.instances.0.ipv6", "::3"),
+                                  [f"{I6}[0].ipv6: ::3 is one of the 5 reserved"]),
+    "instance address last": (_set("vpcs.0.instances.1.ipv6", "2001:db8:ab00:7:ffff:ffff:ffff:ffff"),
+                              [f"{I6}[1].ipv6: ", "reserved"]),
+    "instance address twice": (_append("vpcs.0.instances", {"name": "dup", "subnet": "ops", "host": "host-a",
+                                                            "ipv6": "::20"}),
+                               [f"{I6}[4].ipv6: duplicate IPv6 address ::20 in subnet 'ops' "
+                                f"(first used at {I6}[1].ipv6)"]),
+    "instance address in a v4 subnet": (_set("vpcs.0.instances.3.ipv6", "::10"),
+                                        [f"{I6}[3].ipv6: subnet 'legacy' has no IPv6 block"]),
+    "instance address not ipv6": (_set("vpcs.0.instances.0.ipv6", "10.0.1.10"), [f"{I6}[0].ipv6: ", "not an IPv6"]),
+    "instance interface": (_set("vpcs.0.instances.0.interface", "vm"), [f"{I6}[0].interface: ", "'tun' or 'tap'"]),
+    "eigw not a bool": (_set("vpcs.0.egress_only_gateway", "yes"), [f"{V6}.egress_only_gateway: ", "'yes'"]),
+    "eigw bad name": (_set("vpcs.0.egress_only_gateway", {"name": "Out"}), [f"{V6}.egress_only_gateway.name: "]),
+    "route to an absent eigw": (_set("vpcs.0.egress_only_gateway", False),
+                                ["vpcs[0].route_tables[0].routes[0].target: egress_only_gateway", "has none"]),
+    "route to eigw for ipv4": (_append("vpcs.0.route_tables.0.routes", {"destination": "0.0.0.0/0",
+                                                                        "target": "egress_only_gateway"}),
+                               ["vpcs[0].route_tables[0].routes[2].destination: an egress-only internet gateway "
+                                "takes IPv6 destinations, not 0.0.0.0/0"]),
+    "route for the /56": (_set("vpcs.0.route_tables.0.routes.1.destination", "2001:db8:ab00::/56"),
+                          ["vpcs[0].route_tables[0].routes[1].destination: 2001:db8:ab00::/56 is the VPC's "
+                           "IPv6 block"]),
+    "route inside the /56": (_set("vpcs.0.route_tables.0.routes.1.destination", "2001:db8:ab00:9::/64"),
+                             ["vpcs[0].route_tables[0].routes[1].destination: ", "more specific than the IPv6 local"]),
+    "dhcp unknown key": (_set("vpcs.0.dhcp_options.ntp", []), [f"{V6}.dhcp_options: unknown key 'ntp'"]),
+    "dhcp bad server": (_set("vpcs.0.dhcp_options.domain_name_servers", ["ns.example"]),
+                        [f"{V6}.dhcp_options.domain_name_servers[0]: ", "not an IPv4 address"]),
+    "dhcp bad domain": (_set("vpcs.0.dhcp_options.domain_name", "corp_example"), [f"{V6}.dhcp_options.domain_name: "]),
+    "dhcp too many ntp": (_set("vpcs.0.dhcp_options.ntp_servers", ["192.0.2.1"] * 5),
+                          [f"{V6}.dhcp_options.ntp_servers: "]),
+    "zone record outside": (_set("vpcs.0.dns_zones.0.records.0.name", "web.other.internal"),
+                            [f"{Z6}[0].records[0].name: web.other.internal is neither the zone's apex"]),
+    "zone record value": (_set("vpcs.0.dns_zones.0.records.1.values", ["10.0.1.10"]),
+                          [f"{Z6}[0].records[1].values: ", "not an IPv6 address"]),
+    "zone record type": (_set("vpcs.0.dns_zones.0.records.0.type", "MX"), [f"{Z6}[0].records[0].type: "]),
+    "zone record set twice": (_append("vpcs.0.dns_zones.0.records", {"name": "Web.Corp.Internal", "type": "A",
+                                                                     "values": ["10.0.1.11"]}),
+                              [f"{Z6}[0].records[2].name: a second A record set"]),
+    "zone name twice": (_append("vpcs.0.dns_zones", {"name": "CORP.internal."}),
+                        [f"{Z6}[2].name: duplicate zone name 'corp.internal' (first used at {Z6}[0].name)"]),
+    "zone bad name": (_set("vpcs.0.dns_zones.1.name", "bad_name"), [f"{Z6}[1].name: "]),
+    "zone unknown key": (_set("vpcs.0.dns_zones.1.vpcs", ["six"]), [f"{Z6}[1]: unknown key 'vpcs'"]),
+    "record unknown key": (_set("vpcs.0.dns_zones.1.records.0.class", "IN"),
+                           [f"{Z6}[1].records[0]: unknown key 'class'", "allowed: name, type, ttl, values"]),
+}
+
+
+@pytest.mark.parametrize("change,expected", DUAL_ERRORS.values(), ids=DUAL_ERRORS.keys())
+def test_invalid_dual_stack_keys_name_the_field_and_value(change, expected):
+    data = dual()
+    change(data)
+    assert_refused(data, expected)
+
+
+def test_an_amazon_blocks_subnet_addresses_are_interface_parts():
+    data = dual()
+    vpc = data["vpcs"][0]
+    vpc.update(ipv6=True)
+    del vpc["ipv6_cidr"]
+    vpc["subnets"][1] = {"name": "ops", "cidr": "10.0.2.0/24", "ipv6": True}
+    vpc["route_tables"][0]["routes"].pop()
+    assert_refused(data, [f"{I6}[1].ipv6: the /64 of subnet 'ops' is known only once `vpc apply` makes its VPC "
+                          "(ipv6: true): give the interface part, such as ::20"])
+    vpc["instances"][1]["ipv6"] = "::20"
+    assert parse_topology(data).instance("db").ipv6 == IP6("::20")
+
+
+def test_every_dual_stack_problem_is_reported_with_its_path():
+    data = dual()
+    vpc = data["vpcs"][0]
+    vpc["subnets"][2]["ipv6_index"] = 7
+    vpc["instances"][0]["ipv6"] = "::1"
+    vpc["route_tables"][0]["routes"][0]["destination"] = "0.0.0.0/0"
+    vpc["dhcp_options"]["ntp_servers"] = ["x"]
+    vpc["dns_zones"][0]["records"][0]["name"] = "web.example"
+    lines = str(pytest.raises(TopologyError, parse_topology, data).value).splitlines()
+    assert [line.split(": ")[0] for line in lines] == [
+        f"{S6}[2].ipv6", f"{I6}[0].ipv6", "vpcs[0].route_tables[0].routes[0].destination",
+        f"{V6}.dhcp_options.ntp_servers[0]", f"{Z6}[0].records[0].name"]
+
+
+DUAL_SHAPED = st.fixed_dictionaries({
+    "hosts": st.just([{"name": "a"}]),
+    "vpcs": st.lists(st.fixed_dictionaries({
+        "name": NAMES,
+        "cidr": st.just("10.0.0.0/16"),
+        "subnets": st.lists(st.fixed_dictionaries(
+            {"name": NAMES, "cidr": st.sampled_from(["10.0.1.0/24", "10.0.2.0/24"])},
+            optional={"ipv6": st.sampled_from([True, False, "x"]), "ipv6_index": st.sampled_from([0, 1, 255, 256, -1]),
+                      "ipv6_cidr": st.sampled_from(["2001:db8:ab00:1::/64", "2001:db8:ab01::/64", "x", "::/0"])}),
+            max_size=2),
+        "instances": st.lists(st.fixed_dictionaries(
+            {"name": st.from_regex(r"[a-z][0-9]", fullmatch=True), "subnet": NAMES, "host": st.just("a")},
+            optional={"ipv6": st.sampled_from(["::10", "::1", "2001:db8:ab00:1::9", "2001:db8:ab00::9", "x", 5]),
+                      "interface": st.sampled_from(["tun", "tap", "x"])}), max_size=3),
+    }, optional={
+        "ipv6": st.sampled_from([True, False, 1]),
+        "ipv6_cidr": st.sampled_from(["2001:db8:ab00::/56", "2001:db8:ab00::/64", "x"]),
+        "egress_only_gateway": st.sampled_from([True, False, {"name": "o"}, {"x": 1}, "y"]),
+        "dhcp_options": st.sampled_from([{}, {"domain_name": "a.b"}, {"domain_name_servers": ["x"]}, None, 3]),
+        "dns_zones": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["a.b", "A.B.", "b", "_"])}, optional={
+            "records": st.lists(st.fixed_dictionaries({
+                "name": st.sampled_from(["a.b", "x.a.b", "c", "b"]), "type": st.sampled_from(["A", "CNAME", "X"]),
+                "values": st.sampled_from([["10.0.0.1"], "a.b", [], ["::1"], 4])}), max_size=3)}), max_size=2),
+        "route_tables": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["a", "main"])}, optional={
+            "routes": st.lists(st.fixed_dictionaries({
+                "destination": st.sampled_from(["::/0", "0.0.0.0/0", "2001:db8:ab00::/56", "2001:db8:ab00:1::/64"]),
+                "target": st.sampled_from(["egress_only_gateway", "instance/a1"])}), max_size=2)}), max_size=2),
+    }), max_size=2),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(DUAL_SHAPED)
+def test_any_dual_stack_input_either_parses_or_raises_topology_error(data):
+    try:
+        parse_topology(data)
+    except TopologyError as e:
+        assert str(e)
+        assert all(re.match(TOP_OR_PATH, line) for line in str(e).splitlines()), str(e)

@@ -152,7 +152,9 @@ def build_app(cp: ControlPlane) -> FastAPI:
 
     @app.get("/v1/whoami", tags=["accounts"])
     async def whoami(c: Caller = Depends(caller)):
-        return {"account": c.account, "admin": c.admin}
+        """The caller's account, whether it is an admin, and the region (whose defaults, such as the
+        ``<region>.compute.internal`` domain name, the API fills in)."""
+        return {"account": c.account, "admin": c.admin, "region": cp.region}
 
     @app.post("/v1/accounts", status_code=201, tags=["accounts"])
     async def create_account(body: AccountCreate, c: Caller = Depends(caller)):

@@ -541,6 +541,29 @@ def record_name_problem(zone: str, name: str) -> str | None:
     return f"{name} is neither the zone's apex {zone} nor a name under it"
 
 
+def zone_records_problem(zone: str, records: list[dict]) -> tuple[int, str] | None:
+    """The first record of zone ``zone`` that breaks the rules a zone's records keep together, as
+    (index, why), else None: names in the zone (``record_name_problem``), one record set a (name, type),
+    a CNAME alone at its name and not at the apex."""
+    seen: dict[str, list[tuple[str, int]]] = {}  # name -> (type, index) of its record sets
+    for i, x in enumerate(records):
+        problem = record_name_problem(zone, x["name"])
+        if problem:
+            return i, problem
+        n = dns_name(x["name"])
+        if x["type"] == "CNAME" and n == dns_name(zone):
+            return i, f"a CNAME record cannot be at the zone's apex {zone}"
+        for kind, j in seen.get(n, []):
+            if kind == x["type"]:
+                return i, (f"a second {kind} record set for {x['name']} (the first is records[{j}]): give one "
+                           "record set all its values")
+            if "CNAME" in (kind, x["type"]):
+                return i, (f"{x['name']} has a CNAME record and another record (records[{j}]): a CNAME's name "
+                           "has no other record")
+        seen.setdefault(n, []).append((x["type"], i))
+    return None
+
+
 class DnsRecord(Body):
     """A record set: its ``values`` fit its ``type`` — A: IPv4 addresses, AAAA: IPv6 addresses (both
     recorded in their canonical form), CNAME (exactly one) and PTR: domain names, TXT: any string of at

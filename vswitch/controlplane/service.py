@@ -144,7 +144,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import flowlog
+from .. import addresses, flowlog
 from ..store import Conflict, Store, Txn
 from . import resources as r
 from .ids import kind_of, new_id
@@ -649,37 +649,134 @@ class ControlPlane:
             names = ", ".join(d["id"] for d in dependents[:10])
             raise ApiError(409, f"{what} is still used by {len(dependents)} resource(s): {names}")
 
+    @staticmethod
+    def _dhcp_options_id(snap, value: str | None) -> str | None:
+        """A body's ``dhcp_options_id`` as recorded: a set of the account, or None for "default"."""
+        if value in (None, "default"):
+            return None
+        snap.get(value, "dopt", "dhcp_options_id")
+        return value
+
+    @staticmethod
+    def _ipv6_request(fields: dict, allowed: tuple[str, ...]) -> str | None:
+        """Which of the IPv6 block fields a body sets (``allowed``, in order): at most one (422)."""
+        asked = [f for f in allowed if fields.get(f)]
+        if len(asked) > 1:
+            raise ApiError(422, f"give one of {', '.join(allowed[:-1])} or {allowed[-1]}, not both", asked[1])
+        return asked[0] if asked else None
+
+    async def _take_ipv6_block(self, caller, vpc_id: str, given: str | None) -> tuple[str, dict]:
+        """A /56 for VPC ``vpc_id``: ``given`` unless another VPC (of any account) has it, else the next
+        free one of the region's pool. Returns it and the store record that claims it."""
+        taken = {json.loads(x.value)["cidr"] for x in await self.store.range("/ipv6-blocks/")}
+        if given is not None:
+            if given in taken:
+                raise ApiError(409, f"{given} is in use by another VPC", "ipv6_cidr_block")
+            block = given
+        else:
+            block = next((str(n) for n in self.ipv6_pool.subnets(new_prefix=VPC_IPV6_PREFIX)
+                          if str(n) not in taken), None)
+            if block is None:
+                raise ApiError(409, f"the region's IPv6 pool ({self.ipv6_pool}) has no free /{VPC_IPV6_PREFIX}",
+                               "amazon_provided_ipv6_cidr_block")
+        return block, {f"/ipv6-blocks/{block}": {"vpc": vpc_id, "account": caller.account, "cidr": block}}
+
+    @staticmethod
+    def _default_acl_entries(ipv6: bool) -> list[dict]:
+        """A default network ACL's entries: allow all, rule 100 for IPv4 and, with IPv6, rule 101 for ::/0."""
+        cidrs = ((100, "0.0.0.0/0"), (101, "::/0")) if ipv6 else ((100, "0.0.0.0/0"),)
+        return [{"rule_number": number, "egress": e, "protocol": "-1", "action": "allow", "cidr": cidr,
+                 "from_port": -1, "to_port": -1} for e in (False, True) for number, cidr in cidrs]
+
+    def _ipv6_defaults(self, caller, snap, vpc: dict, puts: dict) -> None:
+        """A VPC got its IPv6 block: its default group's egress and its default ACL gain their ::/0 rules,
+        in each direction still as the VPC was made (the cloud leaves a modified one alone)."""
+        sg = snap.by_id.get(vpc["default_security_group_id"])
+        if sg is not None and sg["egress"] == r.ALLOW_ALL_EGRESS:
+            puts[self._key(caller, sg["id"])] = {**sg, "egress": r.ALLOW_ALL_EGRESS + r.ALLOW_ALL_EGRESS_IPV6,
+                                                 "updated": time.time()}
+        acl = snap.by_id.get(vpc["default_network_acl_id"])
+        if acl is None:
+            return
+        v4, both = self._default_acl_entries(False), self._default_acl_entries(True)
+        entries, changed = [], False
+        for egress in (False, True):
+            mine = [e for e in acl["entries"] if e["egress"] == egress]
+            if mine == [e for e in v4 if e["egress"] == egress]:
+                mine, changed = [e for e in both if e["egress"] == egress], True
+            entries += mine
+        if changed:
+            puts[self._key(caller, acl["id"])] = {**acl, "entries": entries, "updated": time.time()}
+
+    @staticmethod
+    def _refuse_routes_inside(snap, vpc: dict, block: str, field: str) -> None:
+        net = ipaddress.IPv6Network(block)
+        for t in snap.of("rtb", vpc_id=vpc["id"]):
+            for route in t["routes"]:
+                d = ipaddress.ip_network(route["destination"])
+                if d.version == 6 and d.subnet_of(net):
+                    raise ApiError(409, f"route table {t['id']} has a route for {d}, inside {block}: the block's "
+                                        "local route would take its place; remove the route first", field)
+
     async def _create_vpc(self, caller, snap, rid, body: r.VpcCreate):
-        if body.dhcp_options_id:
-            snap.get(body.dhcp_options_id, "dopt", "dhcp_options_id")
+        dhcp = self._dhcp_options_id(snap, body.dhcp_options_id)
+        asked = self._ipv6_request(body.model_dump(), ("ipv6_cidr_block", "amazon_provided_ipv6_cidr_block"))
         taken = {int(x.key.rsplit("/", 1)[1]) for x in await self.store.range("/vni/")}
         vni = next(n for n in range(1, len(taken) + 2) if n not in taken)
+        block, puts = (None, {}) if asked is None else await self._take_ipv6_block(caller, rid, body.ipv6_cidr_block)
         rtb, acl, sg = new_id("rtb"), new_id("acl"), new_id("sg")
-        puts = {
+        puts.update({
             f"/vni/{vni}": {"vpc": rid, "account": caller.account},
             self._key(caller, rtb): self._rec(caller, r.KINDS["route-tables"], rtb, {
                 "vpc_id": rid, "name": "main", "main": True, "routes": []}),
             self._key(caller, acl): self._rec(caller, r.KINDS["network-acls"], acl, {
-                "vpc_id": rid, "name": "default", "default": True, "entries": [
-                    {"rule_number": number, "egress": e, "protocol": "-1", "action": "allow", "cidr": cidr,
-                     "from_port": -1, "to_port": -1}
-                    for e in (False, True) for number, cidr in ((100, "0.0.0.0/0"), (101, "::/0"))]}),
+                "vpc_id": rid, "name": "default", "default": True,
+                "entries": self._default_acl_entries(block is not None)}),
             self._key(caller, sg): self._rec(caller, r.KINDS["security-groups"], sg, {
                 "vpc_id": rid, "name": "default", "default": True,
                 "description": "default VPC security group",
                 "ingress": [{"protocol": "-1", "from_port": -1, "to_port": -1, "cidr": None,
                              "source_group_id": sg, "description": None}],
-                "egress": r.ALLOW_ALL_EGRESS}),
-        }
+                "egress": r.ALLOW_ALL_EGRESS + (r.ALLOW_ALL_EGRESS_IPV6 if block else [])}),
+        })
         rec = self._rec(caller, r.KINDS["vpcs"], rid, {
-            **body.model_dump(), "vni": vni, "main_route_table_id": rtb, "default_network_acl_id": acl,
+            "name": body.name, "cidr_block": body.cidr_block, "dhcp_options_id": dhcp,
+            "ipv6_cidr_block": block, "amazon_provided_ipv6_cidr_block": asked == "amazon_provided_ipv6_cidr_block",
+            "vni": vni, "main_route_table_id": rtb, "default_network_acl_id": acl,
             "default_security_group_id": sg})
         return puts, [], rec
 
     async def _update_vpc(self, caller, snap, old, changes, puts):
-        if changes.get("dhcp_options_id"):
-            snap.get(changes["dhcp_options_id"], "dopt", "dhcp_options_id")
-        return {**old, **changes}
+        rec = {**old, "ipv6_cidr_block": old.get("ipv6_cidr_block"),
+               "amazon_provided_ipv6_cidr_block": old.get("amazon_provided_ipv6_cidr_block", False)}
+        if changes.get("name"):
+            rec["name"] = changes["name"]
+        if "dhcp_options_id" in changes:
+            rec["dhcp_options_id"] = self._dhcp_options_id(snap, changes["dhcp_options_id"])
+        asked = self._ipv6_request(changes, ("ipv6_cidr_block", "amazon_provided_ipv6_cidr_block",
+                                             "disassociate_ipv6_cidr_block"))
+        have = rec["ipv6_cidr_block"]
+        if asked == "disassociate_ipv6_cidr_block":
+            users = [s for s in snap.of("subnet", vpc_id=old["id"]) if s.get("ipv6_cidr_block")]
+            if users:
+                names = ", ".join(f"{s['id']} ({s['ipv6_cidr_block']})" for s in users[:10])
+                raise ApiError(409, f"subnet(s) of {old['id']} have IPv6 blocks: {names}; disassociate them "
+                                    "first", asked)
+            if have is not None:
+                puts[f"/ipv6-blocks/{have}"] = None
+            rec.update(ipv6_cidr_block=None, amazon_provided_ipv6_cidr_block=False)
+        elif asked is not None:
+            if have is not None:
+                if asked == "ipv6_cidr_block" and changes["ipv6_cidr_block"] == have:
+                    return rec  # as it is
+                raise ApiError(409, f"{old['id']} already has the IPv6 block {have} (one a VPC); disassociate "
+                                    "it first", asked)
+            block, claim = await self._take_ipv6_block(caller, old["id"], changes.get("ipv6_cidr_block"))
+            self._refuse_routes_inside(snap, old, block, asked)
+            puts.update(claim)
+            rec.update(ipv6_cidr_block=block, amazon_provided_ipv6_cidr_block=asked != "ipv6_cidr_block")
+            self._ipv6_defaults(caller, snap, old, puts)
+        return rec
 
     async def _delete_vpc(self, caller, snap, vpc, puts):
         own = {vpc["main_route_table_id"], vpc["default_network_acl_id"], vpc["default_security_group_id"]}
@@ -687,7 +784,8 @@ class ControlPlane:
             x.get("vpc_id") == vpc["id"] or vpc["id"] in (x.get("vpc_ids") or ())
             or x.get("resource_id") == vpc["id"])]
         self._refuse_dependents(vpc["id"], dependents)
-        return [self._key(caller, x) for x in own] + [f"/vni/{vpc['vni']}"]
+        block = [f"/ipv6-blocks/{vpc['ipv6_cidr_block']}"] if vpc.get("ipv6_cidr_block") else []
+        return [self._key(caller, x) for x in own] + [f"/vni/{vpc['vni']}"] + block
 
     def _check_subnet_cidr(self, snap, vpc: dict, cidr: str, exclude: str | None = None) -> None:
         net = ipaddress.IPv4Network(cidr)
@@ -703,9 +801,21 @@ class ControlPlane:
             raise ApiError(422, f"{rid} belongs to another VPC ({rec.get('vpc_id')})", field)
         return rec
 
+    def _check_subnet_ipv6(self, snap, vpc: dict, cidr: str, exclude: str | None = None) -> None:
+        block = vpc.get("ipv6_cidr_block")
+        if block is None:
+            raise ApiError(422, f"VPC {vpc['id']} has no IPv6 CIDR block: give it one first", "ipv6_cidr_block")
+        if not ipaddress.IPv6Network(cidr).subnet_of(ipaddress.IPv6Network(block)):
+            raise ApiError(422, f"{cidr} is outside VPC {vpc['id']}'s IPv6 block ({block})", "ipv6_cidr_block")
+        for s in snap.of("subnet", vpc_id=vpc["id"]):
+            if s["id"] != exclude and s.get("ipv6_cidr_block") == cidr:
+                raise ApiError(409, f"{cidr} overlaps subnet {s['id']} ({s['ipv6_cidr_block']})", "ipv6_cidr_block")
+
     async def _create_subnet(self, caller, snap, rid, body: r.SubnetCreate):
         vpc = snap.get(body.vpc_id, "vpc", "vpc_id")
         self._check_subnet_cidr(snap, vpc, body.cidr_block)
+        if body.ipv6_cidr_block is not None:
+            self._check_subnet_ipv6(snap, vpc, body.ipv6_cidr_block)
         fields = body.model_dump()
         fields["route_table_id"] = body.route_table_id or vpc["main_route_table_id"]
         fields["network_acl_id"] = body.network_acl_id or vpc["default_network_acl_id"]
@@ -717,7 +827,23 @@ class ControlPlane:
         for field, prefix in (("route_table_id", "rtb"), ("network_acl_id", "acl")):
             if changes.get(field):
                 self._same_vpc(snap, old["vpc_id"], changes[field], prefix, field)
-        return {**old, **changes}
+        ipv6 = ("ipv6_cidr_block", "disassociate_ipv6_cidr_block")
+        rec = {**old, "ipv6_cidr_block": old.get("ipv6_cidr_block"),
+               **{k: v for k, v in changes.items() if k not in ipv6}}
+        asked, have = self._ipv6_request(changes, ipv6), rec["ipv6_cidr_block"]
+        if asked == "disassociate_ipv6_cidr_block":
+            users = [e for e in snap.of("eni", subnet_id=old["id"]) if e.get("ipv6_address")]
+            if users:
+                names = ", ".join(f"{e['id']} ({e['ipv6_address']})" for e in users[:10])
+                raise ApiError(409, f"ENI(s) of {old['id']} have IPv6 addresses: {names}; delete their "
+                                    "instances first", asked)
+            rec["ipv6_cidr_block"] = None
+        elif asked is not None and changes["ipv6_cidr_block"] != have:
+            if have is not None:
+                raise ApiError(409, f"{old['id']} already has the IPv6 block {have}; disassociate it first", asked)
+            self._check_subnet_ipv6(snap, snap.get(old["vpc_id"], "vpc"), changes["ipv6_cidr_block"], old["id"])
+            rec["ipv6_cidr_block"] = changes["ipv6_cidr_block"]
+        return rec
 
     async def _delete_subnet(self, caller, snap, subnet, puts):
         sid = subnet["id"]
@@ -761,6 +887,35 @@ class ControlPlane:
             raise ApiError(409, f"subnet {subnet['id']} has no free address", subnet_field)
         return str(ip)
 
+    @staticmethod
+    def _ipv6_address(snap, subnet: dict, requested: str | None) -> str | None:
+        """An ENI's IPv6 address in ``subnet`` (None when it has no IPv6 block): ``requested`` if it is
+        free (422 outside the /64 or reserved, 409 taken), else the first free one from ::4."""
+        block = subnet.get("ipv6_cidr_block")
+        if block is None:
+            if requested:
+                raise ApiError(422, f"subnet {subnet['id']} has no IPv6 CIDR block", "ipv6_address")
+            return None
+        net = ipaddress.IPv6Network(block)
+        first, last = net.network_address, net.broadcast_address
+        taken = {x.get("ipv6_address") for x in snap.of("eni", subnet_id=subnet["id"])}
+        if requested:
+            ip = ipaddress.IPv6Address(requested)
+            if ip not in net:
+                raise ApiError(422, f"{ip} is outside subnet {subnet['id']}'s IPv6 block ({net})", "ipv6_address")
+            if int(ip) - int(first) < 4 or ip == last:
+                raise ApiError(422, f"{ip} is reserved in {net} (the first four addresses and the last)",
+                               "ipv6_address")
+            if str(ip) in taken:
+                raise ApiError(409, f"{ip} is already in use in {subnet['id']}", "ipv6_address")
+            return str(ip)
+        ip = first + 4
+        while str(ip) in taken:
+            ip += 1
+        if ip >= last:
+            raise ApiError(409, f"subnet {subnet['id']} has no free IPv6 address", "subnet_id")
+        return str(ip)
+
     async def _create_i(self, caller, snap, rid, body: r.InstanceCreate):
         subnet = snap.get(body.subnet_id, "subnet", "subnet_id")
         vpc = snap.get(subnet["vpc_id"], "vpc")
@@ -768,13 +923,14 @@ class ControlPlane:
         if snap.of("i", name=body.name):
             raise ApiError(409, f"an instance named {body.name!r} exists", "name")
         ip = self._private_ip(snap, subnet, body.private_ip)
+        ipv6 = self._ipv6_address(snap, subnet, body.ipv6_address)
         groups = self._groups(snap, vpc["id"], body.security_group_ids or [vpc["default_security_group_id"]])
         eni = new_id("eni")
         common = {"subnet_id": subnet["id"], "vpc_id": vpc["id"], "host": body.host, "private_ip": str(ip),
-                  "security_group_ids": groups, "source_dest_check": body.source_dest_check,
+                  "ipv6_address": ipv6, "security_group_ids": groups, "source_dest_check": body.source_dest_check,
                   "interface_type": body.interface_type, "connection_tracking": body.connection_tracking.model_dump()}
         puts = {self._key(caller, eni): self._rec(caller, r.KINDS["network-interfaces"], eni,
-                                                   {**common, "instance_id": rid})}
+                                                   {**common, "instance_id": rid, "mac_address": _mac(eni)})}
         rec = self._rec(caller, r.KINDS["instances"], rid, {"name": body.name, **common, "eni_id": eni})
         return puts, [], rec
 
@@ -808,12 +964,12 @@ class ControlPlane:
                 self._same_vpc(snap, vpc_id, g, "sg", f"{field}[{i}].source_group_id")
 
     async def _create_sg(self, caller, snap, rid, body: r.SecurityGroupCreate):
-        snap.get(body.vpc_id, "vpc", "vpc_id")
+        vpc = snap.get(body.vpc_id, "vpc", "vpc_id")
         if snap.of("sg", vpc_id=body.vpc_id, name=body.name):
             raise ApiError(409, f"VPC {body.vpc_id} has a group named {body.name!r}", "name")
         fields = body.model_dump()
-        if body.egress is None:
-            fields["egress"] = r.ALLOW_ALL_EGRESS
+        if body.egress is None:  # all outbound: IPv4, and IPv6 in a VPC with an IPv6 block
+            fields["egress"] = r.ALLOW_ALL_EGRESS + (r.ALLOW_ALL_EGRESS_IPV6 if vpc.get("ipv6_cidr_block") else [])
         for field in ("ingress", "egress"):
             self._check_rules(snap, body.vpc_id, fields[field], field, rid)
         return {}, [], self._rec(caller, r.KINDS["security-groups"], rid, {**fields, "default": False})
@@ -851,12 +1007,14 @@ class ControlPlane:
         the local route dropped (it is implicit), ``state`` dropped (computed when read). A route kept
         exactly as it is in ``old`` is not checked again: its target may be gone (a blackhole)."""
         net = ipaddress.IPv4Network(vpc["cidr_block"])
+        net6 = ipaddress.IPv6Network(vpc["ipv6_cidr_block"]) if vpc.get("ipv6_cidr_block") else None
         out, seen = [], set()
         for i, route in enumerate(routes):
             where, dest = f"routes[{i}]", route["destination"]
             if route.get("gateway_id") == "local":
-                if dest != vpc["cidr_block"]:
-                    raise ApiError(422, f"the local route's destination is the VPC's CIDR {vpc['cidr_block']}, "
+                if dest not in (vpc["cidr_block"], vpc.get("ipv6_cidr_block")):
+                    also = f" or its IPv6 block {net6}" if net6 else ""
+                    raise ApiError(422, f"the local route's destination is the VPC's CIDR {vpc['cidr_block']}{also}, "
                                         f"not {dest}", f"{where}.destination")
                 continue
             if dest in seen:
@@ -877,6 +1035,15 @@ class ControlPlane:
                     raise ApiError(422, f"{dest} is more specific than the local route ({net}): only a route "
                                         "for a whole subnet's CIDR to a network interface or a NAT gateway "
                                         "may be", f"{where}.destination")
+            if net6 is not None and d.version == 6 and d.subnet_of(net6):
+                if d == net6:
+                    raise ApiError(422, f"{dest} is the VPC's IPv6 block: its route is the local route, which "
+                                        "cannot be replaced", f"{where}.destination")
+                if prefix != "eni" or dest not in {
+                        s.get("ipv6_cidr_block") for s in snap.of("subnet", vpc_id=vpc["id"])}:
+                    raise ApiError(422, f"{dest} is more specific than the IPv6 local route ({net6}): only a "
+                                        "route for a whole subnet's IPv6 CIDR to a network interface may be "
+                                        "(NAT gateways are IPv4-only)", f"{where}.destination")
             if prefix == "eigw" and d.version != 6:
                 raise ApiError(422, f"an egress-only internet gateway takes IPv6 destinations, not {dest}",
                                f"{where}.destination")
@@ -940,6 +1107,13 @@ class ControlPlane:
             raise ApiError(409, f"{igw['id']} is attached to {igw['vpc_id']}; detach it first")
         return []
 
+    async def _create_eigw(self, caller, snap, rid, body: r.EgressOnlyInternetGatewayCreate):
+        snap.get(body.vpc_id, "vpc", "vpc_id")
+        other = snap.of("eigw", vpc_id=body.vpc_id)
+        if other:
+            raise ApiError(409, f"{body.vpc_id} already has egress-only internet gateway {other[0]['id']}", "vpc_id")
+        return {}, [], self._rec(caller, r.KINDS["egress-only-internet-gateways"], rid, body.model_dump())
+
     async def _create_nat(self, caller, snap, rid, body: r.NatGatewayCreate):
         subnet = snap.get(body.subnet_id, "subnet", "subnet_id")
         vpc = snap.get(subnet["vpc_id"], "vpc")
@@ -955,7 +1129,8 @@ class ControlPlane:
         ip = self._private_ip(snap, subnet, body.private_ip)
         eni = new_id("eni")
         puts = {self._key(caller, eni): self._rec(caller, r.KINDS["network-interfaces"], eni, {
-            "subnet_id": subnet["id"], "vpc_id": vpc["id"], "host": None, "private_ip": ip,
+            "subnet_id": subnet["id"], "vpc_id": vpc["id"], "host": None, "private_ip": ip, "ipv6_address": None,
+            "mac_address": _mac(eni),
             "security_group_ids": [], "source_dest_check": False, "interface_type": "nat_gateway",
             "connection_tracking": None, "instance_id": None, "nat_gateway_id": rid, "requester_managed": True,
             "description": f"Interface for NAT Gateway {rid}"})}
@@ -1068,7 +1243,8 @@ class ControlPlane:
         ip = self._private_ip(snap, subnet, body.private_ip, "subnet_ids[0]")
         eni = new_id("eni")
         puts = {self._key(caller, eni): self._rec(caller, r.KINDS["network-interfaces"], eni, {
-            "subnet_id": subnet["id"], "vpc_id": vpc_id, "host": None, "private_ip": ip,
+            "subnet_id": subnet["id"], "vpc_id": vpc_id, "host": None, "private_ip": ip, "ipv6_address": None,
+            "mac_address": _mac(eni),
             "security_group_ids": [], "source_dest_check": False, "interface_type": "network_load_balancer",
             "connection_tracking": None, "instance_id": None, "nat_gateway_id": None, "load_balancer_id": rid,
             "requester_managed": True, "description": f"ELB net/{body.name}/{rid}"})}
@@ -1105,14 +1281,37 @@ class ControlPlane:
         self._refuse_dependents(dopt["id"], snap.of("vpc", dhcp_options_id=dopt["id"]))
         return []
 
-    async def _create_zone(self, caller, snap, rid, body: r.DnsZoneCreate):
-        for i, v in enumerate(body.vpc_ids):
+    @staticmethod
+    def _check_zone_vpcs(snap, rid: str, name: str, vpc_ids: list[str]) -> None:
+        """VPCs of the account, each once, none with another zone of the same name."""
+        for i, v in enumerate(vpc_ids):
             snap.get(v, "vpc", f"vpc_ids[{i}]")
-        return {}, [], self._rec(caller, r.KINDS["dns-zones"], rid, body.model_dump())
+            if v in vpc_ids[:i]:
+                raise ApiError(422, f"{v} appears twice", f"vpc_ids[{i}]")
+            clash = [z for z in snap.of("zone") if z["id"] != rid and v in z["vpc_ids"]
+                     and r.dns_name(z["name"]) == r.dns_name(name)]
+            if clash:
+                raise ApiError(409, f"{v} already has a private zone named {clash[0]['name']} ({clash[0]['id']})",
+                               f"vpc_ids[{i}]")
+
+    @staticmethod
+    def _check_zone_records(name: str, records: list[dict]) -> None:
+        """Names in the zone, one record set a (name, type), a CNAME alone at its name and not the apex."""
+        problem = r.zone_records_problem(name, records)
+        if problem is not None:
+            raise ApiError(422, problem[1], f"records[{problem[0]}].name")
+
+    async def _create_zone(self, caller, snap, rid, body: r.DnsZoneCreate):
+        fields = body.model_dump()
+        self._check_zone_vpcs(snap, rid, body.name, fields["vpc_ids"])
+        self._check_zone_records(body.name, fields["records"])
+        return {}, [], self._rec(caller, r.KINDS["dns-zones"], rid, fields)
 
     async def _update_zone(self, caller, snap, old, changes, puts):
-        for i, v in enumerate(changes.get("vpc_ids") or []):
-            snap.get(v, "vpc", f"vpc_ids[{i}]")
+        if "vpc_ids" in changes:
+            self._check_zone_vpcs(snap, old["id"], old["name"], changes["vpc_ids"])
+        if "records" in changes:
+            self._check_zone_records(old["name"], changes["records"])
         return {**old, **changes}
 
 
@@ -1122,12 +1321,12 @@ def _effective_routes(by_id: dict[str, dict], table: dict) -> list[dict]:
     gateway is no longer attached to the table's VPC), and the stored fields. A stored route for the
     VPC's CIDR (refused now; accepted before the local route was explicit) is shadowed by the local one."""
     vpc = by_id.get(table["vpc_id"])
-    out = []
+    out, local = [], []
     if vpc is not None:
-        out.append({"destination": vpc["cidr_block"], "target_type": "local", "target_id": None,
-                    "state": "active"})
+        local = [x for x in (vpc["cidr_block"], vpc.get("ipv6_cidr_block")) if x]
+        out += [{"destination": x, "target_type": "local", "target_id": None, "state": "active"} for x in local]
     for route in table["routes"]:
-        if vpc is not None and route["destination"] == vpc["cidr_block"]:
+        if route["destination"] in local:
             continue
         field = next((f for f, _ in r.ROUTE_TARGETS if route.get(f)), None)
         target_type = TARGET_TYPES.get(field)
@@ -1139,10 +1338,26 @@ def _effective_routes(by_id: dict[str, dict], table: dict) -> list[dict]:
     return out
 
 
+# Fields newer than some stored records, with the value an older record means.
+_LATER_FIELDS = {"vpc": {"ipv6_cidr_block": None, "amazon_provided_ipv6_cidr_block": False},
+                 "subnet": {"ipv6_cidr_block": None}, "i": {"ipv6_address": None}, "eni": {"ipv6_address": None}}
+
+
+def _mac(eni_id: str) -> str:
+    return addresses.mac_text(addresses.eni_mac(addresses.eni_number(eni_id)))
+
+
 def _present(by_id: dict[str, dict], rec: dict) -> dict:
-    """A record as the API answers it: a route table's ``routes`` with the local route first and each
-    route's ``state`` (computed now, from the account's records ``by_id``); other kinds as stored."""
-    if kind_of(rec["id"]) != "rtb":
+    """A record as the API answers it: a route table's ``routes`` with the local routes first and each
+    route's ``state`` (computed now, from the account's records ``by_id``); other kinds as stored (with
+    the fields newer than the record at their defaults)."""
+    kind = kind_of(rec["id"])
+    if kind != "rtb":
+        later = _LATER_FIELDS.get(kind)
+        if later and not later.keys() <= rec.keys():
+            rec = {**later, **rec}
+        if kind == "eni" and "mac_address" not in rec:
+            rec = {**rec, "mac_address": _mac(rec["id"])}
         return rec
     routes = []
     for x in _effective_routes(by_id, rec):
