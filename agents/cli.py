@@ -43,8 +43,9 @@ DEFAULT_TOPOLOGY = Path(__file__).resolve().parent.parent / "configs" / "demo.ya
 
 
 def print_instances(state: dict) -> None:
-    rows = [("INSTANCE", "VPC", "SUBNET", "ADDRESS", "HOST", "ENI")]
-    rows += [(n, i["vpc"], i["subnet"], i["ip"], i["host"], i["eni"]) for n, i in state["instances"].items()]
+    rows = [("INSTANCE", "VPC", "SUBNET", "ADDRESS", "IPV6", "HOST", "DEVICE", "ENI")]
+    rows += [(n, i["vpc"], i["subnet"], i["ip"], i.get("ipv6") or "-", i["host"], i.get("interface_type", "tun"),
+              i["eni"]) for n, i in state["instances"].items()]
     _table(rows)
 
 

@@ -226,10 +226,10 @@ class EdgeAgent:
         src = addresses.text(int.from_bytes(pkt[12:16], "big")) if not v6 else str(ipaddress.IPv6Address(bytes(pkt[8:24])))
         verdict = self.igw.outbound(self.relay.vni, pkt, count=False)
         if verdict is None and v6:
-            steps.append({"step": "internet gateway", "result": "allow",
+            egress_only = self.relay.vni in self.igw.egress_only.tables
+            steps.append({"step": "egress-only gateway" if egress_only else "internet gateway", "result": "allow",
                           "detail": f"IPv6 {src} leaves unchanged" + (
-                              " (egress-only: its flow is tracked, answers may come back)"
-                              if self.relay.vni in self.igw.egress_only.tables else "")})
+                              " (its flow is tracked: answers may come back, nothing else in)" if egress_only else "")})
             steps.append({"step": "delivery", "result": "allow", "detail": f"to the internet ({self.cfg.internet_device})"})
             return {"steps": steps, "delivered": True}
         if verdict is None:

@@ -173,7 +173,8 @@ class InternetGateway:
             return Drop.MALFORMED_PACKET
         vni = self.blocks6.get((int.from_bytes(pkt[24:40], "big") | V6_TAG) >> 72)
         if vni is None:
-            return Drop.NO_PUBLIC_ADDRESS
+            # The edge's own kernel's link chatter on the internet device (MLD reports) is no lost packet.
+            return Drop.BROADCAST_MULTICAST if pkt[24] == 0xFF else Drop.NO_PUBLIC_ADDRESS
         if not self.egress_only.inbound(vni, pkt, self.now):
             return Drop.EGRESS_ONLY
         self.counters["in6"] += 1
