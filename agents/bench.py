@@ -26,6 +26,10 @@ Then the Hyperplane figures (``agents/bench_hyperplane.py``; ``--no-hyperplane``
 of configs/hyperplane.yaml: new TCP connections per second through the NAT gateway and through the load
 balancer (floor 2,000/s), and one TCP stream through each as a ratio to instance to instance in that lab.
 
+Then the dual-stack figures (``agents/bench_dual_stack.py``; ``--no-dual-stack`` skips them), on a lab of
+configs/dual-stack.yaml: one TCP stream over IPv6 and from a TAP VM as ratios to IPv4, and the VPC
+resolver's round trip, its per-ENI limit under load and its in-process answer rate.
+
 Each iperf3 test gets its own server (``iperf3 -s -1``, started in the server's namespace and killed by
 pid if it outlives the test). A short warm-up ping on each path first proves it works and fills caches
 (ARP, the host agents' mapping cache), so the first measured run is not a cold one; each measurement
@@ -57,7 +61,7 @@ import time
 import uuid
 from pathlib import Path
 
-from agents import bench_hyperplane, bench_policy
+from agents import bench_dual_stack, bench_hyperplane, bench_policy
 from agents.lab import Lab, terminate
 from vswitch.topology import load_topology
 
@@ -402,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-policy", action="store_true", help="skip the policy figures (agents/bench_policy.py)")
     ap.add_argument("--no-hyperplane", action="store_true",
                     help="skip the NAT gateway and load balancer figures (agents/bench_hyperplane.py)")
+    ap.add_argument("--no-dual-stack", action="store_true",
+                    help="skip the IPv6, TAP and resolver figures (agents/bench_dual_stack.py)")
     args = ap.parse_args(argv)
     if args.runs < 1 or args.seconds < 1:
         ap.error("--runs and --seconds must be at least 1")
@@ -422,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = uuid.uuid4().hex[:8]
     paths = {"baseline": VethPath(f"bench-{tag}"), "ours": LabPath(f"b{tag}")}
     hyperplane_lab = Lab(f"h{tag}")
+    dual_lab = Lab(f"d{tag}")
     servers = Servers()
     raw: list[dict] = []
     errors: list[str] = []
@@ -455,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_hyperplane:
             paths["ours"].down()  # one lab at a time: the machine has two cores
             measure_hyperplane(hyperplane_lab, servers, args, policy)
+        if not args.no_dual_stack:
+            paths["ours"].down()
+            measure_dual_stack(dual_lab, servers, args, policy)
     except MeasureError as e:
         errors.append(f"setup: {e}")
         log(f"bench: {e}")
@@ -466,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:  # every step, even when an earlier one fails
             for step in (servers.kill_all, paths["ours"].down, paths["baseline"].down,
-                         lambda: hyperplane_lab.down(quiet=True)):
+                         lambda: hyperplane_lab.down(quiet=True), lambda: dual_lab.down(quiet=True)):
                 try:
                     step()
                 except Exception as e:  # noqa: BLE001 - report, carry on cleaning
@@ -496,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_policy:
                 print("\n".join(bench_policy.report_lines(policy)))
             print("\n".join(bench_hyperplane.report_lines(policy.get("hyperplane", {}))))
+            print("\n".join(bench_dual_stack.report_lines(policy.get("dual_stack", {}))))
         else:
             for e in errors:
                 print(f"ERROR: {e}")
@@ -527,6 +538,20 @@ def measure_hyperplane(lab: Lab, servers: Servers, args, policy: dict) -> None:
     except (MeasureError, RuntimeError, subprocess.SubprocessError, OSError, ValueError, KeyError) as e:
         policy["errors"].append(f"hyperplane: {e}")
         log(f"bench: hyperplane FAILED: {e}")
+    finally:
+        lab.down(quiet=True)
+
+
+def measure_dual_stack(lab: Lab, servers: Servers, args, policy: dict) -> None:
+    """The figures of ``agents/bench_dual_stack.py`` on their own lab; a failure is recorded, not raised."""
+    log(f"bench: setting up the dual-stack lab {lab.name} ({bench_dual_stack.TOPOLOGY.name})")
+    try:
+        topo = str(bench_dual_stack.TOPOLOGY)
+        lab.up(load_topology(topo), topo, say=lambda m: log(f"  {m}"))
+        policy["dual_stack"] = bench_dual_stack.measure(lab, iperf3, servers, args.runs, args.seconds, log)
+    except (MeasureError, RuntimeError, subprocess.SubprocessError, OSError, ValueError, KeyError) as e:
+        policy["errors"].append(f"dual stack: {e}")
+        log(f"bench: dual stack FAILED: {e}")
     finally:
         lab.down(quiet=True)
 

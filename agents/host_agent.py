@@ -311,6 +311,10 @@ class HostAgent:
             for e in mine.values():
                 number = addresses.eni_number(e["id"])
                 port = self.ports.get(number)
+                if port is not None and (e.get("ipv6_address") != (str(port.eni.ipv6.ip) if port.eni.ipv6 else None)
+                                         or (e.get("interface_type") or "tun") != port.eni.interface_type):
+                    self.detach(port)  # an IPv6 address given or taken: the device is made again with it
+                    port = None
                 if port is not None:
                     port.eni.source_dest_check = e["source_dest_check"]
                     await self._converge_port(port, e, view)

@@ -785,7 +785,12 @@ def packet_info(buf, off: int, n: int) -> PacketInfo | None:
     left = total - ihl
     if frag & 0x1FFF:
         return PacketInfo(proto, src, dst, payload_len=left, fragment=True)
-    l4 = off + ihl
+    return _transport(buf, off + ihl, left, proto, src, dst, PROTO_ICMP, _ICMP_KIND, _quoted)
+
+
+def _transport(buf, l4: int, left: int, proto: int, src: int, dst: int, icmp: int, icmp_kind: bytes, quoted):
+    """The transport header at ``l4`` (``left`` bytes to the packet's end), either family: ``icmp`` is the
+    family's ICMP protocol (1 or 58), ``icmp_kind`` its type table and ``quoted`` its quote parser."""
     if proto == PROTO_TCP:
         if left < 20:
             return None
@@ -800,16 +805,16 @@ def packet_info(buf, off: int, n: int) -> PacketInfo | None:
             return None
         sport, dport = _PORTS.unpack_from(buf, l4)
         return PacketInfo(proto, src, dst, sport, dport, payload_len=left - 8)
-    if proto == PROTO_ICMP:
+    if proto == icmp:
         if left < _ICMP_HEADER:
             return None
         icmp_type, code = buf[l4], buf[l4 + 1]
-        kind = _ICMP_KIND[icmp_type]
+        kind = icmp_kind[icmp_type]
         pkt = PacketInfo(proto, src, dst, payload_len=left - _ICMP_HEADER, icmp_type=icmp_type, icmp_code=code)
         if kind == _I_REQUEST or kind == _I_REPLY:
             pkt.icmp_id = _U16.unpack_from(buf, l4 + 4)[0]
         elif kind == _I_ERROR:
-            pkt.inner = _quoted(buf, l4 + _ICMP_HEADER, left - _ICMP_HEADER)
+            pkt.inner = quoted(buf, l4 + _ICMP_HEADER, left - _ICMP_HEADER)
             if pkt.inner is None:
                 return None
         return pkt
@@ -884,35 +889,7 @@ def _packet_info6(buf, off: int, n: int) -> PacketInfo | None:
         nh, l4, fragment = walked
         if fragment:
             return PacketInfo(nh, src, dst, payload_len=end - l4, fragment=True)
-    left = end - l4
-    if nh == PROTO_TCP:
-        if left < 20:
-            return None
-        sport, dport, seq, ack, doff, flags, window = _TCP.unpack_from(buf, l4)
-        doff = (doff >> 4) * 4
-        if doff < 20 or doff > left:
-            return None
-        wscale = _wscale(buf, l4 + 20, l4 + doff) if flags & _SYN else -1
-        return PacketInfo(nh, src, dst, sport, dport, flags, seq, ack, window, left - doff, wscale=wscale)
-    if nh == PROTO_UDP:
-        if left < 8:
-            return None
-        sport, dport = _PORTS.unpack_from(buf, l4)
-        return PacketInfo(nh, src, dst, sport, dport, payload_len=left - 8)
-    if nh == PROTO_ICMPV6:
-        if left < _ICMP_HEADER:
-            return None
-        icmp_type, code = buf[l4], buf[l4 + 1]
-        kind = _ICMP6_KIND[icmp_type]
-        pkt = PacketInfo(nh, src, dst, payload_len=left - _ICMP_HEADER, icmp_type=icmp_type, icmp_code=code)
-        if kind == _I_REQUEST or kind == _I_REPLY:
-            pkt.icmp_id = _U16.unpack_from(buf, l4 + 4)[0]
-        elif kind == _I_ERROR:
-            pkt.inner = _quoted6(buf, l4 + _ICMP_HEADER, left - _ICMP_HEADER)
-            if pkt.inner is None:
-                return None
-        return pkt
-    return PacketInfo(nh, src, dst, payload_len=left)
+    return _transport(buf, l4, end - l4, nh, src, dst, PROTO_ICMPV6, _ICMP6_KIND, _quoted6)
 
 
 def _quoted6(buf, off: int, n: int) -> PacketInfo | None:

@@ -62,15 +62,22 @@ DoptId = ref("dopt")
 DoptOrDefault = ref("dopt", also=("default",))
 
 
-def _network(value: str, low: int = MIN_PREFIX, high: int = MAX_PREFIX) -> str:
+def _block(value: str, version: int):
+    """``value`` as an IPv4 or IPv6 network; a ValueError that says what is wrong with it."""
+    network, interface = (ipaddress.IPv4Network, ipaddress.IPv4Interface) if version == 4 else (
+        ipaddress.IPv6Network, ipaddress.IPv6Interface)
     try:
-        net = ipaddress.IPv4Network(value)
+        return network(value)
     except ValueError:
         try:
-            host = ipaddress.IPv4Interface(value)
+            host = interface(value)
         except ValueError:
-            raise ValueError(f"{value!r} is not an IPv4 CIDR block") from None
+            raise ValueError(f"{value!r} is not an IPv{version} CIDR block") from None
         raise ValueError(f"{value} has host bits set; did you mean {host.network}?") from None
+
+
+def _network(value: str, low: int = MIN_PREFIX, high: int = MAX_PREFIX) -> str:
+    net = _block(value, 4)
     if not low <= net.prefixlen <= high:
         raise ValueError(f"prefix /{net.prefixlen} out of range /{low} to /{high}")
     return str(net)
@@ -94,14 +101,7 @@ def _ipv6_block(prefixlen: int):
     """An IPv6 CIDR block of exactly ``/prefixlen`` (the cloud's sizes: /56 a VPC, /64 a subnet)."""
 
     def check(value: str) -> str:
-        try:
-            net = ipaddress.IPv6Network(value)
-        except ValueError:
-            try:
-                host = ipaddress.IPv6Interface(value)
-            except ValueError:
-                raise ValueError(f"{value!r} is not an IPv6 CIDR block") from None
-            raise ValueError(f"{value} has host bits set; did you mean {host.network}?") from None
+        net = _block(value, 6)
         if net.prefixlen != prefixlen:
             raise ValueError(f"an IPv6 block here is a /{prefixlen}, not /{net.prefixlen}")
         return str(net)
