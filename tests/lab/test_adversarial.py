@@ -299,7 +299,7 @@ def garbled_geneve(rng: random.Random, vni: int, eni: int, src: str, dst: str) -
     # Unknown critical / non-critical options, protocols, VNIs.
     out.append(Geneve(vni, geneve.PROTO_IPV4, (Option(0x0103, 0x85, bytes(4)), eni_opt), inner).emit())
     out.append(Geneve(vni, geneve.PROTO_IPV4, (Option(0x0103, 0x05, bytes(4)), eni_opt), inner).emit())
-    out.append(Geneve(vni, geneve.PROTO_IPV6, (eni_opt,), bytes(40)).emit())
+    out.append(Geneve(vni, geneve.PROTO_IPV6, (eni_opt,), bytes(40)).emit())  # "IPv6" of version 0
     out.append(Geneve(vni, 0x6558, (eni_opt,), bytes(60)).emit())  # Ethernet: not for an L3 overlay
     out.append(Geneve(vni, geneve.PROTO_IPV4, (eni_opt,), b"").emit())
     out.append(Geneve(vni, geneve.PROTO_IPV4, (eni_opt,), b"\x45" + bytes(10)).emit())
@@ -360,7 +360,7 @@ def test_garbage_on_the_underlay_never_crashes_an_agent(demo_lab):
     assert a1["pid"] == a0["pid"] and e1["pid"] == e0["pid"]
     ingress = delta(a1["ingress_drops"], a0["ingress_drops"])
     for reason in ("malformed_geneve", "unknown_vni", "outer_source_mismatch", "unknown_source",
-                   "geneve_oam", "unknown_critical_option", "unsupported_protocol", "ipv6_not_enabled"):
+                   "geneve_oam", "unknown_critical_option", "unsupported_protocol", "malformed_packet"):
         assert ingress.get(reason, 0) > 0, (reason, ingress)
     assert e1["relayed"] == e0["relayed"]
     assert eni_of(a1, "client")["rx_packets"] == eni_of(a0, "client")["rx_packets"]
