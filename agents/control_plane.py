@@ -63,6 +63,7 @@ async def run(cfg: config.ControlPlaneConfig) -> None:
     if cfg.unix_socket:
         os.chmod(cfg.unix_socket, 0o660)
     log.info("ready", listen=cfg.listen, unix_socket=cfg.unix_socket, store=cfg.store.split("://")[0])
+    daemon.started(cfg, cp)
     await daemon.until_signalled()
     for s in servers:
         s.should_exit = True

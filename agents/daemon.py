@@ -36,6 +36,11 @@ def run(argv: list[str] | None, model, runner: Callable[[object], Awaitable[None
     uvloop.run(runner(cfg))
 
 
+def started(cfg, component=None) -> None:
+    """Call once the daemon serves: it starts the Prometheus endpoint (``cfg.metrics``; the metrics are
+    read from ``component`` at scrape time) and tells systemd it is ready (``Type=notify``)."""
+
+
 async def until_signalled() -> None:
     """Return on SIGTERM or SIGINT."""
     stop = asyncio.Event()

@@ -264,6 +264,7 @@ class EdgeAgent:
 async def run(cfg: config.EdgeConfig) -> None:
     edge = EdgeAgent(cfg)
     await edge.start()
+    daemon.started(cfg, edge)
     await daemon.until_signalled()
 
 

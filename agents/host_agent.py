@@ -790,6 +790,7 @@ def _table_routes6(view: dict, e: dict) -> set[str]:
 async def run(cfg: config.HostAgentConfig) -> None:
     agent = HostAgent(cfg)
     await agent.start()
+    daemon.started(cfg, agent)
     await daemon.until_signalled()
     agent.log.info("stopping")
 

@@ -167,6 +167,7 @@ class HyperplaneAgent:
 async def run(cfg: config.HyperplaneConfig) -> None:
     agent = HyperplaneAgent(cfg)
     await agent.start()
+    daemon.started(cfg, agent)
     await daemon.until_signalled()
 
 

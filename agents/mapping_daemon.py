@@ -130,6 +130,7 @@ async def run(cfg: config.MappingDaemonConfig) -> None:
         daemon.desired = DesiredStateWatcher(cfg.control_plane, token, daemon.apply_desired)
         daemon.desired_task = asyncio.create_task(daemon.desired.run())
     daemon.log.info("ready", listen=cfg.listen, entries=daemon.handle_control({})["entries"])
+    _daemon.started(cfg, daemon)
     await _daemon.until_signalled()
     server.close()
 

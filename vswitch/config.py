@@ -65,12 +65,24 @@ class FleetNode(_Strict):
     underlay_ip: IPv4
 
 
+class TlsConfig(_Strict):
+    """Mutual TLS on a control channel (``vpc pki``): this daemon's certificate and key, and the CA that
+    every peer's certificate must chain to."""
+
+    ca: str  # PEM file of the deployment's CA
+    cert: str  # PEM file of this daemon's certificate
+    key: str  # PEM file of its private key
+
+
 class DaemonConfig(_Strict):
     name: str
     control_socket: str
     log_file: str | None = None
     log_level: str = "info"
     netns: str | None = None  # run inside this network namespace (/run/netns/NAME; the lab's hosts)
+    metrics: Endpoint | None = None  # serve Prometheus metrics on HOST:PORT
+    tls: TlsConfig | None = None  # mutual TLS on its control channels (mapping daemon, control plane)
+    state_dir: str | None = None  # where it keeps state across restarts (systemd's StateDirectory)
 
 
 class HostAgentConfig(DaemonConfig):
@@ -154,6 +166,8 @@ class ControlPlaneConfig(_Strict):
         "2001:db8:100::/40"
     log_file: str | None = None
     log_level: str = "info"
+    metrics: Endpoint | None = None  # serve Prometheus metrics on HOST:PORT
+    tls: TlsConfig | None = None  # mutual TLS on the TCP listener (clients must present a certificate)
 
     @pydantic.model_validator(mode="after")
     def _somewhere(self):
