@@ -20,9 +20,19 @@
     vpc hyperplane shards       the Hyperplane fleet, each NAT gateway's and load balancer's shard of
                                 nodes, and how much shards overlap (against random shards)
     vpc account create NAME     (admin) a new account and its token
+    vpc pki init [--dir DIR]    a CA for the control channels' certificates (default /etc/userspace-vpc/pki)
+    vpc pki issue ROLE NAME [--ip IP]… [--dns NAME]… [--dir DIR]
+                                NAME.crt and NAME.key for a component; ROLE: control-plane, mapping,
+                                edge, hyperplane, host or admin
+    vpc agent ROLE --config FILE [--check-config]
+                                run a daemon (as vpc-ROLE does): control-plane, mapping-daemon, edge,
+                                hyperplane, host-agent; --check-config validates FILE and names the bad field
+    vpc install-units [--prefix /] [--bin DIR] [--role ROLE]… [--enable]
+                                the systemd units (configs/systemd/) and example configs, in place
 Every command takes ``--lab NAME`` (default $VPC_LAB or "vpc") so several labs can coexist. API
 commands use the lab's default account (``--admin`` for the admin token), or $VPC_API_URL with
-$VPC_TOKEN for a deployment that is not a lab.
+$VPC_TOKEN for a deployment that is not a lab ($VPC_TLS_CA, $VPC_TLS_CERT and $VPC_TLS_KEY: the
+client certificate for an https:// control plane that requires one).
 """
 
 from __future__ import annotations
@@ -106,6 +116,16 @@ def cmd_status(args) -> int:
         rows.append((name, c["role"], c["pid"], c["health"], c["underlay_ip"], detail))
     _table(rows)
     print()
+    metric_rows = [("COMPONENT", "ENDPOINT", "METRICS")]
+    for name, c in status["components"].items():
+        m = c.get("metrics")
+        if m is not None:
+            shown = m.get("error") or " ".join(f"{k}={v}" for k, v in m.items()
+                                                if k not in ("role", "endpoint", "scrape_ms") and v is not None)
+            metric_rows.append((name, m["endpoint"], shown))
+    if len(metric_rows) > 1:
+        _table(metric_rows)
+        print()
     print_instances(status)
     return 0 if healthy else 1
 
@@ -120,6 +140,10 @@ def _api(args):
     from vswitch.controlplane.client import ApiClient
     url, token = os.environ.get("VPC_API_URL"), os.environ.get("VPC_TOKEN")
     if url and token:
+        tls = [os.environ.get(f"VPC_TLS_{k}") for k in ("CA", "CERT", "KEY")]
+        if all(tls):
+            from vswitch.config import TlsConfig
+            return ApiClient(url, token, tls=TlsConfig(ca=tls[0], cert=tls[1], key=tls[2]))
         return ApiClient(url, token)
     return Lab(args.lab).api(admin=getattr(args, "admin", False))
 
@@ -306,6 +330,37 @@ def cmd_account(args) -> int:
     return 0
 
 
+def cmd_pki(args) -> int:
+    """``vpc pki init`` / ``vpc pki issue``: the CA and the certificates of the control channels."""
+    from vswitch import pki
+    try:
+        if args.action == "init":
+            print(f"CA created: {pki.init(args.dir)} (its key {Path(args.dir) / pki.CA_KEY}, mode 0600)")
+        else:
+            crt, key = pki.issue(args.dir, args.role, args.name, args.ip, args.dns)
+            print(f"issued {args.role} certificate for {args.name!r}: {crt}, {key}")
+    except pki.PkiError as e:
+        raise LabError(str(e)) from None
+    return 0
+
+
+def cmd_agent(args) -> int:
+    """``vpc agent ROLE --config FILE [--check-config]``: the daemon itself, as ``vpc-ROLE`` runs it."""
+    from agents import roles
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a daemon, not a pipeline's stage: Python's default
+    roles.main(args.role, args.daemon_args)
+    return 0
+
+
+def cmd_install_units(args) -> int:
+    from agents.install_units import InstallError, install
+    try:
+        install(args.prefix, args.bin, args.enable, args.role)
+    except InstallError as e:
+        raise LabError(str(e)) from None
+    return 0
+
+
 def cmd_demo(args) -> int:
     from agents.demo import run_demo
     return run_demo(args.lab or "demo")
@@ -379,6 +434,32 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("name")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_account)
+    # vpc pki init | issue: the CA and certificates of the control channels (vswitch/pki.py)
+    from vswitch.pki import DEFAULT_DIR, ROLES
+    s = sub.add_parser("pki", help="the CA and certificates of the control channels (mutual TLS)")
+    pki_sub = s.add_subparsers(dest="action", required=True)
+    sp = pki_sub.add_parser("init", help="create a CA (refuses if one is there)")
+    sp.add_argument("--dir", default=DEFAULT_DIR, help=f"where the CA lives (default {DEFAULT_DIR})")
+    sp = pki_sub.add_parser("issue", help="issue NAME.crt and NAME.key, signed by the CA in --dir")
+    sp.add_argument("role", choices=ROLES)
+    sp.add_argument("name", help="the component's name (its certificate's CN, and the files' names)")
+    sp.add_argument("--ip", action="append", default=[], help="an address it serves on (IP SAN); repeatable")
+    sp.add_argument("--dns", action="append", default=[], help="a DNS name it serves as (DNS SAN); repeatable")
+    sp.add_argument("--dir", default=DEFAULT_DIR, help=f"the CA's directory (default {DEFAULT_DIR})")
+    s.set_defaults(func=cmd_pki)
+    # vpc agent ROLE …: a daemon (agents/roles.py); vpc install-units: its systemd units (agents/install_units.py)
+    from agents.roles import ROLES as DAEMON_ROLES
+    s = sub.add_parser("agent", help="run a daemon: vpc agent ROLE --config FILE [--check-config]")
+    s.add_argument("role", choices=DAEMON_ROLES)
+    s.add_argument("daemon_args", nargs=argparse.REMAINDER, help="--config FILE [--check-config]")
+    s.set_defaults(func=cmd_agent)
+    s = sub.add_parser("install-units", help="install the systemd units and example configs")
+    s.add_argument("--prefix", default="/", help="the root to install under (default /)")
+    s.add_argument("--bin", default=None, help="where the vpc-ROLE scripts are (default: this Python's)")
+    s.add_argument("--role", action="append", default=[], choices=DAEMON_ROLES,
+                   help="a role of this machine: its example becomes /etc/userspace-vpc/ROLE.toml; repeatable")
+    s.add_argument("--enable", action="store_true", help="systemctl enable vpc.target and the units")
+    s.set_defaults(func=cmd_install_units)
     # `--lab` may also follow the sub-command.
     for sp in sub.choices.values():
         sp.add_argument("--lab", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -1,20 +1,26 @@
-"""Control plane: the VPC API over HTTP. ``python -m agents.control_plane --config control-plane.toml``.
+"""Control plane: the VPC API over HTTP. ``vpc-control-plane --config control-plane.toml``.
 
 Serves on a TCP address, a Unix socket (the lab's choice: no port in any namespace), or both. The
 store is embedded SQLite by default, or etcd for deployments that span machines. The admin token is
 read from a file (created with a random token if missing) so that no secret sits in the config.
+
+With ``tls`` (``vswitch.pki``) the TCP listener is HTTPS and requires a client certificate of the
+deployment's CA (any role): the certificate authenticates the machine, the bearer token still
+authenticates the account. The Unix socket is unchanged (its file permissions guard it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import secrets
+import ssl
 
 import uvicorn
 
 from agents import daemon
-from vswitch import config, logs
+from vswitch import config, logs, pki
 from vswitch.controlplane.api import build_app
 from vswitch.controlplane.service import ControlPlane
 from vswitch.store import open_store
@@ -35,6 +41,19 @@ def read_or_create_token(path: str) -> str:
     return token
 
 
+def tcp_config(app, cfg: config.ControlPlaneConfig) -> uvicorn.Config:
+    """The TCP listener's uvicorn config: HTTPS with required client certificates when ``cfg.tls``."""
+    host, port = config.split_endpoint(cfg.listen)
+    tls = {}
+    if cfg.tls:
+        context = pki.server_context(cfg.tls)  # TLS 1.2+, CERT_REQUIRED; a bad credential stops the start here
+        tls = {"ssl_certfile": cfg.tls.cert, "ssl_keyfile": cfg.tls.key, "ssl_ca_certs": cfg.tls.ca,
+               "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        if "ssl_context_factory" in inspect.signature(uvicorn.Config).parameters:  # newer uvicorn: ours (TLS 1.2+)
+            tls["ssl_context_factory"] = lambda _config, _default: context
+    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="off", **tls)
+
+
 async def run(cfg: config.ControlPlaneConfig) -> None:
     log = logs.get("control-plane")
     store = open_store(cfg.store)
@@ -44,9 +63,7 @@ async def run(cfg: config.ControlPlaneConfig) -> None:
     app = build_app(cp)
     servers = []
     if cfg.listen:
-        host, port = config.split_endpoint(cfg.listen)
-        servers.append(uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
-                                                     access_log=False, lifespan="off")))
+        servers.append(uvicorn.Server(tcp_config(app, cfg)))
     if cfg.unix_socket:
         servers.append(uvicorn.Server(uvicorn.Config(app, uds=cfg.unix_socket, log_config=None,
                                                      access_log=False, lifespan="off")))

@@ -1,5 +1,5 @@
 """Blackfoot edge agent: relays what hosts could not map, and is the VPCs' internet gateway.
-``python -m agents.edge_agent --config edge.toml``.
+``vpc-edge --config edge.toml``.
 
 Knows every mapping (subscribes to all VPCs) and forwards each relayed Geneve datagram unchanged to the
 host that owns the inner destination; see ``vswitch.edge`` for the checks. With ``internet_device`` it
@@ -42,7 +42,7 @@ class EdgeAgent:
         self.fleet = Fleet({n.name: n.underlay_ip for n in cfg.hyperplane}, cfg.hyperplane_shard_size,
                            cfg.underlay_port)
         self.relay.relays = frozenset(self.fleet.by_ip)
-        self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, None)
+        self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, None, tls=cfg.tls)
         self.internet = None
         self.internet_drops = new_counters()
         self.desired = None
@@ -67,7 +67,7 @@ class EdgeAgent:
             self._expire_egress_only()
         if self.cfg.control_plane:
             token = config.read_token(self.cfg.token_file) if self.cfg.token_file else ""
-            self.desired = DesiredStateWatcher(self.cfg.control_plane, token, self._on_view)
+            self.desired = DesiredStateWatcher(self.cfg.control_plane, token, self._on_view, tls=self.cfg.tls)
             self.desired_task = asyncio.create_task(self.desired.run())
         try:
             await asyncio.wait_for(self.mapping.synced.wait(), 5)

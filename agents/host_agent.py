@@ -1,4 +1,4 @@
-"""Host agent: the per-host virtual switch. ``python -m agents.host_agent --config host.toml``.
+"""Host agent: the per-host virtual switch. ``vpc-host-agent --config host-agent.toml``.
 
 Composition root only: it wires the pure paths (``vswitch.egress``, ``vswitch.ingress``) to the I/O —
 one TUN per ENI, one UDP underlay socket — with uvloop readiness callbacks that drain up to BATCH
@@ -20,6 +20,12 @@ A TAP ENI (a virtual machine) carries Ethernet frames, read so that the IP packe
 ARP, DHCP and neighbour discovery never leave the host: ``vswitch.link_services`` answers them.
 Packets to the VPC resolver are answered here too (``vswitch.vpc_resolver``), before any policy;
 what it does not know it recurses through ``dns_upstream``.
+
+Restart without harm: ENI devices are persistent (``vswitch.tun``), so an agent stopped, crashed or
+upgraded leaves instances their interfaces, addresses and routes. On start the agent rebuilds the rest
+from the desired state and the mapping daemon, finds each ENI's device by its alias and attaches to it
+again (``tun.reattach``), and lets that ENI's conntrack pick up established TCP connections for
+``PICKUP_GRACE`` seconds (``ConnTrack.allow_pickup``). A deliberate detach deletes the device.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from vswitch.coalesce import UdpCoalescer
 from vswitch.controlplane.client import DesiredStateWatcher
 from vswitch.drops import Drop, counters_as_dict
 from vswitch.egress import RESOLVER, EgressPath
-from vswitch.eni import Eni, VpcView, reserved_keys
+from vswitch.eni import RX_BYTES, RX_PACKETS, Eni, VpcView, reserved_keys
 from vswitch.firewall import Firewall
 from vswitch.flowlog import EniIdentity, FlowLogAggregator, FlowLogSpec
 from vswitch.headers import PROTO_TCP, PROTO_UDP
@@ -79,6 +85,7 @@ class EniPort:
         self.uso = bool(self.vnet)  # small UDP packets to it may be coalesced (coalesce.py) until refused
         self.ipv6 = False  # the Geneve header in ``buf`` says IPv6 (its protocol type follows the packets)
         self.routes6: set[str] = set()  # the IPv6 routes installed in the instance through this ENI
+        self.reattached = False  # its device was found in the instance, left by a previous run of the agent
         mac = eni.mac
         self.eth4 = mac + addresses.GATEWAY_MAC + b"\x08\x00"  # frames to a TAP instance: from the router
         self.eth6 = mac + addresses.GATEWAY_MAC + b"\x86\xdd"
@@ -124,6 +131,7 @@ class EniPort:
 
 class HostAgent:
     EXPIRE_BUDGET = 2000  # flow entries examined per ENI per sweep (4 sweeps a second)
+    PICKUP_GRACE = 60.0  # seconds a re-attached ENI's conntrack picks up established TCP (ConnTrack.allow_pickup)
 
     def __init__(self, cfg: config.HostAgentConfig):
         self.cfg = cfg
@@ -145,7 +153,7 @@ class HostAgent:
         self.shipper: FlowLogShipper | None = None
         self.coalescer = UdpCoalescer()
         self.mapping = MappingClient(config.split_endpoint(cfg.mapping), self.cache, sorted(self.vpcs),
-                                     on_change=self._release_held)
+                                     on_change=self._release_held, tls=cfg.tls)
         self.ports: dict[int, EniPort] = {}  # ENI number -> port
         self.desired = None  # DesiredStateWatcher when a control plane is configured
         self._converging = asyncio.Lock()
@@ -183,15 +191,17 @@ class HostAgent:
             await self.attach(e)
         if self.cfg.control_plane:
             token = config.read_token(self.cfg.token_file) if self.cfg.token_file else ""
-            self.shipper = FlowLogShipper(self.cfg.control_plane, token, self.cfg.name)
+            self.shipper = FlowLogShipper(self.cfg.control_plane, token, self.cfg.name, tls=self.cfg.tls)
             self.shipper_task = asyncio.create_task(self.shipper.run())
             self._flush_flow_logs()
-            self.desired = DesiredStateWatcher(self.cfg.control_plane, token, self.converge)
+            self.desired = DesiredStateWatcher(self.cfg.control_plane, token, self.converge, tls=self.cfg.tls)
             self.desired_task = asyncio.create_task(self.desired.run())
             try:
                 await asyncio.wait_for(self.desired.synced.wait(), 10)
             except asyncio.TimeoutError:
                 self.log.warning("no desired state from the control plane yet; serving what is configured")
+            else:
+                await self._sweep_orphans()
         self.ready = True
         self.log.info("ready", enis=len(self.ports), offload=self.cfg.offload,
                       mappings=self.cache.size())
@@ -221,19 +231,43 @@ class HostAgent:
             self.policy.apply(self._last_view, {eni.id: eni}, complete=False)
         name = f"e{eni.number & ((1 << 56) - 1):014x}"  # 15 chars max; unique on this host
         tap = e.interface_type == "tap"
-        dev = tun.open_tap(name) if tap else tun.open_tun(name, self.cfg.offload)
         gateway = str(e.ip.network.network_address + 1)
         wanted6 = self._routes6(vpc, routes6) if e.ipv6 else set()
-        try:
-            await asyncio.to_thread(tun.move_and_configure, name, e.netns, None if tap else str(e.ip.ip),
-                                    e.ip.network.prefixlen, gateway, vnet_hdr=dev.vnet_hdr,
-                                    ipv6=str(e.ipv6) if e.ipv6 else None, ipv6_routes=tuple(sorted(wanted6)),
-                                    mac=addresses.mac_text(eni.mac) if tap else None)
-        except BaseException:
-            dev.close()  # the device goes with its descriptor; a retry starts clean
-            raise
+        mac = addresses.mac_text(eni.mac) if tap else None
+        # The ENI's persistent device may be in the instance already, left by this agent's previous run
+        # (stopped, crashed, upgraded): attach to it again, addresses, routes and connections as they are.
+        seen: list[tuple[str, str]] = []
+        found = await asyncio.to_thread(tun.reattach, e.netns, e.id, tap, None if tap else str(e.ip),
+                                        str(e.ipv6) if e.ipv6 else None, mac,
+                                        log=lambda action, why: seen.append((action, why)))
+        for action, why in seen:
+            self.log.info("eni device found in the instance", eni=e.id, action=action, why=why)
+        if found is not None:
+            dev, installed6 = found
+            try:
+                if not tap and installed6 != wanted6:  # the route table changed while no agent ran
+                    await asyncio.to_thread(tun.set_ipv6_routes, e.netns, wanted6, installed6)
+            except BaseException:
+                dev.close()  # still persistent: the retry finds it again
+                raise
+            # Its flows were tracked by the previous run: established connections' next packets may start
+            # flows for a while (the rules still decide), instead of being refused as no flow start.
+            eni.ct.allow_pickup(asyncio.get_running_loop().time() + self.PICKUP_GRACE)
+        else:
+            dev = tun.open_tap(name) if tap else tun.open_tun(name, self.cfg.offload)
+            try:
+                await asyncio.to_thread(tun.move_and_configure, name, e.netns, None if tap else str(e.ip.ip),
+                                        e.ip.network.prefixlen, gateway, vnet_hdr=dev.vnet_hdr,
+                                        ipv6=str(e.ipv6) if e.ipv6 else None, ipv6_routes=tuple(sorted(wanted6)),
+                                        mac=mac, alias=e.id)
+                # Persistent only once configured: a crash before this leaves nothing half made.
+                tun.set_persist(dev.fd, True)
+            except BaseException:
+                dev.close()  # the device goes with its descriptor; a retry starts clean
+                raise
         port = EniPort(eni, dev, LinkServices(self._lease(eni), self._mac_of(vpc)) if tap else None)
         port.routes6 = wanted6 if not tap else set()
+        port.reattached = found is not None
         self.ports[eni.number] = port
         vpc.local[eni.ipv4_key] = eni
         if eni.ipv6 is not None:
@@ -245,18 +279,46 @@ class HostAgent:
             except OSError:
                 pass
         self.log.info("eni attached", eni=e.id, instance=e.instance, ip=str(e.ip), ipv6=str(e.ipv6 or ""),
-                      device=e.interface_type, vnet_hdr=dev.vnet_hdr)
+                      device=e.interface_type, vnet_hdr=dev.vnet_hdr, reattached=found is not None)
 
     def detach(self, port: EniPort) -> None:
-        """Stop serving an ENI: closing the TUN removes the device from the instance."""
+        """Stop serving an ENI (deliberately: it left this host, or its instance is gone): the device is
+        no longer persistent, so closing it removes it from the instance."""
         asyncio.get_running_loop().remove_reader(port.fd)
         self.ports.pop(port.eni.number, None)
         vpc = self.vpcs.get(port.eni.vni)
         for k in (port.eni.ipv4_key, port.eni.ipv6_key):
             if vpc is not None and vpc.local.get(k) is port.eni:
                 del vpc.local[k]
+        try:
+            tun.set_persist(port.fd, False)
+        except OSError:  # the device is gone already (its namespace was deleted)
+            pass
         port.device.close()
         self.log.info("eni detached", eni=port.eni.id, instance=port.eni.instance)
+
+    async def _sweep_orphans(self) -> None:
+        """Once, at start: what instances deleted while no agent ran left behind — their persistent
+        device (its alias an ENI the desired state no longer has, nobody attached) and their namespace,
+        which a running agent would have removed on the deletion. A namespace without such a device is
+        never touched: it is not known to be ours."""
+        view, prefix = self._last_view, self.cfg.instance_netns_prefix
+        if view is None or not prefix:
+            return
+        enis = {e["id"] for e in view["enis"]}
+        instances = {e["instance"] for e in view["enis"]}
+        for path in sorted(instance_ns.NETNS_DIR.glob(prefix + "*")):
+            if path.name[len(prefix):] in instances:
+                continue
+            try:
+                removed = await asyncio.to_thread(tun.remove_orphan, path.name, enis)
+                if removed:
+                    await asyncio.to_thread(instance_ns.remove, path.name)
+                    self.log.info("removed a deleted instance's device and namespace", netns=path.name,
+                                  eni=removed)
+            except Exception as exc:  # best effort: never stops the agent from serving
+                self.log.warning("could not check a namespace for a leftover device", netns=path.name,
+                                 error=str(exc))
 
     @staticmethod
     def _routes6(vpc: VpcView, table_routes: set[str]) -> set[str]:
@@ -471,7 +533,10 @@ class HostAgent:
                     send(view[: inner + n], target)
                 elif target is RESOLVER:
                     self._ask_resolver(port, bytes(view[inner:inner + n]), now)
-                else:  # an ENI on this host
+                else:  # an ENI on this host: its rx is counted here (egress counts the sender's tx only)
+                    stats = target.stats
+                    stats[RX_PACKETS] += segments
+                    stats[RX_BYTES] += n
                     self._hand_over(target, view, geneve.VNET_OFFSET if vnet else -1, inner, inner + n)
             except Exception:  # a bug must not take the switch down; it is counted and logged
                 self._error("egress")
@@ -513,6 +578,9 @@ class HostAgent:
                 elif target is RESOLVER:
                     self._ask_resolver(port, bytes(view[inner:inner + n]), now)
                 else:
+                    stats = target.stats
+                    stats[RX_PACKETS] += 1
+                    stats[RX_BYTES] += n
                     self._hand_over(target, view, -1, inner, inner + n)
             except OSError:
                 self.ingress.drops[Drop.DELIVERY_FAILED] += 1
@@ -691,7 +759,7 @@ class HostAgent:
                          "mac": addresses.mac_text(e.mac), "vnet_hdr": p.vnet, "tx_packets": e.stats[0], "tx_bytes": e.stats[1],
                          "rx_packets": e.stats[2], "rx_bytes": e.stats[3], "drops": counters_as_dict(e.drops),
                          "security_groups": list(e.sg_ids), "conntrack": e.ct.stats(),
-                         "flow_logs": [log.spec.id for log in e.flow_logs],
+                         "flow_logs": [log.spec.id for log in e.flow_logs], "reattached": p.reattached,
                          "device": await self._device_counters(e)})
         return {"role": "host-agent", "name": self.cfg.name, "ready": self.ready, "pid": os.getpid(),
                 "desired_state": self.desired.status() if self.desired else None, "pending": self.pending,

@@ -1,4 +1,4 @@
-"""Hyperplane node: NAT gateway and load balancer flows. ``python -m agents.hyperplane_agent --config hp.toml``.
+"""Hyperplane node: NAT gateway and load balancer flows. ``vpc-hyperplane --config hyperplane.toml``.
 
 Composition root only: the packet work is ``vswitch.hyperplane_node.NodeCore``; this shell owns the
 underlay socket, the desired-state watcher, and three timers:
@@ -56,7 +56,7 @@ class HyperplaneAgent:
         loop.add_reader(self.underlay.fileno, self._on_underlay)
         self.control = await control.serve(self.cfg.control_socket, self.handle_control)
         token = config.read_token(self.cfg.token_file) if self.cfg.token_file else ""
-        self.desired = DesiredStateWatcher(self.cfg.control_plane, token, self._on_view)
+        self.desired = DesiredStateWatcher(self.cfg.control_plane, token, self._on_view, tls=self.cfg.tls)
         self.desired_task = asyncio.create_task(self.desired.run())
         self._last_resync = loop.time()
         self.fleet.heard(self.cfg.underlay_ip, loop.time())  # itself: alive

@@ -16,6 +16,12 @@ labs (and test runs) coexist and ``down`` finds everything of its own, even afte
 
 Namespaces and links are made with the ``ip`` command: the lab is orchestration, like a script, and
 ``ip`` output is what a user debugging it reads. Agents themselves use netlink (pyroute2).
+
+Credentials: ``up`` creates a CA in ``/run/vpc/<lab>/pki`` (``vswitch.pki``), issues every component a
+certificate of its role (SAN: its underlay address) and writes ``tls = {ca, cert, key}`` into every
+daemon's config, so the mapping daemon's channel (198.18.0.2:6080) is mutual TLS: a process on the
+underlay without a certificate of the lab's CA cannot subscribe. ``pki/lab.admin.crt`` (role admin) is
+the user's. The control plane still listens only on its Unix socket.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,7 +42,8 @@ from pathlib import Path
 import httpx
 import tomli_w
 
-from vswitch import control, instance_ns
+from agents import roles
+from vswitch import control, instance_ns, pki
 from vswitch.topology import Topology
 
 STATE_ROOT = Path(os.environ.get("VPC_STATE_ROOT", "/run/vpc"))
@@ -43,6 +51,12 @@ UNDERLAY = ipaddress.ip_network("198.18.0.0/24")
 MAPPING_IP, EDGE_IP, FIRST_HOST = UNDERLAY[2], UNDERLAY[3], 11
 FIRST_NODE, HYPERPLANE_NODES, SHARD_SIZE = 21, 4, 3  # the fleet: each resource's shard is 3 of 4 nodes
 MAPPING_PORT = 6080
+METRICS_PORT = 9100  # every daemon in a namespace serves Prometheus metrics on its underlay IP, this port
+# Each component's certificate role (vswitch/pki.py), and the name of the user's (admin) certificate:
+# a dot, which no topology name has, so it never collides with a component's.
+PKI_ROLES = {"control_plane": "control-plane", "mapping_daemon": "mapping", "edge_agent": "edge",
+             "hyperplane_agent": "hyperplane", "host_agent": "host"}
+ADMIN_CERT = "lab.admin"
 LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 REGION = "lab-1"  # private hostnames are ip-10-0-1-5.lab-1.compute.internal
 # The "internet": a namespace on the far side of the edge, documentation ranges only (RFC 5737).
@@ -88,6 +102,7 @@ class Component:
     socket: str
     log: str
     pid: int = 0
+    metrics: str = ""  # HOST:PORT of its Prometheus endpoint, reached from its namespace ("" for none)
 
 
 class Lab:
@@ -142,6 +157,8 @@ class Lab:
         return state
 
     def _build(self, topo: Topology, state: dict, say) -> None:
+        pki.init(self.pki_dir)  # the lab's CA; components' certificates are issued with their configs
+        pki.issue(self.pki_dir, "admin", ADMIN_CERT)
         mtu = str(topo.underlay_mtu)
         u = self.ns("underlay")
         self._netns_add(u)
@@ -155,6 +172,7 @@ class Lab:
                           str(self.dir / f"{name}.sock"), str(self.dir / f"{name}.log"))
             comps.append(c)
             if netns:
+                c.metrics = f"{ip}:{METRICS_PORT}"
                 self._netns_add(netns, ipv6)
                 port = f"p{len(comps)}"
                 run("ip", "-n", netns, "link", "add", "ul0", "mtu", mtu, "type", "veth",
@@ -168,6 +186,7 @@ class Lab:
         # namespace (they share the filesystem), with no address in any of them.
         cp = component("control-plane", "control_plane", "", "-")
         cp.socket = str(self.api_socket)
+        cp.metrics = f"127.0.0.1:{_free_port()}"  # no namespace: loopback of the root namespace
         self._write_config(cp, {"unix_socket": cp.socket, "store": f"sqlite:///{self.dir / 'control-plane.db'}",
                                 "admin_token_file": str(self.admin_token_file), "region": REGION, "ipv6_pool": IPV6_POOL,
                                 "flow_log_dir": str(self.dir / "flow-logs")})
@@ -240,6 +259,16 @@ class Lab:
                         raise LabError(f"TAP instance {name} got no DHCP{'v6' if family == '-6' else ''} lease in "
                                        f"{timeout:.0f} s; see {self.dir / f'dhcp-{name}.out'}")
                     time.sleep(0.1)
+
+    @property
+    def pki_dir(self) -> Path:
+        """The lab's CA and every component's certificate (``vpc pki``'s layout)."""
+        return self.dir / "pki"
+
+    def credential(self, name: str) -> dict:
+        """``tls`` for a config: the lab's CA, and the certificate and key issued as ``name``."""
+        return {"ca": str(self.pki_dir / pki.CA_CERT), "cert": str(self.pki_dir / f"{name}.crt"),
+                "key": str(self.pki_dir / f"{name}.key")}
 
     # --- the API ---------------------------------------------------------------------------------
     @property
@@ -353,6 +382,11 @@ class Lab:
 
     def _write_config(self, c: Component, extra: dict) -> None:
         body = {"name": c.name, "log_file": c.log, **extra}
+        if c.metrics:
+            body["metrics"] = c.metrics
+        if not (self.pki_dir / f"{c.name}.crt").exists():  # its credential: role and underlay address
+            pki.issue(self.pki_dir, PKI_ROLES[c.role], c.name, [c.underlay_ip] if c.underlay_ip != "-" else [])
+        body["tls"] = self.credential(c.name)
         if c.role != "control_plane":  # it answers on its API socket instead, in the root namespace
             body["control_socket"] = c.socket
             body["netns"] = c.netns
@@ -361,8 +395,10 @@ class Lab:
     def _start(self, c: Component, state: dict) -> None:
         out = open(self.dir / f"{c.name}.out", "ab")
         with out:
-            # Not `ip netns exec`: the daemon enters its namespace itself (see vswitch/netns.py).
-            p = subprocess.Popen([sys.executable, "-m", f"agents.{c.role}", "--config", c.config],
+            # Not `ip netns exec`: the daemon enters its namespace itself (see vswitch/netns.py). The same
+            # command line as a real machine's systemd unit: `vpc-ROLE --config FILE` (agents/roles.py);
+            # the config path on it is what _alive recognises the process by.
+            p = subprocess.Popen([*roles.command(roles.BY_MODULE[c.role]), "--config", c.config],
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         c.pid = p.pid
@@ -431,16 +467,40 @@ class Lab:
         self._save(state)
         return p
 
+    def scrape(self, name: str) -> dict:
+        """Every sample component ``name``'s metrics endpoint serves (``vswitch.metrics.scrape``), read from
+        inside its namespace."""
+        from vswitch import metrics
+        c = self.state()["components"][name]
+        if not c.get("metrics"):
+            raise LabError(f"{name} serves no metrics (a lab started before they existed?)")
+        return metrics.scrape(c["metrics"], c["netns"] or None)
+
+    def metrics(self, state: dict | None = None) -> dict:
+        """A short summary of every component's metrics (``vswitch.metrics.summary``), scraped in parallel;
+        None for a component without an endpoint."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from vswitch import metrics
+        comps = (state or self.state())["components"]
+        wanted = {n: c for n, c in comps.items() if c.get("metrics")}
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(wanted)))) as pool:
+            futures = {n: pool.submit(metrics.scrape_summary, c["metrics"], c["netns"] or None)
+                       for n, c in wanted.items()}
+        return {n: futures[n].result() if n in futures else None for n in comps}
+
     def status(self) -> dict:
         state = self.state()
         comps = {}
+        scraped = self.metrics(state)
         for name, c in state["components"].items():
             alive = _alive(c["pid"], c["config"])
             detail = self._probe(c)
             health = ("ready" if detail.get("ready") else "starting") if "error" not in detail else (
                 "unreachable" if alive else "dead")
             comps[name] = {"role": c["role"], "netns": c["netns"], "underlay_ip": c["underlay_ip"],
-                           "pid": c["pid"], "alive": alive, "health": health, "detail": detail}
+                           "pid": c["pid"], "alive": alive, "health": health, "detail": detail,
+                           "metrics": scraped.get(name)}
         try:
             instances = self.instances()
         except Exception:  # the control plane is down: show what the lab knew at start
@@ -476,6 +536,12 @@ class Lab:
             shutil.rmtree(self.dir, ignore_errors=True)
             removed.append(f"dir {self.dir}")
         return removed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _starttime(pid: int) -> int | None:

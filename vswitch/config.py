@@ -1,7 +1,8 @@
 """Daemon configuration files (TOML), validated with errors that name the bad field.
 
-The lab writes these files; on real machines an operator does (issue 7 adds systemd units). Every
-daemon is started the same way: ``python -m agents.<role> --config FILE``.
+The lab writes these files; on real machines an operator does (``configs/systemd/`` has the units and examples). Every
+daemon is started the same way: ``vpc-ROLE --config FILE`` (``agents/roles.py``), or ``vpc agent ROLE
+--config FILE``; ``--check-config`` validates a file and names the bad field.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class HostAgentConfig(DaemonConfig):
     offload: bool = True  # TUN offloads (virtio header, TSO); off = one packet per read
     underlay_batching: bool = True  # UDP GSO/GRO trains on the underlay socket
     # With a control plane, ENIs come from its desired state (and `vpcs`/`enis` stay empty):
-    control_plane: str | None = None  # unix:///path or http://host:port
+    control_plane: str | None = None  # unix:///path, http://host:port, or https://host:port (with tls)
     token_file: str | None = None  # the infrastructure (admin) token
     instance_netns_prefix: str = ""  # an instance's namespace is this + its name
     region: str = "lab-1"
@@ -148,15 +149,32 @@ class HyperplaneConfig(DaemonConfig):
         return self
 
 
+def _store_url(value: str) -> str:
+    """What ``vswitch.store.open_store`` accepts, checked without opening anything."""
+    scheme, sep, rest = value.partition("://")
+    if scheme == "sqlite" and sep and rest.startswith("/"):
+        return value
+    if scheme == "etcd" and sep:
+        endpoints = [e.strip() for e in rest.split("/", 1)[0].split(",") if e.strip()]
+        for e in endpoints:
+            host, colon, port = e.rpartition(":")
+            if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"etcd endpoint {e!r} must be HOST:PORT")
+        if endpoints:
+            return value
+    raise ValueError("must be sqlite:///ABSOLUTE/PATH or etcd://HOST:PORT[,HOST:PORT…][/PREFIX]")
+
+
 class ControlPlaneConfig(_Strict):
     name: str = "control-plane"
     listen: Endpoint | None = None  # TCP HOST:PORT
     unix_socket: str | None = None  # and/or a Unix socket (the lab uses only this)
-    store: str = "sqlite:///var/lib/userspace-vpc/control-plane.db"  # or etcd://HOST:PORT[,HOST:PORT]
+    store: Annotated[str, pydantic.AfterValidator(_store_url)] = \
+        "sqlite:///var/lib/userspace-vpc/control-plane/control-plane.db"  # or etcd://HOST:PORT[,HOST:PORT]
     admin_token_file: str
     region: str = "lab-1"
     # Delivered flow log files (S3 layout); default: flow-logs next to a SQLite store's file, else
-    # /var/lib/userspace-vpc/flow-logs
+    # /var/lib/userspace-vpc/control-plane/flow-logs (both in the unit's StateDirectory=)
     flow_log_dir: str | None = None
     # Elastic IPs come from this region-wide IPv4 pool: first free, network and broadcast skipped
     public_ip_pool: Annotated[str, pydantic.AfterValidator(lambda v: str(ipaddress.IPv4Network(v)))] = \
@@ -187,7 +205,10 @@ def load(model: type[BaseModel], path: str):
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as e:
-        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        # Each problem starts with the field's path (``hyperplane.0.underlay_ip``); a check of the whole
+        # file (no path) names its fields in its message.
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" if err["loc"] else err["msg"]
+                    for err in e.errors()]
         raise ConfigError(f"{path}: " + "; ".join(problems)) from None
 
 

@@ -53,10 +53,10 @@ TCP state, simplified from Linux ``nf_conntrack_proto_tcp.c``:
 - flags: Linux's ``tcp_valid_flags`` (ECE, CWR, PSH ignored): SYN, SYN+ACK, RST, RST+ACK, FIN+ACK, ACK,
   and SYN, FIN+ACK, ACK with URG. Anything else — no flags, SYN+FIN, SYN+RST, FIN without ACK,
   FIN+RST — is INVALID in every state.
-- handshake: only the originator's SYN starts a flow (``create``; no mid-stream pickup); a SYN+ACK from
-  the other side that acknowledges it → SYN_RECV; the originator's ACK → ESTABLISHED. A bare SYN from
-  the other side before that (simultaneous open, Linux's SYN_SENT2) is INVALID: that end then answers
-  our SYN with a SYN+ACK and the handshake completes the ordinary way.
+- handshake: only the originator's SYN starts a flow (``create``; no mid-stream pickup outside a grace
+  period, below); a SYN+ACK from the other side that acknowledges it → SYN_RECV; the originator's ACK →
+  ESTABLISHED. A bare SYN from the other side before that (simultaneous open, Linux's SYN_SENT2) is
+  INVALID: that end then answers our SYN with a SYN+ACK and the handshake completes the ordinary way.
 - SYN_SENT accepts only: the originator's SYN again (re-seeds its side: a retransmission or a new
   attempt), that SYN+ACK, a RST from the other side acknowledging the SYN ("connection refused", RFC
   9293 §3.10.7.3), a RST from the originator at its next sequence number.
@@ -84,6 +84,28 @@ A side that has not sent its SYN has no window yet: its packets are INVALID. Che
 exact, II and IV accept up to twice Linux's distance into the past. Linux also widens maxwin[R] when S
 sends past maxend[S], for ACKs it never saw (asymmetric routing); every packet of an ENI passes its
 tracker, so S cannot have learnt of a window this tracker did not see, and that rule is left out.
+
+Mid-stream pickup (Linux's ``nf_conntrack_tcp_loose``, bounded in time). A tracker that lost its table —
+its host agent restarted while its instance's connections went on — would refuse every established
+connection's next packet as no flow start. ``allow_pickup(until)`` (or ``ConnTrack(pickup_until=...)``)
+opens a grace period: while ``now < until``, ``create`` also accepts a TCP ACK (with or without data; not
+SYN+ACK, FIN or RST, as in Linux) — the caller has evaluated the security-group rules for it as for any
+first packet — and starts an ESTABLISHED flow, oriented as if that packet's sender had opened it. Its
+window state comes from that packet, as Linux initialises a picked-up connection, but window checks
+stay on (Linux marks such flows "be liberal" and checks nothing):
+  - the window scales were in the SYNs we never saw: both are taken as 14, the largest (RFC 7323), so
+    windows read large rather than small: accept, do not cut;
+  - the sender S: end[S] = seq + payload, maxwin[S] from its window; maxend[S], the edge the other side
+    offered, is unknown until that side speaks: end[S] + 65535·2^14, the largest window there is;
+  - the other side R: end[R] = the ack (R sent at least that), maxend[R] = ack + S's window, maxwin[R]
+    unknown ("not seen", 0): R's first packet sets it ("learnt"), then is checked like any other;
+  - check III cannot be exact: R may have sent data before the pickup that this tracker never saw
+    (retransmissions fill holes, then one cumulative ACK jumps past them). On a picked-up flow an ack
+    beyond end[R] passes if it is within the window S itself offered R (ack ≤ maxend[R]: R sends nothing
+    beyond it, check I), and moves end[R] there. Checks I, II and IV apply as for any flow.
+Outside the grace period a mid-stream packet is refused as before; flows picked up keep these rules for
+their life. UDP and ICMP need no pickup: any UDP datagram and any ICMP(v6) echo request starts a flow
+(an echo reply whose request was not seen is still refused: the next request starts the flow).
 
 The table is bounded (``max_flows``). Expired flows are treated as absent: ``lookup`` removes the one
 it finds, ``expire`` sweeps a slice of the table per call (like Linux's gc worker), and a full table
@@ -345,6 +367,35 @@ class _TcpFlow(_Flow):
         self.fins = 0
 
 
+class _PickedUpTcpFlow(_TcpFlow):
+    """A TCP flow picked up mid-stream (``ConnTrack.allow_pickup``): its start was never seen. No slot of
+    its own: the class is the mark, tested only where a check fails (the hot path pays nothing)."""
+
+    __slots__ = ()
+
+
+_PICKUP_MAXEND = 0xFFFF << _MAX_WSCALE  # the largest window TCP can offer: the sender's guess until R speaks
+
+
+def _pick_up(pkt: PacketInfo, outbound: bool, expires: float) -> _PickedUpTcpFlow:
+    """An ESTABLISHED flow from an ACK in the middle of a connection (the module docstring's pickup)."""
+    f = _PickedUpTcpFlow(outbound, expires)
+    f.state = _TCP_ESTABLISHED
+    f.scales = _MAX_WSCALE | _MAX_WSCALE << 4
+    win = pkt.window << _MAX_WSCALE
+    end = (pkt.seq + pkt.payload_len) & _M32
+    bits = (win or 1).bit_length()
+    ack, maxend = pkt.ack & _M32, (end + _PICKUP_MAXEND) & _M32
+    offered = (ack + (win or 1)) & _M32  # a zero window still admits a 1-byte probe
+    if outbound:
+        f.l_end, f.l_maxend, f.l_winbits = end, maxend, bits
+        f.r_end, f.r_maxend = ack, offered
+    else:
+        f.r_end, f.r_maxend, f.r_winbits = end, maxend, bits
+        f.l_end, f.l_maxend = ack, offered
+    return f
+
+
 def _init_side(f: _TcpFlow, pkt: PacketInfo, outbound: bool) -> None:
     """Seed the window state of the side that sent SYN (or SYN+ACK) ``pkt``: its window is unscaled."""
     end = (pkt.seq + pkt.payload_len + 1) & _M32
@@ -367,7 +418,14 @@ def _in_window(f: _TcpFlow, outbound: bool, flags: int, seq: int, ack: int, wind
         s_end, s_maxend, s_bits, scale = f.r_end, f.r_maxend, f.r_winbits, f.scales >> 4
         r_end, r_maxend, r_bits = f.l_end, f.l_maxend, f.l_winbits
     if not s_bits:
-        return False  # this side never sent its SYN: there is nothing to check its packets against
+        if f.__class__ is not _PickedUpTcpFlow:
+            return False  # this side never sent its SYN: there is nothing to check its packets against
+        # The other side of a picked-up flow, heard for the first time: learn its window, then check.
+        s_bits = ((window if flags & _SYN else window << scale) or 1).bit_length()
+        if outbound:
+            f.l_winbits = s_bits
+        else:
+            f.r_winbits = s_bits
     end = (seq + payload_len + (flags & _FIN) + ((flags & _SYN) >> 1)) & _M32  # FIN and SYN count one
     has_ack = flags & _ACK
     if not has_ack:
@@ -377,7 +435,15 @@ def _in_window(f: _TcpFlow, outbound: bool, flags: int, seq: int, ack: int, wind
     if r_bits and (end - s_end + (1 << r_bits)) & _M32 >= _HALF:  # II
         return False
     if (r_end - ack) & _M32 > (1 << s_bits if s_bits > 16 else _MAXACKWINDOW):  # III, IV; 2^16 < 66000
-        return False
+        # A picked-up flow: R's data from before the pickup was never seen, so III cannot be exact. An
+        # ack beyond end[R] but within the window S offered R (R sends nothing beyond it) moves end[R].
+        if (f.__class__ is not _PickedUpTcpFlow or (ack - r_end) & _M32 >= _HALF
+                or (r_maxend - ack) & _M32 >= _HALF):
+            return False
+        if outbound:
+            f.r_end = ack
+        else:
+            f.l_end = ack
     win = window if flags & _SYN else window << scale  # a SYN's window is never scaled
     if win >> s_bits:
         s_bits = win.bit_length()
@@ -408,8 +474,11 @@ class ConnTrack:
 
     FULL_SWEEP = 16  # entries examined for expiry when the table is full, before refusing a flow
 
-    def __init__(self, timeouts: Timeouts = Timeouts(), max_flows: int = 65536):
+    def __init__(self, timeouts: Timeouts = Timeouts(), max_flows: int = 65536,
+                 pickup_until: float = float("-inf")):
         self.configure(timeouts, max_flows)
+        self.pickup_until = pickup_until  # ``create`` picks up TCP mid-stream while now < this (allow_pickup)
+        self.picked_up = 0  # TCP flows started mid-stream during a pickup grace period
         self._flows: dict[int, _Flow] = {}
         self._sweep = Sweep()
         self.limit_hits = 0  # flows refused because the table was full (conntrack_allowance_exceeded)
@@ -435,7 +504,14 @@ class ConnTrack:
 
     def stats(self) -> dict[str, int]:
         return {"flows": len(self._flows), "limit_hits": self.limit_hits, "invalid": self.invalid,
-                "invalid_starts": self.invalid_starts, "created": self.created, "expired": self.expired}
+                "invalid_starts": self.invalid_starts, "created": self.created, "expired": self.expired,
+                "picked_up": self.picked_up}
+
+    def allow_pickup(self, until: float) -> None:
+        """Until ``now`` reaches ``until``, let ``create`` start an ESTABLISHED flow from a TCP ACK in the
+        middle of a connection (the module docstring's mid-stream pickup): for a table that lost its flows
+        while their connections went on, e.g. its host agent restarted."""
+        self.pickup_until = until
 
     # --- per packet ----------------------------------------------------------------------------
     def lookup(self, pkt: PacketInfo, outbound: bool, now: float) -> Verdict:
@@ -595,11 +671,13 @@ class ConnTrack:
         key = _key(pkt, outbound)
         proto = pkt.proto
         icmp = _icmp_kind(pkt)
+        kind = _TCP_KIND[pkt.tcp_flags & 0xFF] if proto == PROTO_TCP else -1
+        pickup = kind == _K_ACK and now < self.pickup_until
         if (key is None
-                or proto == PROTO_TCP and _TCP_KIND[pkt.tcp_flags & 0xFF] != _K_SYN
+                or proto == PROTO_TCP and kind != _K_SYN and not pickup
                 or icmp >= 0 and icmp != _I_REQUEST):
             # A stray ACK, a SYN+ACK, an unsolicited reply, an ICMP error: Linux would not start a
-            # connection either (we do no mid-stream pickup).
+            # connection either (no mid-stream pickup outside a grace period: ``allow_pickup``).
             self.invalid_starts += 1
             return False
         flows = self._flows
@@ -608,7 +686,10 @@ class ConnTrack:
             if len(flows) >= self.max_flows:
                 self.limit_hits += 1
                 return False
-        if proto == PROTO_TCP:
+        if pickup:
+            f = _pick_up(pkt, outbound, now + self._timeout[_TCP_ESTABLISHED])
+            self.picked_up += 1
+        elif proto == PROTO_TCP:
             f = _TcpFlow(outbound, now + self._timeout[_SYN_SENT])
             _init_side(f, pkt, outbound)
             f.scales = pkt.wscale

@@ -62,6 +62,9 @@ class EgressPath:
         self.drops = new_counters()
         self.last_drop: Drop | None = None
         self.to_edge = 0  # packets relayed through the edge because of a mapping miss
+        # Lookups of a remote destination the mapping cache answered (vpc_mapping_cache_hits_total); the
+        # misses need no counter of their own: to_edge + drops[NO_MAPPING_NO_EDGE] (see vswitch/metrics.py)
+        self.mapping_hits = 0
 
     def _drop(self, eni: Eni, reason: Drop, trace: list | None = None, target: Eni | None = None) -> None:
         """Count a drop at ``eni`` (or at ``target``, refused on the way in to it)."""
@@ -162,7 +165,9 @@ class EgressPath:
             m = vpc.mappings.get(dst)
             if m is not None:
                 target = m.underlay
-                if trace is not None:
+                if trace is None:
+                    self.mapping_hits += 1
+                else:
                     trace.append({"step": "mapping", "result": "allow",
                                   "detail": f"{text(dst)} is {eni_id(m.eni)} on host {m.host}"})
             else:

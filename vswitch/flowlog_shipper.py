@@ -32,7 +32,7 @@ from typing import Sequence
 import httpx
 
 from . import flowlog, logs
-from .controlplane.client import _transport_and_base
+from .controlplane.client import http_options
 
 MAX_DELIVERY = 100_000  # records per POST: the API's limit
 MARKER_ROOM = 1_000  # of those, kept free for SKIPDATA markers (one per ENI of a lost batch)
@@ -60,9 +60,9 @@ def _merge(into: dict, identity, start: float, end: float) -> None:
 
 class FlowLogShipper:
     def __init__(self, url: str, token: str, host_name: str, max_batches: int = 1_000,
-                 max_records: int = 1_000_000, timeout: float = 10.0):
-        transport, base = _transport_and_base(url, True)
-        self.http = httpx.AsyncClient(base_url=base, transport=transport, timeout=timeout,
+                 max_records: int = 1_000_000, timeout: float = 10.0, tls=None):
+        # tls: a config.TlsConfig, for an https:// control plane that requires client certificates
+        self.http = httpx.AsyncClient(**http_options(url, True, tls), timeout=timeout,
                                       headers={"Authorization": f"Bearer {token}"})
         self.host_name = host_name
         self.max_batches = max(1, max_batches)

@@ -18,6 +18,12 @@ Wire protocol: one JSON object per line over a stream (TCP). Every message has `
                       {"op": "unset", "vni": 1, "addr": ...}           (also the answer to a failed query)
                       {"op": "pong"} / {"op": "error", "message": "..."}
 
+A pushed ``set``/``unset`` (a change, not the answer to a query) also carries ``"ts"``: the daemon's wall
+clock when it pushed (Unix seconds, float). A client that knows the field observes ``now - ts``, the
+push lag (``MappingCache.push_lag``, ``vpc_mapping_push_lag_seconds``; meaningful across machines whose
+clocks NTP keeps within a millisecond or so); one that does not ignores it, as every client ignores
+fields it does not read, and a message without it is applied as before.
+
 The protocol is hand-written because it is a dozen lines of JSON; a message broker or gRPC would add
 a dependency and a daemon for what a dict and a list of subscribers do.
 """
@@ -26,12 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
 
 import orjson
 
 from . import addresses
 from .geneve import MAX_VNI, UDP_PORT
+from .histogram import Histogram
 
 
 class ProtocolError(ValueError):
@@ -93,7 +101,9 @@ Outgoing = list[tuple[Any, dict]]  # (connection, message)
 class MappingService:
     """The daemon's authoritative table. ``handle`` returns what to send to whom."""
 
-    def __init__(self, entries: Iterable[tuple[int, str, str, int]] = ()):
+    def __init__(self, entries: Iterable[tuple[int, str, str, int]] = (),
+                 clock: Callable[[], float] | None = None):
+        self.clock = clock  # stamps pushes ("ts"): the daemon passes time.time; None: no stamp
         self.table: dict[int, dict[str, tuple[str, int]]] = {}
         self.subscribers: dict[Any, set[int] | None] = {}  # None = every VNI (the edge)
         for vni, addr, host, eni in entries:
@@ -155,6 +165,8 @@ class MappingService:
         return {"op": "set", "vni": vni, "addr": addr, "host": found[0], "eni": addresses.eni_id(found[1])}
 
     def _push(self, vni: int, message: dict) -> Outgoing:
+        if self.clock is not None:
+            message["ts"] = self.clock()
         return [(c, message) for c, vnis in self.subscribers.items() if vnis is None or vni in vnis]
 
 
@@ -176,6 +188,9 @@ class MappingCache:
         self.hits_by_query = 0  # answers that filled a miss
         self.misses = 0
         self.updates = 0
+        self.clock = time.time
+        self.push_lag = Histogram()  # seconds from the daemon's push ("ts") to its application here
+        self.push_lag_negative = 0  # pushes stamped after they arrived: the clocks disagree (counted as 0 s)
 
     def table(self, vni: int) -> dict[int, Mapping]:
         """The (possibly empty, but stable) dict for one VPC; the data path holds on to it."""
@@ -233,6 +248,7 @@ class MappingCache:
             self.updates += 1
         elif op == "set":
             vni, k = _vni(message), addresses.key(_addr(message))
+            self._observe_push(message)
             if vni in self.tables or self.all_vnis or (vni, k) in self.pending:
                 self.table(vni)[k] = Mapping.of(_addr(message, "host"), _eni(message), self.port)
                 self.updates += 1
@@ -240,6 +256,7 @@ class MappingCache:
                 self.hits_by_query += 1
         elif op == "unset":
             vni, k = _vni(message), addresses.key(_addr(message))
+            self._observe_push(message)
             self.pending.pop((vni, k), None)
             t = self.tables.get(vni)
             if t is not None and t.pop(k, None) is not None:
@@ -249,5 +266,16 @@ class MappingCache:
         else:
             raise ProtocolError(f"unknown op {op!r}")
 
+    def _observe_push(self, message: dict) -> None:
+        """A pushed change carries the daemon's wall clock (``ts``); answers to queries and messages from
+        daemons that do not stamp carry none (a stamp that is not a number is ignored too)."""
+        ts = message.get("ts")
+        if ts.__class__ is float or ts.__class__ is int:
+            lag = self.clock() - ts
+            if lag < 0:
+                self.push_lag_negative += 1
+                lag = 0.0
+            self.push_lag.observe(lag)
+
     def size(self) -> int:
-        return sum(len(t) for t in self.tables.values())
+        return sum(len(t) for t in list(self.tables.values()))  # list: the metrics thread calls it too

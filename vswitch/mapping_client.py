@@ -3,13 +3,18 @@
 Subscribes on every (re)connect — the snapshot replaces what the cache held for those VPCs — applies
 pushes as they arrive, and sends the queries the data path queued on misses. While the daemon is down
 the cache is left as it is: agents keep forwarding on what they know.
+
+With ``tls`` (a ``config.TlsConfig``) the connection is mutual TLS (``vswitch.pki``): the client presents
+its certificate and accepts only a daemon whose certificate chains to the CA, names the address it was
+reached at (IP SAN) and has the role ``mapping``. A daemon that refuses us (no or wrong certificate)
+closes the connection at once: such a connection counts as a failed attempt, retried with the backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from . import logs
+from . import logs, pki
 from .mapping import MappingCache, ProtocolError, decode, encode
 
 
@@ -17,8 +22,9 @@ class MappingClient:
     BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
 
     def __init__(self, endpoint: tuple[str, int], cache: MappingCache, vnis: list[int] | None,
-                 on_change=None):
+                 on_change=None, tls=None):
         self.endpoint = endpoint
+        self.tls = tls  # config.TlsConfig: mutual TLS to the daemon; None: plain TCP
         self.cache = cache
         self.vnis = vnis  # None: every VPC (the edge)
         self.on_change = on_change  # called after each applied message from the daemon
@@ -46,13 +52,13 @@ class MappingClient:
         backoff = self.BACKOFF_MIN
         while True:
             try:
-                reader, writer = await asyncio.open_connection(*self.endpoint)
-            except OSError as e:
+                reader, writer = await self._connect()
+            except (OSError, asyncio.TimeoutError, pki.PkiError) as e:  # ssl.SSLError is an OSError
                 self._log.warning("mapping daemon unreachable", endpoint=self.endpoint, error=str(e))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.BACKOFF_MAX)
                 continue
-            backoff = self.BACKOFF_MIN
+            heard = False  # anything from the daemon on this connection (a refused TLS peer hears nothing)
             self.connects += 1
             self._writer, self.connected = writer, True
             self._log.info("mapping daemon connected", endpoint=self.endpoint)
@@ -61,6 +67,7 @@ class MappingClient:
                 writer.write(encode(subscribe) + encode({"op": "ping"}))
                 self.flush_queries()
                 while line := await reader.readline():
+                    heard = True
                     try:
                         message = decode(line)
                         self.cache.apply(message)
@@ -79,7 +86,19 @@ class MappingClient:
                 self._writer, self.connected = None, False
                 writer.close()
             self._log.warning("mapping daemon disconnected; forwarding on cached mappings")
-            await asyncio.sleep(self.BACKOFF_MIN)
+            await asyncio.sleep(self.BACKOFF_MIN if heard else backoff)
+            backoff = self.BACKOFF_MIN if heard else min(backoff * 2, self.BACKOFF_MAX)
+
+    async def _connect(self):
+        if self.tls is None:
+            return await asyncio.open_connection(*self.endpoint)
+        context = pki.client_context(self.tls)  # read on each attempt: renewed files are picked up
+        reader, writer = await asyncio.open_connection(*self.endpoint, ssl=context, ssl_handshake_timeout=10)
+        role = pki.peer_role(writer.get_extra_info("peercert"))
+        if role != "mapping":
+            writer.close()
+            raise ConnectionRefusedError(f"the server's certificate has role {role!r}, not 'mapping'")
+        return reader, writer
 
     def _notify(self) -> None:
         try:

@@ -17,6 +17,7 @@ Python has no ``sendmmsg``/``recvmmsg``; this is the batching primitive it can r
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import sys
@@ -66,6 +67,11 @@ class UnderlaySocket:
         self.size = 0
         self.target = None
         self.trains = 0  # sends that carried more than one datagram
+        # Datagrams larger than this are never batched. A train's segments must each fit the path's MTU
+        # (the kernel refuses the whole train with EINVAL otherwise, while a lone datagram that large is
+        # just IP-fragmented): on a real jumbo-frame underlay, a train of TSO super-packets is refused.
+        # Learned from the first refusal, so no MTU needs configuring.
+        self.train_limit = MAX_TRAIN
         # Receiving.
         self.rbuf = bytearray(65536)
         self.rview = memoryview(self.rbuf)
@@ -95,7 +101,7 @@ class UnderlaySocket:
         if self.count and (n != self.size or target != self.target or self.count == MAX_SEGMENTS
                            or self.pos + n > MAX_TRAIN):
             self.flush()
-        if not self.gso or n * 2 > MAX_TRAIN:
+        if not self.gso or n * 2 > MAX_TRAIN or n > self.train_limit:
             try:
                 self.sock.sendto(data, target)
             except OSError:
@@ -119,8 +125,17 @@ class UnderlaySocket:
                 self.sock.sendmsg([self.train_view[:self.pos]], [(SOL_UDP, UDP_SEGMENT, _U16.pack(self.size))],
                                   0, self.target)
                 self.trains += 1
-        except OSError:
-            self.drops[Drop.SEND_FAILED] += count
+        except OSError as e:
+            if e.errno == errno.EINVAL and count > 1:  # segments over the path MTU: one by one, from now on
+                self.train_limit = min(self.train_limit, self.size - 1)
+                size = self.size
+                for off in range(0, self.pos, size):
+                    try:
+                        self.sock.sendto(self.train_view[off:off + size], self.target)
+                    except OSError:
+                        self.drops[Drop.SEND_FAILED] += 1
+            else:
+                self.drops[Drop.SEND_FAILED] += count
         self.pos = self.count = 0
 
     # --- receiving -----------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def test_handshake_data_both_ways_across_the_wrap_and_fin_close():
     assert c.send(True, ACK, now=10.0) == EST
     assert states(ct) == [State.TCP_TIME_WAIT]
     assert ct.stats() == {"flows": 1, "limit_hits": 0, "invalid": 0, "invalid_starts": 0, "created": 1,
-                          "expired": 0}
+                          "expired": 0, "picked_up": 0}
     [entry] = ct.entries()
     assert entry.key == FlowKey(6, L, R, 40000, 443) and entry.outbound and entry.packets == 20
     expires_after(ct, lambda: c.pkt(True, ACK), True, 10.0, 10)  # TIME_WAIT: tcp_closed
@@ -551,7 +551,7 @@ def test_table_full_refuses_new_flows_keeps_established_ones():
     assert ct.lookup(udp(True, lport=1), True, 100.0) == EST
     assert len(ct) == 3 and ct.create(udp(True, lport=4), True, 2.0 + 180)
     assert ct.stats() == {"flows": 2, "limit_hits": 2, "invalid": 0, "invalid_starts": 0, "created": 5,
-                          "expired": 2}
+                          "expired": 2, "picked_up": 0}
 
 
 def test_expire_sweeps_in_slices():

@@ -661,3 +661,29 @@ def test_ipv6_flow_log_records():
         f"IPv6 {C6} 2001:db8:ffff::9 0 0 58 1 48 ACCEPT 0 egress 8 {C6} 2001:db8:ffff::9",
         f"IPv6 {S6} {C6} 5555 22 6 1 60 ACCEPT 2 ingress - {S6} {C6}",
         f"IPv6 {S6} {C6} 5556 22 6 1 60 REJECT 2 ingress - {S6} {C6}"]
+
+
+def test_after_a_restart_pickup_lets_established_tcp_on_where_the_rules_allow_it():
+    """A host agent restarted: its ENIs' tables are empty, their connections are not. Without pickup the
+    next packet of an established connection is no flow start; with it (``allow_pickup``) the rules
+    decide, as for a first packet, and the flow goes on ESTABLISHED. Rules still bind: sg-web admits
+    port 80 from subnet app only."""
+    groups = {"sg-def": {"ingress": [rule(group="sg-def")], "egress": [rule(cidr="0.0.0.0/0")]},
+              "sg-web": {"ingress": [rule("tcp", 80, 80, "10.0.1.0/24")], "egress": [rule(cidr="10.0.1.0/24")]}}
+    h = Host(view(groups, server_groups=("sg-web",)))  # a fresh agent: nothing tracked
+    mid = ack("10.0.1.4", "10.0.2.5", seq=90_001, ack_=70_001, payload=b"more")
+    assert h.send(h.client, mid, 5) is None
+    assert h.egress.last_drop is Drop.NOT_A_FLOW_START
+    for eni in (h.client, h.server):
+        eni.ct.allow_pickup(65.0)
+    assert h.send(h.client, mid, 6) is h.server
+    assert [e.state.name for e in h.server.ct.entries()] == ["TCP_ESTABLISHED"]
+    assert h.server.ct.stats()["picked_up"] == 1 and h.client.ct.stats()["picked_up"] == 1
+    reply = ack("10.0.2.5", "10.0.1.4", 80, 40000, 70_001, 90_005, b"200 OK")
+    assert h.send(h.server, reply, 6) is h.client  # the other side, learnt from its first packet
+    # A connection to a port the rules do not admit is not picked up.
+    assert h.send(h.client, ack("10.0.1.4", "10.0.2.5", sport=40001, dport=22), 7) is None
+    assert h.egress.last_drop is Drop.SG_DENY
+    # After the grace period, mid-stream packets start nothing again.
+    assert h.send(h.client, ack("10.0.1.4", "10.0.2.5", sport=40002), 65) is None
+    assert h.egress.last_drop is Drop.NOT_A_FLOW_START

@@ -21,6 +21,7 @@ Every call carries ``Authorization: Bearer <token>``. Errors are ``{"error": {"s
 
 import re
 import secrets
+import time
 from typing import Annotated, Optional
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -29,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..histogram import Histogram
 from ..store import StoreError
 from . import resources as r
 from .service import ApiError, Caller, ControlPlane, _action
@@ -78,9 +80,59 @@ def action_for(method: str, path: str) -> tuple[str, Optional[str]]:
     return verb + noun, parts[1] if len(parts) > 1 else None
 
 
+class ApiStats:
+    """Requests by (method, route template, status) and their durations by (method, route): what
+    ``vswitch.metrics`` serves as ``vpc_api_requests_total`` and ``vpc_api_request_duration_seconds``.
+    The route is the template (``/v1/vpcs/{resource_id}``), never the raw path: one series per route."""
+
+    METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+    UNMATCHED = "unmatched"  # no route: a 404 for any path, counted under one label
+
+    def __init__(self):
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.durations: dict[tuple[str, str], Histogram] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in self.METHODS else "other"
+        key = (method, route, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        h = self.durations.get((method, route))
+        if h is None:
+            h = self.durations[(method, route)] = Histogram()
+        h.observe(seconds)
+
+
+class ApiMetricsMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware: nothing is buffered): the status the response started with, and
+    the route the router matched (FastAPI leaves it in ``scope["route"]``). A request that raised counts 500."""
+
+    def __init__(self, app, stats: ApiStats):
+        self.app, self.stats = app, stats
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or ApiStats.UNMATCHED
+            self.stats.observe(scope["method"], route, status, time.perf_counter() - start)
+
+
 def build_app(cp: ControlPlane) -> FastAPI:
     app = FastAPI(title="userspace VPC API", version="1",
                   description="Create, describe, change and delete VPC resources. Bearer token required.")
+    # Read by the metrics server (vswitch/metrics.py) through the component daemon.started is given: cp.
+    app.state.api_stats = cp.api_stats = ApiStats()
+    app.add_middleware(ApiMetricsMiddleware, stats=cp.api_stats)
 
     async def authenticate(request: Request, token: str) -> Optional[Caller]:
         """The caller a token names (remembered on the request for its audit record), or None."""

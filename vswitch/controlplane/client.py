@@ -1,6 +1,9 @@
 """Clients of the VPC API: a blocking one for the CLI, and a watcher for agents.
 
-The API is reached over HTTP on TCP (``http://host:port``) or on a Unix socket (``unix:///path``).
+The API is reached over HTTP on TCP (``http://host:port``), over HTTPS with a client certificate
+(``https://host:port`` and a ``config.TlsConfig``: the control plane's TCP listener with ``tls`` requires
+one; the server must present a certificate of the same CA naming that host), or on a Unix socket
+(``unix:///path``). Every client takes ``tls=``; it applies to ``https://`` URLs only.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 
-from .. import logs
+from .. import logs, pki
 
 
 def _transport_and_base(url: str, asynchronous: bool):
@@ -19,6 +22,15 @@ def _transport_and_base(url: str, asynchronous: bool):
         transport = httpx.AsyncHTTPTransport(uds=path) if asynchronous else httpx.HTTPTransport(uds=path)
         return transport, "http://vpc"
     return None, url.rstrip("/")
+
+
+def http_options(url: str, asynchronous: bool, tls=None) -> dict:
+    """``base_url``, ``transport`` and ``verify`` for an httpx client of the API at ``url``."""
+    transport, base = _transport_and_base(url, asynchronous)
+    options = {"base_url": base, "transport": transport}
+    if tls is not None and base.startswith("https://"):
+        options["verify"] = pki.client_context(tls)  # our certificate, and the server checked against the CA
+    return options
 
 
 class ApiRequestError(Exception):
@@ -43,9 +55,8 @@ def _result(response: httpx.Response) -> Any:
 class ApiClient:
     """Blocking client: ``ApiClient(url, token).call("POST", "/v1/vpcs", {...})``."""
 
-    def __init__(self, url: str, token: str = "", timeout: float = 10.0):
-        transport, base = _transport_and_base(url, False)
-        self.http = httpx.Client(base_url=base, transport=transport, timeout=timeout,
+    def __init__(self, url: str, token: str = "", timeout: float = 10.0, tls=None):
+        self.http = httpx.Client(**http_options(url, False, tls), timeout=timeout,
                                  headers={"Authorization": f"Bearer {token}"} if token else {})
 
     def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> Any:
@@ -65,9 +76,8 @@ class DesiredStateWatcher:
 
     POLL = 25.0  # seconds the server may hold a long poll
 
-    def __init__(self, url: str, token: str, on_view: Callable[[dict], Awaitable[None]]):
-        transport, base = _transport_and_base(url, True)
-        self.http = httpx.AsyncClient(base_url=base, transport=transport, timeout=self.POLL + 10,
+    def __init__(self, url: str, token: str, on_view: Callable[[dict], Awaitable[None]], tls=None):
+        self.http = httpx.AsyncClient(**http_options(url, True, tls), timeout=self.POLL + 10,
                                       headers={"Authorization": f"Bearer {token}"})
         self.on_view = on_view
         self.revision = -1

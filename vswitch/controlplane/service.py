@@ -150,7 +150,7 @@ from . import resources as r
 from .ids import kind_of, new_id
 
 RETRIES = 20
-DEFAULT_FLOW_LOG_DIR = "/var/lib/userspace-vpc/flow-logs"
+DEFAULT_FLOW_LOG_DIR = "/var/lib/userspace-vpc/control-plane/flow-logs"  # vpc-control-plane's StateDirectory=
 DEFAULT_PUBLIC_IP_POOL = "198.51.100.0/24"  # TEST-NET-2 (RFC 5737): documentation addresses
 DEFAULT_IPV6_POOL = "2001:db8:100::/40"  # inside 2001:db8::/32 (RFC 3849): documentation addresses
 VPC_IPV6_PREFIX, SUBNET_IPV6_PREFIX = 56, 64
