@@ -1,6 +1,6 @@
 """A daemon's local control socket: one JSON request per line on a Unix socket, one JSON answer.
 
-Used by ``vpc status`` and the lab's readiness checks (Prometheus metrics arrive in a later issue).
+Used by ``vpc status`` and the lab's readiness checks (counters for machines: ``vswitch/metrics.py``).
 """
 
 from __future__ import annotations

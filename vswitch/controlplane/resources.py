@@ -5,8 +5,8 @@ update bodies (``extra="forbid"``: an unknown field is a 422 naming it), and whi
 other resources. Rules that need the rest of the account's state (CIDR containment, overlaps, free
 addresses, dependents) live in ``service.py``; here are the rules a body can be checked against alone.
 
-Behaviour behind some kinds (route tables, gateways, load balancers, flow logs, DNS, DHCP) arrives with
-later issues; their records, validation and lifecycle rules are already enforced here.
+The data plane serves every kind here (route tables, gateways, load balancers, flow logs, DNS zones, DHCP
+options); a few fields are accepted but not served yet: README's "Not yet" lines list them.
 
 IPv6 (dual stack, the cloud's sizes): a VPC's IPv6 block is a /56 (``ipv6_cidr_block``, or
 ``amazon_provided_ipv6_cidr_block: true`` for the next free one of the region's pool), a subnet's a /64
