@@ -259,7 +259,7 @@ class HostAgent:
                 await asyncio.to_thread(tun.move_and_configure, name, e.netns, None if tap else str(e.ip.ip),
                                         e.ip.network.prefixlen, gateway, vnet_hdr=dev.vnet_hdr,
                                         ipv6=str(e.ipv6) if e.ipv6 else None, ipv6_routes=tuple(sorted(wanted6)),
-                                        mac=mac, alias=e.id)
+                                        mac=mac, alias=e.id, mtu=self.cfg.eni_mtu)
                 # Persistent only once configured: a crash before this leaves nothing half made.
                 tun.set_persist(dev.fd, True)
             except BaseException:
@@ -346,7 +346,7 @@ class HostAgent:
                                        options.get("domain_name_servers") or [net.network_address + 2]),
                      domain_name=options.get("domain_name") or f"{self.cfg.region}.compute.internal",
                      ntp_servers=tuple(ipaddress.IPv4Address(a) for a in options.get("ntp_servers") or ()),
-                     hostname=f"ip-{str(eni.ipv4.ip).replace('.', '-')}", ipv6=eni.ipv6)
+                     hostname=f"ip-{str(eni.ipv4.ip).replace('.', '-')}", ipv6=eni.ipv6, mtu=self.cfg.eni_mtu)
 
     # --- converging on the control plane's desired state -----------------------------------------
     async def converge(self, view: dict) -> None:

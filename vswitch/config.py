@@ -100,6 +100,10 @@ class HostAgentConfig(DaemonConfig):
     region: str = "lab-1"
     # The VPC resolver recurses through this resolver (HOST:PORT; absent: public names get SERVFAIL).
     dns_upstream: Endpoint | None = None
+    # The instances' MTU: the cloud's 9001 needs an underlay of at least 9065 bytes (9001 + IPv4, UDP and
+    # Geneve with its options: 64). On a 1500-byte underlay set 1436 on every host agent, or every large
+    # packet is fragmented on the underlay.
+    eni_mtu: int = Field(9001, ge=1280, le=9001)
     # The Hyperplane fleet (NAT gateways, load balancers) and the size of each resource's shard.
     hyperplane: list[FleetNode] = []
     hyperplane_shard_size: int = Field(3, ge=1, le=64)

@@ -3,7 +3,9 @@ runs (``vpc-<role> --config FILE``), inside a network namespace standing for a m
 underlay bridge. The control plane keeps its state in etcd; the control channels are mutual TLS with
 certificates from ``vpc pki``. curl works between instances on different machines.
 
-    <p>.net   bridge br0 (MTU 9216): the underlay network, 192.0.2.0/24 (documentation space)
+    <p>.net   bridge br0: the underlay network, 192.0.2.0/24 (documentation space), MTU 1500 like most
+              VMs' networks: the host agents give instances an MTU of 1436 (``eni_mtu``) so that nothing
+              is fragmented on the underlay
     <p>.m1    192.0.2.1  etcd, control plane (TCP 8443, TLS; a Unix socket for the test's admin calls),
                          mapping daemon (TCP 6080, TLS), edge (relay only)
     <p>.m2    192.0.2.2  host agent host-a (instance client)
@@ -12,6 +14,7 @@ certificates from ``vpc pki``. curl works between instances on different machine
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -29,6 +32,7 @@ pytestmark = pytest.mark.root
 BIN = Path(sys.executable).parent
 MACHINES = {"m1": "192.0.2.1", "m2": "192.0.2.2", "m3": "192.0.2.3"}
 HOSTS = {"host-a": "m2", "host-b": "m3"}
+UNDERLAY_MTU, ENI_MTU = 1500, 1436  # 1436 = 1500 - 64 (outer IPv4 20, UDP 8, Geneve 8 + options 28)
 TOPOLOGY = {"hosts": [{"name": "host-a"}, {"name": "host-b"}],
             "vpcs": [{"name": "prod", "cidr": "10.0.0.0/16", "subnets": [{"name": "app", "cidr": "10.0.1.0/24"}],
                       "instances": [{"name": "web", "subnet": "app", "host": "host-b", "ip": "10.0.1.10"},
@@ -57,12 +61,12 @@ class Deployment:
     def network(self) -> None:
         net = self.ns("net")
         self._netns(net)
-        sh("ip", "-n", net, "link", "add", "br0", "mtu", "9216", "type", "bridge")
+        sh("ip", "-n", net, "link", "add", "br0", "mtu", str(UNDERLAY_MTU), "type", "bridge")
         sh("ip", "-n", net, "link", "set", "br0", "up")
         for i, (m, ip) in enumerate(MACHINES.items()):
             self._netns(self.ns(m))
-            sh("ip", "-n", self.ns(m), "link", "add", "eth0", "mtu", "9216", "type", "veth", "peer", "name", f"p{i}",
-               "netns", net, "mtu", "9216")
+            sh("ip", "-n", self.ns(m), "link", "add", "eth0", "mtu", str(UNDERLAY_MTU), "type", "veth", "peer",
+               "name", f"p{i}", "netns", net, "mtu", str(UNDERLAY_MTU))
             sh("ip", "-n", net, "link", "set", f"p{i}", "master", "br0", "up")
             sh("ip", "-n", self.ns(m), "addr", "add", f"{ip}/24", "dev", "eth0")
             sh("ip", "-n", self.ns(m), "link", "set", "eth0", "up")
@@ -171,7 +175,7 @@ def deployment(root_tools, tmp_path_factory):
             ip = MACHINES[machine]
             d.daemon(machine, "host-agent", host, {
                 "name": host, "control_socket": str(d.dir / f"{host}.sock"), "underlay_ip": ip,
-                "mapping": f"{m1}:6080", "edge": m1, "instance_netns_prefix": f"{d.prefix}.i.",
+                "mapping": f"{m1}:6080", "edge": m1, "instance_netns_prefix": f"{d.prefix}.i.", "eni_mtu": ENI_MTU,
                 "tls": d.tls(host, ip, "host"), **infra})
         from agents.apply import apply_topology
         d.api = ApiClient(f"unix://{api_socket}", account["token"])
@@ -211,6 +215,11 @@ def test_curl_between_instances_on_different_machines(deployment):
         time.sleep(0.2)
     assert p.stdout == "hello from machine 3\n"
     assert in_instance(d, "web", "ping", "-c", "2", "-W", "2", "10.0.1.4").returncode == 0
+    assert f"mtu {ENI_MTU} " in in_instance(d, "client", "ip", "link", "show", "eth0").stdout
+    # A bulk transfer across the 1500-byte underlay: a 4 MiB file, byte for byte.
+    (www / "big").write_bytes(bytes(range(256)) * 16384)
+    p = in_instance(d, "client", "sh", "-c", "curl -sS -m 20 http://10.0.1.10/big | sha256sum")
+    assert p.stdout.split()[0] == hashlib.sha256(bytes(range(256)) * 16384).hexdigest(), p.stderr
 
 
 def test_the_state_lives_in_etcd(deployment):
