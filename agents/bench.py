@@ -461,10 +461,13 @@ def main(argv: list[str] | None = None) -> int:
             measure_policy(paths["ours"], servers, args, policy)
         if not args.no_hyperplane:
             paths["ours"].down()  # one lab at a time: the machine has two cores
-            measure_hyperplane(hyperplane_lab, servers, args, policy)
+            measure_on_lab(hyperplane_lab, bench_hyperplane, policy, "hyperplane",
+                           lambda lab: bench_hyperplane.measure(lab, iperf3, servers, args.runs, args.seconds, log,
+                                                                terminate))
         if not args.no_dual_stack:
             paths["ours"].down()
-            measure_dual_stack(dual_lab, servers, args, policy)
+            measure_on_lab(dual_lab, bench_dual_stack, policy, "dual_stack",
+                           lambda lab: bench_dual_stack.measure(lab, iperf3, servers, args.runs, args.seconds, log))
     except MeasureError as e:
         errors.append(f"setup: {e}")
         log(f"bench: {e}")
@@ -528,30 +531,18 @@ def measure_policy(ours: LabPath, servers: Servers, args, policy: dict) -> None:
             log(f"bench: policy {name} FAILED: {e}")
 
 
-def measure_hyperplane(lab: Lab, servers: Servers, args, policy: dict) -> None:
-    """The figures of ``agents/bench_hyperplane.py`` on their own lab; a failure is recorded, not raised."""
-    log(f"bench: setting up the Hyperplane lab {lab.name} ({bench_hyperplane.TOPOLOGY.name})")
+def measure_on_lab(lab: Lab, module, policy: dict, key: str, measure) -> None:
+    """``measure(lab)`` (the figures of ``module``, an ``agents/bench_*.py``) on their own lab of
+    ``module.TOPOLOGY``, stored as ``policy[key]``; a failure is recorded, not raised."""
+    name = key.replace("_", " ")
+    log(f"bench: setting up the {name} lab {lab.name} ({module.TOPOLOGY.name})")
     try:
-        topo = str(bench_hyperplane.TOPOLOGY)
+        topo = str(module.TOPOLOGY)
         lab.up(load_topology(topo), topo, say=lambda m: log(f"  {m}"))
-        policy["hyperplane"] = bench_hyperplane.measure(lab, iperf3, servers, args.runs, args.seconds, log, terminate)
+        policy[key] = measure(lab)
     except (MeasureError, RuntimeError, subprocess.SubprocessError, OSError, ValueError, KeyError) as e:
-        policy["errors"].append(f"hyperplane: {e}")
-        log(f"bench: hyperplane FAILED: {e}")
-    finally:
-        lab.down(quiet=True)
-
-
-def measure_dual_stack(lab: Lab, servers: Servers, args, policy: dict) -> None:
-    """The figures of ``agents/bench_dual_stack.py`` on their own lab; a failure is recorded, not raised."""
-    log(f"bench: setting up the dual-stack lab {lab.name} ({bench_dual_stack.TOPOLOGY.name})")
-    try:
-        topo = str(bench_dual_stack.TOPOLOGY)
-        lab.up(load_topology(topo), topo, say=lambda m: log(f"  {m}"))
-        policy["dual_stack"] = bench_dual_stack.measure(lab, iperf3, servers, args.runs, args.seconds, log)
-    except (MeasureError, RuntimeError, subprocess.SubprocessError, OSError, ValueError, KeyError) as e:
-        policy["errors"].append(f"dual stack: {e}")
-        log(f"bench: dual stack FAILED: {e}")
+        policy["errors"].append(f"{name}: {e}")
+        log(f"bench: {name} FAILED: {e}")
     finally:
         lab.down(quiet=True)
 

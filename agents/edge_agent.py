@@ -11,7 +11,6 @@ it; packets for public addresses read from it are translated back and encapsulat
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import struct
 
@@ -197,7 +196,8 @@ class EdgeAgent:
             self.internet_drops[vni] += 1
             return
         dst = int.from_bytes(view[inner + 24:inner + 40], "big") | addresses.V6_TAG
-        m = self.cache.tables.get(vni, {}).get(dst)
+        table = self.cache.tables.get(vni)
+        m = table.get(dst) if table is not None else None
         if m is None:
             self.internet_drops[Drop.EDGE_NO_MAPPING] += 1
             return
@@ -223,7 +223,7 @@ class EdgeAgent:
                     "outer_ip": self.cfg.underlay_ip}  # relayed: the receiver sees the edge as the sender
         pkt = bytearray(buf[self.relay.inner_off:])
         v6 = pkt[0] >> 4 == 6
-        src = addresses.text(int.from_bytes(pkt[12:16], "big")) if not v6 else str(ipaddress.IPv6Address(bytes(pkt[8:24])))
+        src = addresses.text(int.from_bytes(pkt[8:24], "big") | addresses.V6_TAG if v6 else int.from_bytes(pkt[12:16], "big"))
         verdict = self.igw.outbound(self.relay.vni, pkt, count=False)
         if verdict is None and v6:
             egress_only = self.relay.vni in self.igw.egress_only.tables

@@ -74,13 +74,14 @@ class EniPort:
         self.device = device
         self.fd = device.fd
         self.vnet = device.vnet_hdr
-        self.head = geneve.prefix(eni.vni, eni.number, self.vnet)
+        head = geneve.prefix(eni.vni, eni.number, self.vnet)
         self.buf = bytearray(geneve.INNER_OFFSET_OFFLOAD + 65536)
-        self.buf[: len(self.head)] = self.head
+        self.buf[: len(head)] = head
         self.view = memoryview(self.buf)
         self.inner = geneve.INNER_OFFSET_OFFLOAD if self.vnet else geneve.INNER_OFFSET_PLAIN
         self.link = link  # a TAP ENI's ARP/DHCP/ND responder; None for TUN
         start = self.inner - ETH_HEADER if link is not None else geneve.VNET_OFFSET if self.vnet else self.inner
+        self.tail = head[start:self.inner]  # a TAP's: written back over each frame's Ethernet header
         self.iov = [self.view[start:]]
         self.uso = bool(self.vnet)  # small UDP packets to it may be coalesced (coalesce.py) until refused
         self.ipv6 = False  # the Geneve header in ``buf`` says IPv6 (its protocol type follows the packets)
@@ -506,30 +507,31 @@ class HostAgent:
 
     # --- the way out of an ENI -------------------------------------------------------------------
     def _drain_eni(self, port: EniPort, now: float) -> None:
-        """Read and forward up to BATCH packets from one ENI."""
-        if port.link is not None:
-            return self._drain_tap(port, now)
-        fd, iov, buf, view, inner, vnet = port.fd, port.iov, port.buf, port.view, port.inner, port.vnet
+        """Read and forward up to BATCH packets from one ENI. A TAP's frames: what the host answers itself
+        (ARP, DHCP, neighbour discovery) is answered here (``_from_link``); IP packets go on like a TUN's."""
+        fd, iov, buf, view, inner, vnet, link = port.fd, port.iov, port.buf, port.view, port.inner, port.vnet, port.link
         eni, egress, send = port.eni, self.egress, self.underlay.send
         for _ in range(BATCH):
             try:
                 n = os.readv(fd, iov)
-            except BlockingIOError:
-                break
             except OSError:
-                break  # device gone (instance namespace deleted): nothing to read
-            segments = 1
-            if vnet:
-                n -= geneve.VNET_HDR_LEN
-                if buf[geneve.VNET_OFFSET + 1]:  # gso_type: a super-packet
-                    segments = offload.wire_segments(buf, geneve.VNET_OFFSET, inner, inner + n)
+                break  # nothing more to read, or the device is gone (instance namespace deleted)
             try:
+                segments = 1
+                if vnet:
+                    n -= geneve.VNET_HDR_LEN
+                    if buf[geneve.VNET_OFFSET + 1]:  # gso_type: a super-packet
+                        segments = offload.wire_segments(buf, geneve.VNET_OFFSET, inner, inner + n)
+                elif link is not None:  # a TAP (never a virtio header)
+                    n = self._from_link(port, n, now)
+                    if n < 0:
+                        continue  # answered by the host, or dropped
                 target = egress.process(eni, buf, inner, n, now, segments)
                 if target is None:
                     continue
                 if target.__class__ is tuple:
                     if (buf[inner] >> 4 == 6) is not port.ipv6:
-                        port.set_protocol(not port.ipv6)
+                        port.set_protocol(not port.ipv6)  # bytes 2-3: outside a TAP frame's tail
                     send(view[: inner + n], target)
                 elif target is RESOLVER:
                     self._ask_resolver(port, bytes(view[inner:inner + n]), now)
@@ -545,51 +547,26 @@ class HostAgent:
         if self.cache.queries:
             self.mapping.flush_queries()
 
-    def _drain_tap(self, port: EniPort, now: float) -> None:
-        """Read up to BATCH frames from a TAP ENI: what the host answers itself (ARP, DHCP, neighbour
-        discovery) is answered here; IP packets take the egress path like a TUN's."""
-        fd, iov, buf, view, inner, link = port.fd, port.iov, port.buf, port.view, port.inner, port.link
-        frame, tail = inner - ETH_HEADER, port.head[inner - ETH_HEADER:inner]
-        eni, egress, send = port.eni, self.egress, self.underlay.send
-        for _ in range(BATCH):
+    def _from_link(self, port: EniPort, n: int, now: float) -> int:
+        """The ``n``-byte frame just read from TAP ENI ``port``: -1 if the host answered it (ARP, DHCP,
+        neighbour discovery) or dropped it, else its IP packet's length, with the Geneve header's last
+        bytes written back over the Ethernet header."""
+        link, inner = port.link, port.inner
+        frame = inner - ETH_HEADER
+        verdict = link.handle(port.view[frame:frame + n], n, now)
+        if verdict == PASS:
+            port.buf[frame:inner] = port.tail
+            return n - ETH_HEADER
+        if verdict == ANSWERED:
             try:
-                n = os.readv(fd, iov)
-            except OSError:
-                break  # nothing more to read, or the device is gone
-            try:
-                verdict = link.handle(view[frame:frame + n], n, now)
-                if verdict != PASS:
-                    if verdict == ANSWERED:
-                        for reply in link.replies:
-                            os.write(fd, reply)
-                    else:
-                        eni.drops[link.last_drop] += 1
-                    link.replies.clear()
-                    continue
-                buf[frame:inner] = tail  # the Geneve header again, over the Ethernet header
-                n -= ETH_HEADER
-                target = egress.process(eni, buf, inner, n, now)
-                if target is None:
-                    continue
-                if target.__class__ is tuple:
-                    if (buf[inner] >> 4 == 6) is not port.ipv6:
-                        port.set_protocol(not port.ipv6)  # bytes 2-3: outside the frame's tail
-                    send(view[: inner + n], target)
-                elif target is RESOLVER:
-                    self._ask_resolver(port, bytes(view[inner:inner + n]), now)
-                else:
-                    stats = target.stats
-                    stats[RX_PACKETS] += 1
-                    stats[RX_BYTES] += n
-                    self._hand_over(target, view, -1, inner, inner + n)
+                for reply in link.replies:
+                    os.write(port.fd, reply)
             except OSError:
                 self.ingress.drops[Drop.DELIVERY_FAILED] += 1
-            except Exception:
-                self._error("egress")
-        self._write_staged()
-        self.underlay.flush()
-        if self.cache.queries:
-            self.mapping.flush_queries()
+        else:
+            port.eni.drops[link.last_drop] += 1
+        link.replies.clear()  # after a failed write too: no stale reply goes out with the next answer
+        return -1
 
     # --- the VPC resolver ------------------------------------------------------------------------
     def _ask_resolver(self, port: EniPort, packet: bytes, now: float) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -55,6 +56,13 @@ class LabHandle:
 
     def spawn(self, instance: str, *cmd: str) -> subprocess.Popen:
         return self.lab.spawn(instance, list(cmd), f"spawn-{instance}-{uuid.uuid4().hex[:6]}")
+
+    def wait_http(self, instance: str, url: str, what: str, timeout: float = 10) -> None:
+        """Poll ``url`` with curl from ``instance`` until it answers; fail with ``what`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.run(instance, "curl", "-s", "-m", "1", url).returncode:
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
 
     def in_ns(self, netns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", netns, *cmd], capture_output=True, text=True, timeout=timeout)

@@ -127,6 +127,7 @@ from .headers import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP, _PORTS
 from .sweep import Sweep
 
 _M32 = 0xFFFFFFFF  # also the largest IPv4 address key: any larger key is an IPv6 one (V6_TAG)
+_SRC32 = _M32 << 32  # the source in the wire's 64-bit (src, dst) field: the remote's place, inbound
 _M128 = V6_TAG - 1
 _M129 = V6_TAG | _M128  # an IPv6 address key: the tag and 128 address bits
 _V6_KEYS = 1 << 104  # every IPv4 flow key is below, every IPv6 one above (≥ 2^288)
@@ -561,35 +562,71 @@ class ConnTrack:
         if n < 28:
             return None
         vihl, total, frag, proto, addrs, ports = _WIRE.unpack_from(buf, off)
-        if vihl != 0x45 or frag & 0x1FFF or total > n or total < 28:
-            # IPv6 is tested here, not first: IPv4 pays nothing for it.
-            return self._lookup_wire6(buf, off, n, outbound, now) if vihl >> 4 == 6 else None
-        if proto == PROTO_TCP:
-            if total < 40:
+        if vihl == 0x45 and not frag & 0x1FFF and total <= n and total >= 28:
+            if proto == PROTO_TCP:
+                left = total - 20  # the transport's bytes
+                if left < 20:
+                    return None
+                seq, ack, doff, flags, window = _TCP_AFTER_PORTS.unpack_from(buf, off + 24)
+                if _TCP_KIND[flags] != _K_ACK:
+                    return None
+            elif proto == PROTO_ICMP:
+                # An echo request or reply (ping): ``_key``'s (identifier, who asked), already local-oriented.
+                icmp_type = ports >> 24
+                if icmp_type == 8:
+                    ports = _U16.unpack_from(buf, off + 24)[0] << 16 | (0 if outbound else 1)
+                elif icmp_type == 0:
+                    ports = _U16.unpack_from(buf, off + 24)[0] << 16 | (1 if outbound else 0)
+                else:
+                    return None
+            elif proto != PROTO_UDP:
                 return None
-            seq, ack, doff, flags, window = _TCP_AFTER_PORTS.unpack_from(buf, off + 24)
-            if _TCP_KIND[flags] != _K_ACK:
+            # The key of ``_key`` from the wire's (src, dst) and (sport, dport) pairs: outbound they are
+            # already (local, remote); inbound each pair is swapped (ICMP's pair is local-oriented already).
+            # Two wide fields instead of four narrow ones: this line is most of the cost of a lookup.
+            if outbound:
+                key = proto << 96 | addrs << 32 | ports
+            elif proto == PROTO_ICMP:
+                key = proto << 96 | (addrs & _M32) << 64 | addrs & _SRC32 | ports
+            else:
+                key = proto << 96 | (addrs & _M32) << 64 | addrs & _SRC32 | (ports & 0xFFFF) << 16 | ports >> 16
+        else:
+            # IPv6 is tested here, not first: IPv4 pays nothing for it. Only a transport header right
+            # after the fixed header (no extension headers: those take the parsed path).
+            if vihl >> 4 != 6 or n < 48:
                 return None
-        elif proto == PROTO_ICMP:
-            # An echo request or reply (ping): ``_key``'s (identifier, who asked), already local-oriented.
-            icmp_type = ports >> 24
-            if icmp_type == 8:
-                ports = _U16.unpack_from(buf, off + 24)[0] << 16 | (0 if outbound else 1)
-            elif icmp_type == 0:
-                ports = _U16.unpack_from(buf, off + 24)[0] << 16 | (1 if outbound else 0)
+            # ``_key``'s IPv6 layout: the two addresses, in (local, remote) order, are one 256-bit field.
+            if outbound:  # already in order on the wire
+                left, proto, addrs, ports = _WIRE6_OUT.unpack_from(buf, off)
+            else:
+                left, proto, src, dst, ports = _WIRE6.unpack_from(buf, off)
+                addrs = dst + src
+            if left > n - 40 or left < 8:
+                return None
+            if proto == PROTO_TCP:
+                if left < 20:
+                    return None
+                seq, ack, doff, flags, window = _TCP_AFTER_PORTS.unpack_from(buf, off + 44)
+                if _TCP_KIND[flags] != _K_ACK:
+                    return None
+                base = _K6_TCP
+            elif proto == PROTO_UDP:
+                base = _K6_UDP
+            elif proto == PROTO_ICMPV6:
+                icmp_type = ports >> 24
+                if icmp_type == 128:
+                    ports = _U16.unpack_from(buf, off + 44)[0] << 16 | (0 if outbound else 1)
+                elif icmp_type == 129:
+                    ports = _U16.unpack_from(buf, off + 44)[0] << 16 | (1 if outbound else 0)
+                else:
+                    return None
+                base = _K6_ICMP
             else:
                 return None
-        elif proto != PROTO_UDP:
-            return None
-        # The key of ``_key`` from the wire's (src, dst) and (sport, dport) pairs: outbound they are
-        # already (local, remote); inbound each pair is swapped (ICMP's pair is local-oriented already).
-        # Two wide fields instead of four narrow ones: this line is most of the cost of a lookup.
-        if outbound:
-            key = proto << 96 | addrs << 32 | ports
-        elif proto == PROTO_ICMP:
-            key = proto << 96 | (addrs & _M32) << 64 | (addrs >> 32) << 32 | ports
-        else:
-            key = proto << 96 | (addrs & _M32) << 64 | (addrs >> 32) << 32 | (ports & 0xFFFF) << 16 | ports >> 16
+            if outbound or proto == PROTO_ICMPV6:  # ICMPv6's (identifier, who asked) is local-oriented already
+                key = base | int.from_bytes(addrs, "big") << 32 | ports
+            else:
+                key = base | int.from_bytes(addrs, "big") << 32 | (ports & 0xFFFF) << 16 | ports >> 16
         f = self._flows.get(key)
         if f is None or now >= f.expires:
             return None
@@ -598,65 +635,9 @@ class ConnTrack:
             if state != _TCP_ESTABLISHED:
                 return None
             doff = (doff >> 4) * 4
-            if doff < 20 or doff > total - 20:
+            if doff < 20 or doff > left:
                 return None
-            if not _in_window(f, outbound, flags, seq, ack, window, total - 20 - doff):
-                return self._invalid()
-        elif state == _UDP_SINGLE and outbound != f.orig_out:
-            f.state = state = _UDP_STREAM
-        f.expires = now + self._timeout[state]
-        f.packets += 1
-        self.flow = f
-        return _ESTABLISHED
-
-    def _lookup_wire6(self, buf, off: int, n: int, outbound: bool, now: float) -> Verdict | None:
-        """``lookup_wire`` for an IPv6 packet whose next header is TCP, UDP or ICMPv6 itself (no
-        extension headers: those take the parsed path)."""
-        if n < 48:
-            return None
-        # ``_key``'s IPv6 layout: the two addresses, in (local, remote) order, are one 256-bit field.
-        if outbound:  # already in order on the wire
-            plen, proto, addrs, ports = _WIRE6_OUT.unpack_from(buf, off)
-        else:
-            plen, proto, src, dst, ports = _WIRE6.unpack_from(buf, off)
-            addrs = dst + src
-        if plen > n - 40 or plen < 8:
-            return None
-        if proto == PROTO_TCP:
-            if plen < 20:
-                return None
-            seq, ack, doff, flags, window = _TCP_AFTER_PORTS.unpack_from(buf, off + 44)
-            if _TCP_KIND[flags] != _K_ACK:
-                return None
-            base = _K6_TCP
-        elif proto == PROTO_UDP:
-            base = _K6_UDP
-        elif proto == PROTO_ICMPV6:
-            icmp_type = ports >> 24
-            if icmp_type == 128:
-                ports = _U16.unpack_from(buf, off + 44)[0] << 16 | (0 if outbound else 1)
-            elif icmp_type == 129:
-                ports = _U16.unpack_from(buf, off + 44)[0] << 16 | (1 if outbound else 0)
-            else:
-                return None
-            base = _K6_ICMP
-        else:
-            return None
-        if outbound or proto == PROTO_ICMPV6:  # ICMPv6's (identifier, who asked) is local-oriented already
-            key = base | int.from_bytes(addrs, "big") << 32 | ports
-        else:
-            key = base | int.from_bytes(addrs, "big") << 32 | (ports & 0xFFFF) << 16 | ports >> 16
-        f = self._flows.get(key)
-        if f is None or now >= f.expires:
-            return None
-        state = f.state
-        if proto == PROTO_TCP:
-            if state != _TCP_ESTABLISHED:
-                return None
-            doff = (doff >> 4) * 4
-            if doff < 20 or doff > plen:
-                return None
-            if not _in_window(f, outbound, flags, seq, ack, window, plen - doff):
+            if not _in_window(f, outbound, flags, seq, ack, window, left - doff):
                 return self._invalid()
         elif state == _UDP_SINGLE and outbound != f.orig_out:
             f.state = state = _UDP_STREAM
@@ -913,16 +894,21 @@ def _quoted(buf, off: int, n: int) -> PacketInfo | None:
         return None
     if frag & 0x1FFF:
         return PacketInfo(proto, src, dst, fragment=True)
-    l4 = off + ihl
+    return _quoted_transport(buf, off + ihl, proto, src, dst, PROTO_ICMP, _ICMP_KIND)
+
+
+def _quoted_transport(buf, l4: int, proto: int, src: int, dst: int, icmp: int, icmp_kind: bytes) -> PacketInfo:
+    """The quoted packet's first 8 transport bytes at ``l4`` (the caller checked they are there), either
+    family: ``icmp`` is the family's ICMP protocol (1 or 58), ``icmp_kind`` its type table."""
     if proto == PROTO_TCP:
         sport, dport, seq = _QUOTED_TCP.unpack_from(buf, l4)
         return PacketInfo(proto, src, dst, sport, dport, seq=seq)
     if proto == PROTO_UDP:
         sport, dport = _PORTS.unpack_from(buf, l4)
         return PacketInfo(proto, src, dst, sport, dport)
-    if proto == PROTO_ICMP:
+    if proto == icmp:
         icmp_type = buf[l4]
-        icmp_id = _U16.unpack_from(buf, l4 + 4)[0] if _ICMP_KIND[icmp_type] in (_I_REQUEST, _I_REPLY) else 0
+        icmp_id = _U16.unpack_from(buf, l4 + 4)[0] if icmp_kind[icmp_type] in (_I_REQUEST, _I_REPLY) else 0
         return PacketInfo(proto, src, dst, icmp_type=icmp_type, icmp_code=buf[l4 + 1], icmp_id=icmp_id)
     return PacketInfo(proto, src, dst)
 
@@ -957,20 +943,33 @@ def _packet_info6(buf, off: int, n: int) -> PacketInfo | None:
     7112: it carries the transport header), a later one is ``fragment`` without ports."""
     if n < 40:
         return None
-    vtf, plen, nh, src, dst = _IP6.unpack_from(buf, off)
-    if vtf >> 28 != 6 or plen > n - 40:
+    plen = _U16.unpack_from(buf, off + 4)[0]
+    if plen > n - 40:
         return None
-    src = int.from_bytes(src, "big") | V6_TAG
-    dst = int.from_bytes(dst, "big") | V6_TAG
-    l4, end = off + 40, off + 40 + plen
+    end = off + 40 + plen
+    head = _ip6_head(buf, off, end)
+    if head is None:
+        return None
+    nh, src, dst, l4, fragment = head
+    if fragment:
+        return PacketInfo(nh, src, dst, payload_len=end - l4, fragment=True)
+    return _transport(buf, l4, end - l4, nh, src, dst, PROTO_ICMPV6, _ICMP6_KIND, _quoted6)
+
+
+def _ip6_head(buf, off: int, end: int):
+    """The IPv6 header at ``off`` and its extension headers up to ``end``: (upper-layer protocol, source
+    and destination keys, the transport's offset, whether a non-first fragment), or None if it is not
+    IPv6 or its chain is malformed (``_extensions``). Shared by packets and the packets errors quote."""
+    vtf, _plen, nh, src, dst = _IP6.unpack_from(buf, off)
+    if vtf >> 28 != 6:
+        return None
+    l4, fragment = off + 40, False
     if nh in _EXTENSIONS:
         walked = _extensions(buf, l4, end, nh)
         if walked is None:
             return None
         nh, l4, fragment = walked
-        if fragment:
-            return PacketInfo(nh, src, dst, payload_len=end - l4, fragment=True)
-    return _transport(buf, l4, end - l4, nh, src, dst, PROTO_ICMPV6, _ICMP6_KIND, _quoted6)
+    return nh, int.from_bytes(src, "big") | V6_TAG, int.from_bytes(dst, "big") | V6_TAG, l4, fragment
 
 
 def _quoted6(buf, off: int, n: int) -> PacketInfo | None:
@@ -979,32 +978,16 @@ def _quoted6(buf, off: int, n: int) -> PacketInfo | None:
     is usually truncated."""
     if n < 48:
         return None
-    vtf, _plen, nh, src, dst = _IP6.unpack_from(buf, off)
-    if vtf >> 28 != 6:
+    end = off + n
+    head = _ip6_head(buf, off, end)
+    if head is None:
         return None
-    src = int.from_bytes(src, "big") | V6_TAG
-    dst = int.from_bytes(dst, "big") | V6_TAG
-    l4, end = off + 40, off + n
-    if nh in _EXTENSIONS:
-        walked = _extensions(buf, l4, end, nh)
-        if walked is None:
-            return None
-        nh, l4, fragment = walked
-        if fragment:
-            return PacketInfo(nh, src, dst, fragment=True)
+    nh, src, dst, l4, fragment = head
+    if fragment:
+        return PacketInfo(nh, src, dst, fragment=True)
     if l4 + 8 > end:
         return None
-    if nh == PROTO_TCP:
-        sport, dport, seq = _QUOTED_TCP.unpack_from(buf, l4)
-        return PacketInfo(nh, src, dst, sport, dport, seq=seq)
-    if nh == PROTO_UDP:
-        sport, dport = _PORTS.unpack_from(buf, l4)
-        return PacketInfo(nh, src, dst, sport, dport)
-    if nh == PROTO_ICMPV6:
-        icmp_type = buf[l4]
-        icmp_id = _U16.unpack_from(buf, l4 + 4)[0] if _ICMP6_KIND[icmp_type] in (_I_REQUEST, _I_REPLY) else 0
-        return PacketInfo(nh, src, dst, icmp_type=icmp_type, icmp_code=buf[l4 + 1], icmp_id=icmp_id)
-    return PacketInfo(nh, src, dst)
+    return _quoted_transport(buf, l4, nh, src, dst, PROTO_ICMPV6, _ICMP6_KIND)
 
 
 def _wscale(buf, i: int, end: int) -> int:

@@ -38,8 +38,8 @@ import struct
 from typing import TYPE_CHECKING
 
 from .addresses import GATEWAY_MAC
-from .ethernet import ETH_HEADER, ROUTER_LINK_LOCAL, Malformed, ipv6_udp_frame, upper_layer
-from .headers import IPV6_HEADER, PROTO_UDP, UDP, HeaderError, IPv6
+from .ethernet import ROUTER_LINK_LOCAL, Malformed, ipv6_udp_frame, ipv6_upper_layer
+from .headers import PROTO_UDP, UDP, HeaderError
 
 if TYPE_CHECKING:
     from .link_services import Lease
@@ -136,11 +136,9 @@ def _identities(lease: Lease, opts: list[tuple[int, bytes]]) -> bytes:
 def serve(lease: Lease, frame: bytes) -> tuple[str, bytes | None]:
     """(what happened, reply frame or None) for a frame carrying UDP 546 → 547; raises Malformed."""
     assert lease.ipv6 is not None
+    ip, nh, l4 = ipv6_upper_layer(frame)
     try:
-        ip = IPv6.parse(frame[ETH_HEADER:])
-        packet = frame[ETH_HEADER:ETH_HEADER + IPV6_HEADER + len(ip.payload)]
-        nh, off = upper_layer(packet)
-        udp = UDP.parse(packet[off:])
+        udp = UDP.parse(l4)
     except HeaderError as e:
         raise Malformed(str(e)) from None
     if nh != PROTO_UDP or (udp.sport, udp.dport) != (CLIENT_PORT, SERVER_PORT):

@@ -40,7 +40,7 @@ from .eni import TX_BYTES, TX_PACKETS, Eni
 from .firewall import Firewall
 from .hyperplane import Fleet
 from .addresses import V6_TAG, eni_id, key, text
-from .headers import _V4_ADDRS, _V6_ADDRS
+from .headers import _V4_ADDRS, v6_addresses
 from .mapping import MappingCache
 
 _BCAST = 0xFFFFFFFF
@@ -89,8 +89,8 @@ class EgressPath:
                 return self._drop(eni, Drop.MALFORMED_PACKET, trace)
             if eni.ipv6_key < 0:  # no IPv6 address on this ENI: nothing IPv6 may leave it
                 return self._drop(eni, Drop.IPV6_NOT_ENABLED, trace)
-            sh, sl, dh, dl = _V6_ADDRS.unpack_from(buf, off + 8)
-            src, dst = (sh << 64 | sl) | V6_TAG, (dh << 64 | dl) | V6_TAG
+            src, dst = v6_addresses(buf, off)
+            src, dst = src | V6_TAG, dst | V6_TAG
             own = eni.ipv6_key
         else:
             return self._drop(eni, Drop.MALFORMED_PACKET, trace)

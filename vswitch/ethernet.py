@@ -27,7 +27,8 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from .headers import ICMP, IPv4, IPv6, PROTO_ICMPV6, PROTO_UDP, UDP, checksum, pseudo_header_sum
+from .headers import (ICMP, IPV6_HEADER, PROTO_ICMPV6, PROTO_UDP, UDP, HeaderError, IPv4, IPv6, checksum,
+                      pseudo_header_sum)
 
 ETH_HEADER = 14
 ETHERTYPE_IPV4 = 0x0800
@@ -43,7 +44,7 @@ _ETH = struct.Struct("!6s6sH")
 # IPv6 extension headers shaped (next header, length in 8-byte units beyond the first 8): hop-by-hop
 # options (MLD reports carry Router Alert in one), routing, destination options. A fragment header (44)
 # ends the walk: nothing the host serves is ever fragmented.
-_EXTENSIONS = frozenset((0, 43, 60))
+IPV6_EXTENSIONS = frozenset((0, 43, 60))
 
 
 class Malformed(ValueError):
@@ -93,9 +94,21 @@ def upper_layer(packet: bytes) -> tuple[int, int]:
     Malformed when an extension header runs past the end."""
     nh, off = packet[6], 40
     for _ in range(8):  # a bound: real packets carry one or two
-        if nh not in _EXTENSIONS:
+        if nh not in IPV6_EXTENSIONS:
             return nh, off
         if off + 8 > len(packet) or off + 8 + packet[off + 1] * 8 > len(packet):
             raise Malformed("IPv6 extension header past the end")
         nh, off = packet[off], off + 8 + packet[off + 1] * 8
     raise Malformed("too many IPv6 extension headers")
+
+
+def ipv6_upper_layer(frame: bytes) -> tuple[IPv6, int, bytes]:
+    """(IPv6 header, upper-layer protocol, upper-layer bytes) of a frame carrying IPv6, past the extension
+    headers ``upper_layer`` walks; raises Malformed."""
+    try:
+        ip = IPv6.parse(frame[ETH_HEADER:])
+    except HeaderError as e:
+        raise Malformed(str(e)) from None
+    packet = frame[ETH_HEADER:ETH_HEADER + IPV6_HEADER + len(ip.payload)]
+    nh, off = upper_layer(packet)
+    return ip, nh, packet[off:]

@@ -251,6 +251,7 @@ class FlowLogAggregator:
         # The addresses in the packet; they differ from srcaddr/dstaddr only behind NAT, which the data
         # path does not do yet.
         pkt_src_text, pkt_dst_text = src_text, dst_text
+        vpc_net, vpc_mask = self._vpc[dst >> 128]  # the VPC's block of the destination's family
         return {**self._identity, "srcaddr": src_text, "dstaddr": dst_text, "srcport": str(sport),
                 "dstport": str(dport), "protocol": str(proto), "packets": str(packets), "bytes": str(nbytes),
                 "start": str(int(first + offset)), "end": str(int(last + offset)),
@@ -259,8 +260,7 @@ class FlowLogAggregator:
                 "type": "IPv6" if src & addresses.V6_TAG else "IPv4",
                 "pkt-srcaddr": pkt_src_text, "pkt-dstaddr": pkt_dst_text,
                 "flow-direction": "egress" if egress else "ingress",
-                "traffic-path": (("8" if dst & self._vpc[dst >> 128][1] != self._vpc[dst >> 128][0] else "1")
-                                 if egress else ABSENT)}
+                "traffic-path": ("8" if dst & vpc_mask != vpc_net else "1") if egress else ABSENT}
 
 
 Identity = tuple[tuple[str, str], ...]  # ((field, value), ...) of the IDENTITY_FIELDS a format has

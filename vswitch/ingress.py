@@ -31,7 +31,7 @@ from .drops import Drop, new_counters
 from .eni import RX_BYTES, RX_PACKETS, Eni, VpcView
 from .firewall import Firewall
 from .addresses import V6_TAG
-from .headers import _V4_ADDRS, _V6_ADDRS
+from .headers import _V4_ADDRS, v6_addresses
 from .mapping import MappingCache
 
 
@@ -44,8 +44,8 @@ def inner_addresses(buf, off: int, n: int, protocol: int):
     if protocol == geneve.PROTO_IPV6:
         if n - off < 40 or buf[off] >> 4 != 6:
             return Drop.MALFORMED_PACKET
-        sh, sl, dh, dl = _V6_ADDRS.unpack_from(buf, off + 8)
-        return (sh << 64 | sl) | V6_TAG, (dh << 64 | dl) | V6_TAG
+        src, dst = v6_addresses(buf, off)
+        return src | V6_TAG, dst | V6_TAG
     return Drop.UNSUPPORTED_PROTOCOL
 
 

@@ -37,7 +37,8 @@ from typing import Callable
 
 from . import arp, dhcp_server, dhcpv6_server, neighbour
 from .drops import Drop, new_counters
-from .ethernet import ETH_HEADER, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Malformed, upper_layer
+from .ethernet import (ETH_HEADER, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV6_EXTENSIONS, Malformed,
+                       upper_layer)
 from .headers import PROTO_ICMPV6, PROTO_UDP, ports
 from .neighbour import router_advertisement  # noqa: F401 (the agent sends one when the ENI attaches)
 
@@ -46,7 +47,6 @@ PASS, ANSWERED, DROPPED = 0, 1, 2
 PROTO_IGMP = 2
 _ICMPV6_CHATTER = frozenset((130, 131, 132, 143, neighbour.ROUTER_ADVERTISEMENT, neighbour.NEIGHBOUR_ADVERTISEMENT,
                              neighbour.REDIRECT))
-_V6_EXTENSIONS = frozenset((0, 43, 60))
 _DHCP4 = (dhcp_server.CLIENT_PORT, dhcp_server.SERVER_PORT)
 _DHCP6 = (dhcpv6_server.CLIENT_PORT, dhcpv6_server.SERVER_PORT)
 
@@ -118,7 +118,7 @@ class LinkServices:
         if n < ETH_HEADER + 44:
             return PASS
         nh, l4 = frame[20], ETH_HEADER + 40
-        if nh in _V6_EXTENSIONS:
+        if nh in IPV6_EXTENSIONS:
             try:
                 nh, off = upper_layer(bytes(frame[ETH_HEADER:n]))
             except Malformed:

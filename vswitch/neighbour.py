@@ -49,9 +49,9 @@ import struct
 from typing import TYPE_CHECKING, Callable
 
 from .addresses import GATEWAY_MAC, V6_TAG
-from .ethernet import (ALL_NODES, ETH_HEADER, ROUTER_LINK_LOCAL, Malformed, icmpv6_checksum_ok, icmpv6_frame,
-                       multicast_mac, upper_layer)
-from .headers import IPV6_HEADER, PROTO_ICMPV6, HeaderError, IPv6
+from .ethernet import (ALL_NODES, ROUTER_LINK_LOCAL, Malformed, icmpv6_checksum_ok, icmpv6_frame, ipv6_upper_layer,
+                       multicast_mac)
+from .headers import PROTO_ICMPV6, IPv6
 
 if TYPE_CHECKING:
     from .link_services import Lease
@@ -75,13 +75,7 @@ _RA = struct.Struct("!BBHII")
 
 def _icmp(frame: bytes) -> tuple[IPv6, bytes]:
     """The IPv6 header and the ND message of a frame, validated as RFC 4861 §6.1.1 and §7.1.1 ask."""
-    try:
-        ip = IPv6.parse(frame[ETH_HEADER:])
-    except HeaderError as e:
-        raise Malformed(str(e)) from None
-    packet = frame[ETH_HEADER:ETH_HEADER + IPV6_HEADER + len(ip.payload)]
-    nh, off = upper_layer(packet)
-    message = packet[off:]
+    ip, nh, message = ipv6_upper_layer(frame)
     if nh != PROTO_ICMPV6 or len(message) < 8:
         raise Malformed("not an ICMPv6 message")
     if ip.hop_limit != ND_HOP_LIMIT:

@@ -673,6 +673,15 @@ def test_packet_info_never_raises_on_random_bytes(data, draw):
     assert p is None or isinstance(p, PacketInfo)
 
 
+def damaged(raw: bytes, flips, trim: int) -> bytearray:
+    """``raw`` with bytes overwritten (``flips``: (index modulo the length, value) pairs), then ``trim``
+    bytes cut off its end (shared with test_conntrack6)."""
+    buf = bytearray(raw)
+    for i, b in flips:
+        buf[i % len(buf)] = b
+    return buf[:max(0, len(buf) - trim)]
+
+
 templates = [
     ipv4_packet(LOCAL, REMOTE, TCP(1, 2, flags=SYN, options=WS7, payload=b"abc")),
     ipv4_packet(LOCAL, REMOTE, UDP(1, 2, b"abc")),
@@ -686,10 +695,7 @@ templates = [
        st.integers(0, 80))
 def test_packet_info_never_raises_on_damaged_packets(raw, flips, trim):
     """Random bytes rarely get past the IP header; damaged real packets reach every parser."""
-    buf = bytearray(raw)
-    for i, b in flips:
-        buf[i % len(buf)] = b
-    buf = buf[:max(0, len(buf) - trim)]
+    buf = damaged(raw, flips, trim)
     p = packet_info(buf, 0, len(buf))
     assert p is None or isinstance(p, PacketInfo)
     if p is not None:  # and whatever it parsed, the tracker takes

@@ -19,6 +19,8 @@ from vswitch.conntrack import (
 )
 from vswitch.headers import ICMP, IPv6, TCP, UDP, ipv4_packet
 
+from test_conntrack import damaged
+
 EST, NEW, INVALID = Verdict.ESTABLISHED, Verdict.NEW, Verdict.INVALID
 SYN, ACK, FIN, RST, PSH = TCP.SYN, TCP.ACK, TCP.FIN, TCP.RST, TCP.PSH
 M32 = 0xFFFFFFFF
@@ -252,10 +254,7 @@ templates = [
        st.integers(0, 100))
 def test_packet_info_never_raises_on_damaged_ipv6_packets(raw, flips, trim):
     """Damaged real packets reach every parser: extension header walks, quotes, transports."""
-    buf = bytearray(raw)
-    for i, b in flips:
-        buf[i % len(buf)] = b
-    buf = buf[:max(0, len(buf) - trim)]
+    buf = damaged(raw, flips, trim)
     p = packet_info(buf, 0, len(buf))
     assert p is None or isinstance(p, PacketInfo)
     ct = ConnTrack()

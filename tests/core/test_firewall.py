@@ -14,7 +14,7 @@ from vswitch.drops import Drop
 from vswitch.egress import EgressPath
 from vswitch.eni import Eni, VpcView, reserved_keys
 from vswitch.firewall import Firewall
-from vswitch.headers import ICMP, TCP, UDP, ipv4_packet
+from vswitch.headers import ICMP, TCP, UDP, ipv4_packet, ipv6_packet
 from vswitch.host_policy import HostPolicy
 from vswitch.ingress import IngressPath
 from vswitch.mapping import MappingCache
@@ -96,16 +96,21 @@ class Host:
         return self.ingress.process(datagram, len(datagram), HOST_B, now, trace=trace)
 
 
+def ip_packet(src, dst, l4):
+    """An IPv4 or IPv6 packet, as the addresses are: the TCP builders below serve both families."""
+    return (ipv6_packet if ":" in src else ipv4_packet)(src, dst, l4)
+
+
 def syn(src, dst, sport=40000, dport=80, seq=1000):
-    return ipv4_packet(src, dst, TCP(sport, dport, seq=seq, flags=TCP.SYN, window=64240))
+    return ip_packet(src, dst, TCP(sport, dport, seq=seq, flags=TCP.SYN, window=64240))
 
 
 def synack(src, dst, sport=80, dport=40000, seq=5000, ack=1001):
-    return ipv4_packet(src, dst, TCP(sport, dport, seq=seq, ack=ack, flags=TCP.SYN | TCP.ACK, window=65160))
+    return ip_packet(src, dst, TCP(sport, dport, seq=seq, ack=ack, flags=TCP.SYN | TCP.ACK, window=65160))
 
 
 def ack(src, dst, sport=40000, dport=80, seq=1001, ack_=5001, payload=b""):
-    return ipv4_packet(src, dst, TCP(sport, dport, seq=seq, ack=ack_, flags=TCP.ACK, window=502, payload=payload))
+    return ip_packet(src, dst, TCP(sport, dport, seq=seq, ack=ack_, flags=TCP.ACK, window=502, payload=payload))
 
 
 def handshake(h, now=0.0):
@@ -429,7 +434,6 @@ def test_longest_prefix_blackhole_and_no_route():
 # The egress and ingress paths do not carry IPv6 yet: these tests call the firewall as they will, per
 # direction (``Firewall.admit``), on ENIs that have an IPv6 address, with policy from HostPolicy.
 from vswitch.flowlog import EniIdentity, FlowLogAggregator, FlowLogSpec  # noqa: E402
-from vswitch.headers import ipv6_packet  # noqa: E402
 
 C6, N6, S6, R6 = "2001:db8:0:1::4", "2001:db8:0:1::5", "2001:db8:0:2::5", "2001:db8:0:1::10"
 V6_OF = {CLIENT: C6, NEIGHBOUR: N6, SERVER: S6, REMOTE: R6}
@@ -475,16 +479,7 @@ class Dual:
         return None if receiver is None else self.admit(receiver, packet, False, now)
 
 
-def syn6(src, dst, sport=40000, dport=80, seq=1000):
-    return ipv6_packet(src, dst, TCP(sport, dport, seq=seq, flags=TCP.SYN, window=64240))
-
-
-def synack6(src, dst, sport=80, dport=40000, seq=5000, ack=1001):
-    return ipv6_packet(src, dst, TCP(sport, dport, seq=seq, ack=ack, flags=TCP.SYN | TCP.ACK, window=65160))
-
-
-def ack6(src, dst, sport=40000, dport=80, seq=1001, ack_=5001, payload=b""):
-    return ipv6_packet(src, dst, TCP(sport, dport, seq=seq, ack=ack_, flags=TCP.ACK, window=502, payload=payload))
+syn6, synack6, ack6 = syn, synack, ack  # ``ip_packet`` builds IPv6 for IPv6 addresses
 
 
 def echo6(src, dst, icmp_type=128, ident=7):

@@ -29,6 +29,21 @@ def public_nat(api: Api, token: str, w: dict, **fields) -> tuple[dict, dict]:
     return nat, eip
 
 
+def requester_managed_eni(api: Api, token: str, owner: dict, owner_field: str, interface_type: str, w: dict,
+                          private_ip: str) -> dict:
+    """``owner``'s ENI (a NAT gateway's or a load balancer's), checked: requester-managed in ``w``'s subnet
+    at ``private_ip``, with no host, instance or group, pointing back at ``owner`` (its ``owner_field``)
+    and naming it in its description. Returns it."""
+    eni = api.get(token, "network-interfaces", owner["eni_id"])
+    assert {k: eni[k] for k in ("subnet_id", "vpc_id", "private_ip", "host", "instance_id", owner_field,
+                                "interface_type", "security_group_ids", "source_dest_check", "requester_managed")} == {
+        "subnet_id": w["subnet"]["id"], "vpc_id": w["vpc"]["id"], "private_ip": private_ip, "host": None,
+        "instance_id": None, owner_field: owner["id"], "interface_type": interface_type, "security_group_ids": [],
+        "source_dest_check": False, "requester_managed": True}
+    assert owner["id"] in eni["description"]
+    return eni
+
+
 def data(api: Api) -> dict:
     """The store's resource records and address/VNI keys (not the audit log): what a refusal must not change."""
     async def read():
@@ -48,13 +63,7 @@ def test_a_public_nat_gateway_gets_an_address_an_eni_and_its_elastic_ip(api, ali
         "private_ip": "10.0.1.6", "public_ip": eip["public_ip"], "allocation_id": eip["id"], "state": "available"}
     assert api.get(alice, "nat-gateways", nat["id"]) == nat
 
-    eni = api.get(alice, "network-interfaces", nat["eni_id"])
-    assert {k: eni[k] for k in ("subnet_id", "vpc_id", "private_ip", "host", "instance_id", "nat_gateway_id",
-                                "interface_type", "security_group_ids", "source_dest_check", "requester_managed")} == {
-        "subnet_id": subnet, "vpc_id": vpc, "private_ip": "10.0.1.6", "host": None, "instance_id": None,
-        "nat_gateway_id": nat["id"], "interface_type": "nat_gateway", "security_group_ids": [],
-        "source_dest_check": False, "requester_managed": True}
-    assert nat["id"] in eni["description"]
+    eni = requester_managed_eni(api, alice, nat, "nat_gateway_id", "nat_gateway", w, "10.0.1.6")
     assert api.ids(alice, "network-interfaces", subnet_id=subnet) == [w["web"]["eni_id"], w["db"]["eni_id"], eni["id"]]
 
     shown = api.get(alice, "elastic-ips", eip["id"])

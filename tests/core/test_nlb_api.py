@@ -15,7 +15,7 @@ import asyncio
 import re
 
 from test_api import Api, alice, api, app_and_cp, bob, store_url  # noqa: F401 (the fixtures)
-from test_nat_gateway_api import data, data_plane_of
+from test_nat_gateway_api import data, data_plane_of, requester_managed_eni
 from test_routes_api import vpc_with_gateway
 from vswitch import addresses
 from vswitch.host_policy import HostPolicy
@@ -50,13 +50,7 @@ def test_a_load_balancer_gets_an_address_and_a_requester_managed_eni(api, alice)
     assert lb["dns_name"] == f"lb-{lb['id'][4:]}.elb.lab-1.vpc.internal"
     assert api.get(alice, "load-balancers", lb["id"]) == lb
 
-    eni = api.get(alice, "network-interfaces", lb["eni_id"])
-    assert {k: eni[k] for k in ("subnet_id", "vpc_id", "private_ip", "host", "instance_id", "load_balancer_id",
-                                "interface_type", "security_group_ids", "source_dest_check", "requester_managed")} == {
-        "subnet_id": subnet, "vpc_id": vpc, "private_ip": "10.0.1.6", "host": None, "instance_id": None,
-        "load_balancer_id": lb["id"], "interface_type": "network_load_balancer", "security_group_ids": [],
-        "source_dest_check": False, "requester_managed": True}
-    assert lb["id"] in eni["description"]
+    eni = requester_managed_eni(api, alice, lb, "load_balancer_id", "network_load_balancer", w, "10.0.1.6")
     assert api.ids(alice, "network-interfaces", subnet_id=subnet) == [w["web"]["eni_id"], w["db"]["eni_id"], eni["id"]]
     # The address is taken: instances and NAT gateways draw from the same ENIs.
     app = api.create(alice, "instances", {"name": "app", "subnet_id": subnet, "host": "h1"})

@@ -950,20 +950,33 @@ ENTRIES = st.lists(st.fixed_dictionaries({}, optional={
     "egress": st.booleans(), "protocol": st.sampled_from(["tcp", "icmp", "all", 17]), "ports": PORTISH,
     "icmp_type": PORTISH, "cidr": st.sampled_from(["0.0.0.0/0", "10.0.0.1/16"]),
 }), max_size=4)
-POLICY_SHAPED = st.fixed_dictionaries({
-    "hosts": st.just([{"name": "a"}]),
-    "vpcs": st.lists(st.fixed_dictionaries({
-        "name": NAMES,
-        "cidr": st.just("10.0.0.0/16"),
-        "subnets": st.lists(st.fixed_dictionaries(
-            {"name": NAMES, "cidr": st.sampled_from(["10.0.1.0/24", "10.0.2.0/24"])},
-            optional={"network_acl": st.sampled_from(["a", "default", "zz"])}), max_size=2),
-        "instances": st.lists(st.fixed_dictionaries(
-            {"name": st.from_regex(r"[a-z][0-9]", fullmatch=True), "subnet": NAMES, "host": st.just("a")},
-            optional={"security_groups": st.lists(st.sampled_from(["a", "b", "default", "zz"]), max_size=6),
-                      "connection_tracking": st.dictionaries(
-                          st.sampled_from(["udp_timeout", "tcp_established_timeout", "max_tracked_flows", "x"]),
-                          st.sampled_from([0, 30, 60, 61, 3600, "60"]), max_size=3)}), max_size=3),
+
+
+def _shaped(vpc: dict, vpc_optional: dict | None = None, subnet: dict | None = None,
+            instance: dict | None = None):
+    """Files of one host and up to two VPCs of 10.0.0.0/16, each with up to two subnets (``subnet``: their
+    optional keys) and up to three instances (``instance``: theirs), and the VPC keys ``vpc`` (and
+    ``vpc_optional``)."""
+    return st.fixed_dictionaries({
+        "hosts": st.just([{"name": "a"}]),
+        "vpcs": st.lists(st.fixed_dictionaries({
+            "name": NAMES,
+            "cidr": st.just("10.0.0.0/16"),
+            "subnets": st.lists(st.fixed_dictionaries(
+                {"name": NAMES, "cidr": st.sampled_from(["10.0.1.0/24", "10.0.2.0/24"])}, optional=subnet), max_size=2),
+            "instances": st.lists(st.fixed_dictionaries(
+                {"name": st.from_regex(r"[a-z][0-9]", fullmatch=True), "subnet": NAMES, "host": st.just("a")},
+                optional=instance), max_size=3),
+            **vpc,
+        }, optional=vpc_optional), max_size=2),
+    })
+
+
+POLICY_SHAPED = _shaped(subnet={"network_acl": st.sampled_from(["a", "default", "zz"])}, instance={
+    "security_groups": st.lists(st.sampled_from(["a", "b", "default", "zz"]), max_size=6),
+    "connection_tracking": st.dictionaries(
+        st.sampled_from(["udp_timeout", "tcp_established_timeout", "max_tracked_flows", "x"]),
+        st.sampled_from([0, 30, 60, 61, 3600, "60"]), max_size=3)}, vpc={
         "security_groups": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["a", "b", "default"])},
                                                           optional={"ingress": RULES, "egress": RULES,
                                                                     "description": st.just("d")}), max_size=3),
@@ -973,7 +986,6 @@ POLICY_SHAPED = st.fixed_dictionaries({
             {"name": NAMES, "resource": st.sampled_from(["vpc", "subnet/a", "instance/a1", "x/y", "subnet/"])},
             optional={"traffic_type": st.sampled_from(["ALL", "REJECT", "x"]), "interval": st.sampled_from([0, 1, 601]),
                       "log_format": st.sampled_from(["${version}", "${x}", ""])}), max_size=2),
-    }), max_size=2),
 })
 
 
@@ -983,23 +995,13 @@ ROUTES = st.lists(st.fixed_dictionaries({}, optional={
                                     "10.1.0.0/24", "10.1.0.1/24", "x", 5]),
     "target": st.sampled_from(["internet_gateway", "instance/a1", "instance/zz", "instance/", "igw", 1]),
 }), max_size=3)
-INTERNET_SHAPED = st.fixed_dictionaries({
-    "hosts": st.just([{"name": "a"}]),
-    "vpcs": st.lists(st.fixed_dictionaries({
-        "name": NAMES,
-        "cidr": st.just("10.0.0.0/16"),
-        "subnets": st.lists(st.fixed_dictionaries(
-            {"name": NAMES, "cidr": st.sampled_from(["10.0.1.0/24", "10.0.2.0/24"])},
-            optional={"route_table": st.sampled_from(["a", "main", "zz", None])}), max_size=2),
-        "instances": st.lists(st.fixed_dictionaries(
-            {"name": st.from_regex(r"[a-z][0-9]", fullmatch=True), "subnet": NAMES, "host": st.just("a")},
-            optional={"elastic_ip": st.sampled_from([True, False, "yes"])}), max_size=3),
-    }, optional={
+INTERNET_SHAPED = _shaped(
+    subnet={"route_table": st.sampled_from(["a", "main", "zz", None])},
+    instance={"elastic_ip": st.sampled_from([True, False, "yes"])}, vpc={}, vpc_optional={
         "internet_gateway": st.sampled_from([True, False, None, "gw", {}, {"name": "gw"}, {"name": "G"}, {"x": 1}]),
         "route_tables": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["a", "b", "main", "B"])},
                                                        optional={"routes": ROUTES}), max_size=3),
-    }), max_size=2),
-})
+    })
 
 
 @settings(max_examples=300, deadline=None)
@@ -1258,16 +1260,7 @@ def test_every_hyperplane_problem_is_reported_with_its_path():
 
 
 # NAT gateways, target groups and load balancers from a few plausible values each, valid or not.
-HYPERPLANE_SHAPED = st.fixed_dictionaries({
-    "hosts": st.just([{"name": "a"}]),
-    "vpcs": st.lists(st.fixed_dictionaries({
-        "name": NAMES,
-        "cidr": st.just("10.0.0.0/16"),
-        "subnets": st.lists(st.fixed_dictionaries(
-            {"name": NAMES, "cidr": st.sampled_from(["10.0.1.0/24", "10.0.2.0/24"])}), max_size=2),
-        "instances": st.lists(st.fixed_dictionaries(
-            {"name": st.from_regex(r"[a-z][0-9]", fullmatch=True), "subnet": NAMES, "host": st.just("a")},
-            optional={"ip": ADDRESSES}), max_size=3),
+HYPERPLANE_SHAPED = _shaped(instance={"ip": ADDRESSES}, vpc={
         "nat_gateways": st.lists(st.fixed_dictionaries({"name": NAMES, "subnet": NAMES}, optional={
             "connectivity": st.sampled_from(["public", "private", "x", 1]), "private_ip": ADDRESSES}), max_size=2),
         "target_groups": st.lists(st.fixed_dictionaries({"name": NAMES, "port": st.sampled_from([0, 80, "80", 70000])},
@@ -1285,14 +1278,13 @@ HYPERPLANE_SHAPED = st.fixed_dictionaries({
             "listeners": st.lists(st.fixed_dictionaries({}, optional={
                 "protocol": st.sampled_from(["tcp", "udp", "x"]), "port": st.sampled_from([80, 0, "80"]),
                 "target_group": NAMES}), max_size=3)}), max_size=2),
-    }, optional={
+    }, vpc_optional={
         "internet_gateway": st.booleans(),
         "route_tables": st.lists(st.fixed_dictionaries({"name": NAMES}, optional={"routes": st.lists(
             st.fixed_dictionaries({"destination": st.sampled_from(["0.0.0.0/0", "10.0.1.0/24"]),
                                    "target": st.sampled_from(["nat_gateway/a", "nat_gateway/zz", "nat_gateway/"])}),
             max_size=2)}), max_size=2),
-    }), max_size=2),
-})
+    })
 
 
 @settings(max_examples=200, deadline=None)
@@ -1515,21 +1507,11 @@ def test_every_dual_stack_problem_is_reported_with_its_path():
         f"{V6}.dhcp_options.ntp_servers[0]", f"{Z6}[0].records[0].name"]
 
 
-DUAL_SHAPED = st.fixed_dictionaries({
-    "hosts": st.just([{"name": "a"}]),
-    "vpcs": st.lists(st.fixed_dictionaries({
-        "name": NAMES,
-        "cidr": st.just("10.0.0.0/16"),
-        "subnets": st.lists(st.fixed_dictionaries(
-            {"name": NAMES, "cidr": st.sampled_from(["10.0.1.0/24", "10.0.2.0/24"])},
-            optional={"ipv6": st.sampled_from([True, False, "x"]), "ipv6_index": st.sampled_from([0, 1, 255, 256, -1]),
-                      "ipv6_cidr": st.sampled_from(["2001:db8:ab00:1::/64", "2001:db8:ab01::/64", "x", "::/0"])}),
-            max_size=2),
-        "instances": st.lists(st.fixed_dictionaries(
-            {"name": st.from_regex(r"[a-z][0-9]", fullmatch=True), "subnet": NAMES, "host": st.just("a")},
-            optional={"ipv6": st.sampled_from(["::10", "::1", "2001:db8:ab00:1::9", "2001:db8:ab00::9", "x", 5]),
-                      "interface": st.sampled_from(["tun", "tap", "x"])}), max_size=3),
-    }, optional={
+DUAL_SHAPED = _shaped(
+    subnet={"ipv6": st.sampled_from([True, False, "x"]), "ipv6_index": st.sampled_from([0, 1, 255, 256, -1]),
+            "ipv6_cidr": st.sampled_from(["2001:db8:ab00:1::/64", "2001:db8:ab01::/64", "x", "::/0"])},
+    instance={"ipv6": st.sampled_from(["::10", "::1", "2001:db8:ab00:1::9", "2001:db8:ab00::9", "x", 5]),
+              "interface": st.sampled_from(["tun", "tap", "x"])}, vpc={}, vpc_optional={
         "ipv6": st.sampled_from([True, False, 1]),
         "ipv6_cidr": st.sampled_from(["2001:db8:ab00::/56", "2001:db8:ab00::/64", "x"]),
         "egress_only_gateway": st.sampled_from([True, False, {"name": "o"}, {"x": 1}, "y"]),
@@ -1542,8 +1524,7 @@ DUAL_SHAPED = st.fixed_dictionaries({
             "routes": st.lists(st.fixed_dictionaries({
                 "destination": st.sampled_from(["::/0", "0.0.0.0/0", "2001:db8:ab00::/56", "2001:db8:ab00:1::/64"]),
                 "target": st.sampled_from(["egress_only_gateway", "instance/a1"])}), max_size=2)}), max_size=2),
-    }), max_size=2),
-})
+    })
 
 
 @settings(max_examples=300, deadline=None)

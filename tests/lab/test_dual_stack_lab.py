@@ -31,10 +31,7 @@ def lab(root_tools, tmp_path_factory):
         www = tmp_path_factory.mktemp("www")
         (www / "index.html").write_text("hello from web\n")
         handle.spawn("web", sys.executable, "-m", "http.server", "80", "--bind", "::", "--directory", str(www))
-        deadline = time.monotonic() + 10
-        while handle.run("web", "curl", "-s", "-m", "1", "http://127.0.0.1/").returncode:
-            assert time.monotonic() < deadline, "web's server did not start"
-            time.sleep(0.1)
+        handle.wait_http("web", "http://127.0.0.1/", "web's server did not start")
         yield handle
     finally:
         handle.lab.down(quiet=True)

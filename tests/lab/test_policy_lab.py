@@ -33,10 +33,7 @@ def lab(root_tools, tmp_path_factory):
         handle.subnets = {s["name"]: s for s in handle.api.call("GET", "/v1/subnets")}
         handle.spawn("web", sys.executable, "-m", "http.server", "8080", "--directory", str(www))
         handle.spawn("web", sys.executable, ECHO, "serve", "7007")
-        deadline = time.monotonic() + 10
-        while handle.run("client", "curl", "-s", "-m", "1", "http://10.0.1.10:8080/").returncode:
-            assert time.monotonic() < deadline, "web server did not come up"
-            time.sleep(0.1)
+        handle.wait_http("client", "http://10.0.1.10:8080/", "web server did not come up")
         yield handle
     finally:
         handle.lab.down(quiet=True)

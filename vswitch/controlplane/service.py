@@ -709,6 +709,14 @@ class ControlPlane:
             puts[self._key(caller, acl["id"])] = {**acl, "entries": entries, "updated": time.time()}
 
     @staticmethod
+    def _refuse_ipv6_users(recs: list[dict], field: str, what: str, advice: str, asked: str) -> None:
+        """409 while any of ``recs`` has its IPv6 ``field`` set: "``what``: id (value), ...; ``advice``"."""
+        users = [x for x in recs if x.get(field)]
+        if users:
+            names = ", ".join(f"{x['id']} ({x[field]})" for x in users[:10])
+            raise ApiError(409, f"{what}: {names}; {advice}", asked)
+
+    @staticmethod
     def _refuse_routes_inside(snap, vpc: dict, block: str, field: str) -> None:
         net = ipaddress.IPv6Network(block)
         for t in snap.of("rtb", vpc_id=vpc["id"]):
@@ -757,11 +765,8 @@ class ControlPlane:
                                              "disassociate_ipv6_cidr_block"))
         have = rec["ipv6_cidr_block"]
         if asked == "disassociate_ipv6_cidr_block":
-            users = [s for s in snap.of("subnet", vpc_id=old["id"]) if s.get("ipv6_cidr_block")]
-            if users:
-                names = ", ".join(f"{s['id']} ({s['ipv6_cidr_block']})" for s in users[:10])
-                raise ApiError(409, f"subnet(s) of {old['id']} have IPv6 blocks: {names}; disassociate them "
-                                    "first", asked)
+            self._refuse_ipv6_users(snap.of("subnet", vpc_id=old["id"]), "ipv6_cidr_block",
+                                    f"subnet(s) of {old['id']} have IPv6 blocks", "disassociate them first", asked)
             if have is not None:
                 puts[f"/ipv6-blocks/{have}"] = None
             rec.update(ipv6_cidr_block=None, amazon_provided_ipv6_cidr_block=False)
@@ -832,11 +837,9 @@ class ControlPlane:
                **{k: v for k, v in changes.items() if k not in ipv6}}
         asked, have = self._ipv6_request(changes, ipv6), rec["ipv6_cidr_block"]
         if asked == "disassociate_ipv6_cidr_block":
-            users = [e for e in snap.of("eni", subnet_id=old["id"]) if e.get("ipv6_address")]
-            if users:
-                names = ", ".join(f"{e['id']} ({e['ipv6_address']})" for e in users[:10])
-                raise ApiError(409, f"ENI(s) of {old['id']} have IPv6 addresses: {names}; delete their "
-                                    "instances first", asked)
+            self._refuse_ipv6_users(snap.of("eni", subnet_id=old["id"]), "ipv6_address",
+                                    f"ENI(s) of {old['id']} have IPv6 addresses", "delete their instances first",
+                                    asked)
             rec["ipv6_cidr_block"] = None
         elif asked is not None and changes["ipv6_cidr_block"] != have:
             if have is not None:
